@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"mailfs/index"
+	"mailfs/journal"
+	"mailfs/peers"
+)
+
+// The control socket (STORE/mailfs.sock, 0600) answers one JSON request
+// per connection: {"cmd":"status"} or {"cmd":"journal","since":N}.
+type controlRequest struct {
+	Cmd   string `json:"cmd"`
+	Since uint64 `json:"since,omitempty"`
+}
+
+type statusNode struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Listen     string `json:"listen"`
+	JournalSeq uint64 `json:"journal_seq"`
+	Mailboxes  int64  `json:"mailboxes"`
+	Messages   int64  `json:"messages"`
+	Mounted    bool   `json:"mounted"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+	Maildir    string `json:"maildir"`
+}
+
+type statusPeer struct {
+	ID          string  `json:"id"`
+	Name        string  `json:"name"`
+	Address     string  `json:"address"`
+	Connected   bool    `json:"connected"`
+	AckedSeq    uint64  `json:"acked_seq"`
+	LagOps      uint64  `json:"lag_ops"`
+	LastSuccess *string `json:"last_success"`
+	LastFailure *string `json:"last_failure"`
+	LastError   string  `json:"last_error"`
+}
+
+type statusReply struct {
+	Node  statusNode   `json:"node"`
+	Peers []statusPeer `json:"peers"`
+}
+
+// journalLine is one op as `mailfs journal --json` prints it.
+type journalLine struct {
+	Seq        uint64   `json:"seq"`
+	Kind       string   `json:"kind"`
+	Origin     string   `json:"origin"`
+	Time       string   `json:"time"`
+	Mailbox    string   `json:"mailbox,omitempty"`
+	Target     string   `json:"target,omitempty"`
+	Path       string   `json:"path,omitempty"`
+	NewPath    string   `json:"new_path,omitempty"`
+	From       string   `json:"from,omitempty"`
+	Key        string   `json:"key,omitempty"`
+	NewKey     string   `json:"new_key,omitempty"`
+	Replaced   string   `json:"replaced,omitempty"`
+	Name       string   `json:"name,omitempty"`
+	LinkTarget string   `json:"link_target,omitempty"`
+	Sub        string   `json:"sub,omitempty"`
+	Flags      []string `json:"flags,omitempty"`
+	Mtime      int64    `json:"mtime,omitempty"`
+	Size       int64    `json:"size,omitempty"`
+	Content    string   `json:"content,omitempty"`
+}
+
+func opLine(op *journal.Op) journalLine {
+	l := journalLine{Seq: op.Seq, Kind: op.Kind.String(), Origin: op.Origin.String(), Time: op.Time.String(),
+		Path: op.Path, NewPath: op.NewPath, From: op.From, Key: op.Key, NewKey: op.NewKey, Replaced: op.Replaced,
+		Name: op.Name, LinkTarget: op.LinkTarget, Sub: op.Sub.String(), Flags: op.Flags, Mtime: op.Mtime, Size: op.Size}
+	if !op.Mailbox.IsZero() {
+		l.Mailbox = op.Mailbox.String()
+	}
+	if !op.Target.IsZero() {
+		l.Target = op.Target.String()
+	}
+	if !op.Content.IsZero() {
+		l.Content = op.Content.String()
+	}
+	return l
+}
+
+func nodeStatus(st *openedStore) statusNode {
+	mb, msgs := st.index.Counts()
+	return statusNode{ID: peers.FormatID(st.index.Node()), Name: st.index.Name(), Listen: st.index.Listen(),
+		JournalSeq: st.index.Seq(), Mailboxes: mb, Messages: msgs, Maildir: st.maildir}
+}
+
+type controlServer struct {
+	ln         net.Listener
+	st         *openedStore
+	mountpoint string
+	log        *slog.Logger
+}
+
+func startControl(st *openedStore, mountpoint string, log *slog.Logger) (*controlServer, error) {
+	p := st.paths.socket()
+	if c, err := net.DialTimeout("unix", p, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s answers: another mailfs serves this store", p)
+	}
+	os.Remove(p)
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", p, err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", p, err)
+	}
+	cs := &controlServer{ln: ln, st: st, mountpoint: mountpoint, log: log}
+	go cs.serve()
+	return cs, nil
+}
+
+func (cs *controlServer) Close() {
+	cs.ln.Close()
+	os.Remove(cs.st.paths.socket())
+}
+
+func (cs *controlServer) serve() {
+	for {
+		c, err := cs.ln.Accept()
+		if err != nil {
+			return
+		}
+		go cs.handle(c)
+	}
+}
+
+func (cs *controlServer) handle(c net.Conn) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var req controlRequest
+	if err := json.NewDecoder(bufio.NewReader(io64k(c))).Decode(&req); err != nil {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	w := bufio.NewWriter(c)
+	defer w.Flush()
+	enc := json.NewEncoder(w)
+	switch req.Cmd {
+	case "status":
+		n := nodeStatus(cs.st)
+		n.Mounted, n.Mountpoint = true, cs.mountpoint
+		enc.Encode(statusReply{Node: n, Peers: []statusPeer{}})
+	case "journal":
+		err := cs.st.index.Ops(req.Since, func(op *journal.Op) error { return enc.Encode(opLine(op)) })
+		if err != nil {
+			enc.Encode(map[string]string{"error": err.Error()})
+		}
+	default:
+		enc.Encode(map[string]string{"error": "unknown command " + req.Cmd})
+	}
+}
+
+func io64k(c net.Conn) *limitedConn { return &limitedConn{c: c, n: 64 << 10} }
+
+type limitedConn struct {
+	c net.Conn
+	n int
+}
+
+func (l *limitedConn) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errors.New("control request too large")
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.c.Read(p)
+	l.n -= n
+	return n, err
+}
+
+var errNotRunning = errors.New("mailfs is not running for this store")
+
+// controlCall sends req to a running mailfs and hands each reply line to fn.
+func controlCall(ctx context.Context, paths storePaths, req controlRequest, fn func(json.RawMessage) error) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", paths.socket())
+	if err != nil {
+		return errNotRunning
+	}
+	defer c.Close()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return fmt.Errorf("control socket %s: %w", paths.socket(), err)
+	}
+	dec := json.NewDecoder(bufio.NewReader(c))
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, ioEOF) {
+				return nil
+			}
+			return fmt.Errorf("control socket %s: %w", paths.socket(), err)
+		}
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return fmt.Errorf("mailfs daemon: %s", e.Error)
+		}
+		if err := fn(raw); err != nil {
+			return err
+		}
+	}
+}
+
+// openForQuery gives a read-only view of a store that is not mounted.
+func openForQuery(paths storePaths, log *slog.Logger) (*openedStore, error) {
+	m, err := paths.readMarker()
+	if errors.Is(err, errNoMarker) {
+		return nil, fmt.Errorf("%s is not a mailfs store (no %s; run 'mailfs init')", paths.Dir, markerName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ix, err := index.Open(paths.index(), index.Options{ReadOnly: true, Logger: log})
+	if err != nil {
+		return nil, explainIndexOpen(err, paths.Dir)
+	}
+	return &openedStore{paths: paths, marker: m, maildir: paths.maildir(m), index: ix}, nil
+}

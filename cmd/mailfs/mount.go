@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	mfs "mailfs/fs"
+)
+
+func runMount(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] MOUNTPOINT",
+		"Mount the store's Maildir tree at MOUNTPOINT and serve it in the foreground until SIGINT or\n"+
+			"SIGTERM, which flush, unmount and exit 0. Logs go to stderr. An absent or empty store is\n"+
+			"initialised first. Changes made to the tree while unmounted are found and journaled at start.",
+		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
+	store := fs.String("store", defaultStore(), "store directory")
+	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
+	syncTimeout := fs.Duration("sync-timeout", 0, "let a delivery wait up to DUR for peers' acknowledgement (no peers: no wait)")
+	metrics := fs.String("metrics", "", "HOST:PORT to serve Prometheus metrics on")
+	cacheTimeout := fs.Duration("cache-timeout", 60*time.Second, "kernel entry/attribute cache lifetime")
+	debug := fs.Bool("debug", false, "log every FUSE request")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("need exactly one MOUNTPOINT")
+	}
+	if *metrics != "" {
+		return usageErr("--metrics is not available in this version of mailfs")
+	}
+	if *syncTimeout < 0 {
+		return usageErr("--sync-timeout must not be negative")
+	}
+	_ = listen // peers arrive with replication; the flag is part of the CLI contract
+	mountpoint, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if err := checkMountpoint(mountpoint); err != nil {
+		return err
+	}
+	log := newLogger(stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	st, err := initStore(ctx, initOptions{store: *store}, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing the index failed", "err", err)
+		}
+	}()
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted before mounting")
+	}
+	// The bare mountpoint must not be writable: a Dovecot started while
+	// mailfs is down would otherwise create fresh empty mailboxes there.
+	if err := os.Chmod(mountpoint, 0o555); err != nil {
+		log.Warn("could not make the bare mountpoint read-only", "mountpoint", mountpoint, "err", err)
+	}
+	srv, err := mfs.Mount(mountpoint, mfs.Options{Store: st.index, Root: st.maildir, Logger: log,
+		CacheTimeout: *cacheTimeout, Debug: *debug})
+	if err != nil {
+		return err
+	}
+	ctl, err := startControl(st, mountpoint, log)
+	if err != nil {
+		srv.Unmount()
+		return err
+	}
+	defer ctl.Close()
+	mb, msgs := st.index.Counts()
+	log.Info("mailfs ready", "mountpoint", mountpoint, "store", st.paths.Dir, "mailboxes", mb, "messages", msgs,
+		"journal_seq", st.index.Seq())
+	notifyReady(log)
+	served := make(chan struct{})
+	go func() {
+		srv.Wait()
+		close(served)
+	}()
+	select {
+	case <-ctx.Done():
+		log.Info("signal received: unmounting", "mountpoint", mountpoint)
+		if err := srv.Unmount(); err != nil {
+			return err
+		}
+		<-served
+	case <-served:
+		log.Warn("the mount went away (unmounted from outside)", "mountpoint", mountpoint)
+	}
+	log.Info("unmounted", "mountpoint", mountpoint, "journal_seq", st.index.Seq())
+	return nil
+}
+
+// checkMountpoint refuses a missing mountpoint, a non-directory, a stale
+// FUSE mount of a dead daemon, and one that is already mounted.
+func checkMountpoint(mp string) error {
+	fi, err := os.Stat(mp)
+	switch {
+	case errors.Is(err, syscall.ENOTCONN):
+		return fmt.Errorf("mountpoint %s is a stale mount of a mailfs that died (transport endpoint not connected); "+
+			"clear it with 'fusermount3 -u %s' (or 'umount -l %s' as root) and mount again", mp, mp, mp)
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("mountpoint %s does not exist (create it first: mkdir -p %s)", mp, mp)
+	case err != nil:
+		return fmt.Errorf("mountpoint %s: %w", mp, err)
+	case !fi.IsDir():
+		return fmt.Errorf("mountpoint %s is not a directory", mp)
+	}
+	if mounted, err := isMountpoint(mp); err != nil {
+		return err
+	} else if mounted {
+		return fmt.Errorf("mountpoint %s is already a mount point (is mailfs already mounted there?)", mp)
+	}
+	return nil
+}
+
+// isMountpoint reads /proc/self/mountinfo.
+func isMountpoint(mp string) (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && unescapeMount(fields[4]) == mp {
+			return true, nil
+		}
+	}
+	return false, sc.Err()
+}
+
+func unescapeMount(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}

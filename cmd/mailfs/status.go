@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+)
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status [--store DIR] [--json]",
+		"Show this node's state: node ID and name, journal seq, mailboxes and messages, and its peers.\n"+
+			"Asks the running daemon through STORE/mailfs.sock when mounted, else reads the store.",
+		"mailfs status --json", stderr)
+	store := fs.String("store", defaultStore(), "store directory")
+	asJSON := fs.Bool("json", false, "print JSON (fields of design §9)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("PATTERN filtering is not supported yet (got %q)", fs.Arg(0))
+	}
+	dir, err := filepath.Abs(*store)
+	if err != nil {
+		return err
+	}
+	paths := storePaths{Dir: dir}
+	var rep statusReply
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = controlCall(ctx, paths, controlRequest{Cmd: "status"}, func(raw json.RawMessage) error {
+		return json.Unmarshal(raw, &rep)
+	})
+	if errors.Is(err, errNotRunning) {
+		st, oerr := openForQuery(paths, newLogger(stderr))
+		if oerr != nil {
+			return oerr
+		}
+		rep = statusReply{Node: nodeStatus(st), Peers: []statusPeer{}}
+		st.Close()
+	} else if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err := stdout.Write(mustJSON(rep))
+		return err
+	}
+	n := rep.Node
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	state := "not mounted"
+	if n.Mounted {
+		state = "mounted at " + n.Mountpoint
+	}
+	fmt.Fprintf(tw, "node\t%s\t%s\n", n.Name, n.ID)
+	fmt.Fprintf(tw, "state\t%s\n", state)
+	fmt.Fprintf(tw, "maildir\t%s\n", n.Maildir)
+	fmt.Fprintf(tw, "listen\t%s\n", orDash(n.Listen))
+	fmt.Fprintf(tw, "journal seq\t%d\n", n.JournalSeq)
+	fmt.Fprintf(tw, "mailboxes\t%d\n", n.Mailboxes)
+	fmt.Fprintf(tw, "messages\t%d\n", n.Messages)
+	tw.Flush()
+	fmt.Fprintln(stdout)
+	if len(rep.Peers) == 0 {
+		fmt.Fprintln(stdout, "peers: none paired")
+		return nil
+	}
+	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tADDRESS\tCONNECTED\tACKED\tLAG OPS\tLAST SUCCESS\tLAST ERROR")
+	for _, p := range rep.Peers {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%s\t%s\n", p.Name, p.Address, p.Connected, p.AckedSeq, p.LagOps,
+			orDash(deref(p.LastSuccess)), orDash(p.LastError))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func runJournal(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("journal [--store DIR] [--since SEQ] [--json]",
+		"Print the journaled ops from SEQ on, one per line: what mailfs will replicate.\n"+
+			"Asks the running daemon when mounted, else reads the store.",
+		"mailfs journal --since 100 --json", stderr)
+	store := fs.String("store", defaultStore(), "store directory")
+	since := fs.Uint64("since", 1, "first journal seq to print")
+	asJSON := fs.Bool("json", false, "one JSON object per line")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	dir, err := filepath.Abs(*store)
+	if err != nil {
+		return err
+	}
+	paths := storePaths{Dir: dir}
+	print := func(l journalLine) error {
+		if *asJSON {
+			b, _ := json.Marshal(l)
+			_, err := fmt.Fprintf(stdout, "%s\n", b)
+			return err
+		}
+		_, err := fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\t%s\t%v\n", l.Seq, l.Kind, l.Path+l.NewPath, l.Key, l.Name, l.Flags)
+		return err
+	}
+	err = controlCall(context.Background(), paths, controlRequest{Cmd: "journal", Since: *since}, func(raw json.RawMessage) error {
+		var l journalLine
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return err
+		}
+		return print(l)
+	})
+	if !errors.Is(err, errNotRunning) {
+		return err
+	}
+	st, err := openForQuery(paths, newLogger(stderr))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return st.index.Ops(*since, func(op *journalOp) error { return print(opLine(op)) })
+}

@@ -1,0 +1,133 @@
+package fs
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"mailfs/index"
+)
+
+// Options configure a mount.
+type Options struct {
+	// Store is the open index every change is committed to.
+	Store *index.Store
+	// Root is the backing Maildir tree.
+	Root string
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// CacheTimeout is the kernel's entry and attribute cache lifetime.
+	// mailfs is the only writer of its tree, so long lifetimes are safe;
+	// zero means the default of 60 s.
+	CacheTimeout time.Duration
+	// Debug logs every FUSE request.
+	Debug bool
+	// FSName is shown in /proc/mounts (default "mailfs").
+	FSName string
+}
+
+// Server is a running mount.
+type Server struct {
+	*fuse.Server
+	Passthrough bool
+	Direct      bool
+	mountpoint  string
+}
+
+type mailFS struct {
+	store *index.Store
+	root  string
+	log   *slog.Logger
+	// mu orders mutations: a syscall and the Submit of its event happen
+	// under it, so the journal order equals the order on disk. The wait for
+	// durability happens outside it, so many changes share one fsync.
+	mu      sync.Mutex
+	staging uint64
+}
+
+// Mount mounts the backing tree at mountpoint and serves it until
+// Unmount. Mount returns once the kernel answers requests.
+func Mount(mountpoint string, o Options) (*Server, error) {
+	if o.Store == nil || o.Root == "" {
+		return nil, fmt.Errorf("fs: mount %s: store and root are required", mountpoint)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	root, err := filepath.Abs(o.Root)
+	if err != nil {
+		return nil, err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(root, &st); err != nil {
+		return nil, fmt.Errorf("fs: backing tree %s: %w", root, err)
+	}
+	m := &mailFS{store: o.Store, root: root, log: log}
+	lr := &fusefs.LoopbackRoot{Path: root, Dev: uint64(st.Dev)}
+	lr.NewNode = func(r *fusefs.LoopbackRoot, parent *fusefs.Inode, name string, st *syscall.Stat_t) fusefs.InodeEmbedder {
+		return &node{LoopbackNode: fusefs.LoopbackNode{RootData: r}, m: m}
+	}
+	rootNode := lr.NewNode(lr, nil, "", &st)
+	lr.RootNode = rootNode
+
+	timeout := o.CacheTimeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	neg := time.Duration(0)
+	name := o.FSName
+	if name == "" {
+		name = "mailfs"
+	}
+	direct := os.Geteuid() == 0
+	opts := &fusefs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &neg,
+		MountOptions: fuse.MountOptions{
+			AllowOther:              true,
+			FsName:                  root,
+			Name:                    name,
+			Options:                 []string{"default_permissions"},
+			DirectMountStrict:       direct,
+			Debug:                   o.Debug,
+			MaxInflightRequestBytes: 64 << 20,
+		},
+		// Inode numbers come from the backing files (stable across
+		// remounts, shared by hard links).
+		Logger: nil,
+	}
+	srv, err := fusefs.Mount(mountpoint, rootNode, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
+	}
+	s := &Server{Server: srv, Direct: direct, mountpoint: mountpoint}
+	s.Passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && direct
+	log.Info("mounted", "mountpoint", mountpoint, "backing", root, "direct_mount", direct,
+		"passthrough", s.Passthrough, "cache_timeout", timeout)
+	return s, nil
+}
+
+// Unmount unmounts, retrying while the mount is busy, and falls back to a
+// lazy unmount so a signal always leaves no mount behind.
+func (s *Server) Unmount() error {
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = s.Server.Unmount(); err == nil {
+			return nil
+		}
+		time.Sleep(time.Duration(i+1) * 100 * time.Millisecond)
+	}
+	if lerr := syscall.Unmount(s.mountpoint, syscall.MNT_DETACH); lerr == nil {
+		return nil
+	}
+	return fmt.Errorf("fs: unmount %s: %w", s.mountpoint, err)
+}

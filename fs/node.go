@@ -1,0 +1,587 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"mailfs/index"
+	"mailfs/journal"
+	"mailfs/maildir"
+)
+
+// node is a loopback node whose mutations are journaled.
+type node struct {
+	fusefs.LoopbackNode
+	m *mailFS
+}
+
+var (
+	_ = (fusefs.NodeMkdirer)((*node)(nil))
+	_ = (fusefs.NodeRmdirer)((*node)(nil))
+	_ = (fusefs.NodeUnlinker)((*node)(nil))
+	_ = (fusefs.NodeRenamer)((*node)(nil))
+	_ = (fusefs.NodeLinker)((*node)(nil))
+	_ = (fusefs.NodeCreater)((*node)(nil))
+	_ = (fusefs.NodeOpener)((*node)(nil))
+	_ = (fusefs.NodeSetattrer)((*node)(nil))
+	_ = (fusefs.NodeSymlinker)((*node)(nil))
+	_ = (fusefs.NodeMknoder)((*node)(nil))
+	_ = (fusefs.NodeFsyncer)((*node)(nil))
+)
+
+// rel is the node's path relative to the tree root, slash-separated.
+func (n *node) rel() string { return n.Path(nil) }
+
+func (n *node) child(name string) string {
+	if r := n.rel(); r != "" {
+		return r + "/" + name
+	}
+	return name
+}
+
+func (m *mailFS) abs(rel string) string { return filepath.Join(m.root, filepath.FromSlash(rel)) }
+
+func relOf(e fusefs.InodeEmbedder) string { return e.EmbeddedInode().Path(nil) }
+
+// inMessageDir reports whether rel's parent is a mailbox's new/ or cur/.
+func inMessageDir(rel string) bool {
+	dir := path.Dir(rel)
+	if dir == "." {
+		return false
+	}
+	c := maildir.Classify(dir, true)
+	return c.Kind == maildir.KindMailboxSubdir && c.Sub != "tmp"
+}
+
+// checkTarget refuses names that must never appear in new/ or cur/: a
+// directory, a symlink or device, or a file whose name is not a Maildir
+// message name.
+func (m *mailFS) checkTarget(rel string, regular bool) syscall.Errno {
+	if !inMessageDir(rel) {
+		return 0
+	}
+	if !regular {
+		m.log.Warn("refused: only message files belong in new/ and cur/", "path", m.abs(rel))
+		return syscall.EINVAL
+	}
+	if _, err := maildir.ParseName(path.Base(rel)); err != nil {
+		m.log.Warn("refused: not a Maildir message name", "path", m.abs(rel), "err", err)
+		return syscall.EINVAL
+	}
+	return 0
+}
+
+// replicatedFile reports whether changes to the file at rel become ops.
+func replicatedFile(rel string) bool {
+	switch maildir.Classify(rel, false).Kind {
+	case maildir.KindMessage, maildir.KindPlainFile, maildir.KindSubscriptions, maildir.KindKeywords:
+		return true
+	}
+	return false
+}
+
+// needsData reports whether an event on rel carries the file's content.
+func needsData(rel string) bool {
+	switch maildir.Classify(rel, false).Kind {
+	case maildir.KindSubscriptions, maildir.KindKeywords:
+		return true
+	}
+	return false
+}
+
+func statInfo(p string) (index.FileInfo, bool, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		return index.FileInfo{}, false, err
+	}
+	fi := index.FileInfo{Mode: st.Mode & 0o7777, Size: st.Size, Mtime: st.Mtim.Nano()}
+	return fi, st.Mode&syscall.S_IFMT == syscall.S_IFDIR, nil
+}
+
+// hasher returns a lazy content-ID function for the file at abs.
+func hasher(abs string) func() (journal.ContentID, int64, error) {
+	return func() (journal.ContentID, int64, error) { return index.HashFile(abs) }
+}
+
+// errno maps a commit error to what the kernel is told.
+func (m *mailFS) errno(what, p string, err error) syscall.Errno {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		m.log.Error("journal commit failed; change undone", "op", what, "path", p, "err", err)
+		return en
+	}
+	if errors.Is(err, index.ErrClosed) {
+		return syscall.EROFS
+	}
+	m.log.Error("journal commit failed; change undone", "op", what, "path", p, "err", err)
+	if isNoSpace(err) {
+		return syscall.ENOSPC
+	}
+	return syscall.EIO
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || (err != nil && containsNoSpace(err.Error()))
+}
+
+func containsNoSpace(s string) bool {
+	for i := 0; i+len("no space left") <= len(s); i++ {
+		if s[i:i+len("no space left")] == "no space left" {
+			return true
+		}
+	}
+	return false
+}
+
+// submit queues ev; it must be called with m.mu held.
+func (m *mailFS) submit(ev index.Event) (*index.Pending, error) {
+	return m.store.Submit(ev)
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	rel := n.child(name)
+	if e := n.m.checkTarget(rel, false); e != 0 {
+		return nil, e
+	}
+	c := maildir.Classify(rel, true)
+	ev := index.Event{Kind: index.EvMkdir, Path: rel, IsDir: true, File: index.FileInfo{Mode: mode & 0o7777}}
+	if c.Kind == maildir.KindMailboxSubdir && c.Sub == "cur" {
+		if data, err := os.ReadFile(n.m.abs(path.Join(c.Mailbox, "dovecot-uidlist"))); err == nil {
+			if g, ok := maildir.UidlistGUID(data); ok {
+				ev.GUID = g
+			}
+		}
+		ev.Data, _ = os.ReadFile(n.m.abs(path.Join(c.Mailbox, "dovecot-keywords")))
+	}
+	journaled := c.Kind == maildir.KindPlainDir || (c.Kind == maildir.KindMailboxSubdir && c.Sub == "cur")
+	if !journaled {
+		return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	}
+	n.m.mu.Lock()
+	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	if errno != 0 {
+		n.m.mu.Unlock()
+		return nil, errno
+	}
+	p, err := n.m.submit(ev)
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		syscall.Rmdir(n.m.abs(rel))
+		return nil, n.m.errno("mkdir", n.m.abs(rel), err)
+	}
+	return ch, 0
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	rel := n.child(name)
+	c := maildir.Classify(rel, true)
+	journaled := c.Kind == maildir.KindPlainDir || (c.Kind == maildir.KindMailboxSubdir && c.Sub == "cur")
+	if !journaled {
+		return n.LoopbackNode.Rmdir(ctx, name)
+	}
+	n.m.mu.Lock()
+	if errno := n.LoopbackNode.Rmdir(ctx, name); errno != 0 {
+		n.m.mu.Unlock()
+		return errno
+	}
+	p, err := n.m.submit(index.Event{Kind: index.EvRmdir, Path: rel, IsDir: true})
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		os.Mkdir(n.m.abs(rel), 0o700)
+		return n.m.errno("rmdir", n.m.abs(rel), err)
+	}
+	return 0
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	rel := n.child(name)
+	if !replicatedFile(rel) {
+		return n.LoopbackNode.Unlink(ctx, name)
+	}
+	abs := n.m.abs(rel)
+	// Stage the unlink as a rename into the mailbox's tmp/ (or next to the
+	// file) so that a failed commit can put the file back.
+	staged := filepath.Join(filepath.Dir(abs), ".mailfs-unlink."+strconv.Itoa(os.Getpid())+"."+
+		strconv.FormatUint(atomic.AddUint64(&n.m.staging, 1), 10))
+	if c := maildir.Classify(rel, false); c.Kind == maildir.KindMessage {
+		if tmp := n.m.abs(path.Join(c.Mailbox, "tmp")); isDir(tmp) {
+			staged = filepath.Join(tmp, filepath.Base(staged))
+		}
+	}
+	n.m.mu.Lock()
+	if err := syscall.Rename(abs, staged); err != nil {
+		n.m.mu.Unlock()
+		return fusefs.ToErrno(err)
+	}
+	p, err := n.m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		syscall.Rename(staged, abs)
+		return n.m.errno("unlink", abs, err)
+	}
+	if err := syscall.Unlink(staged); err != nil {
+		n.m.log.Warn("unlink of staged file failed; it stays as scratch", "path", staged, "err", err)
+	}
+	return 0
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
+		// RENAME_EXCHANGE would be two changes in one syscall, and no
+		// Maildir writer uses it (nor RENAME_WHITEOUT).
+		return syscall.EINVAL
+	}
+	from := n.child(name)
+	to := relOf(newParent)
+	if to != "" {
+		to += "/"
+	}
+	to += newName
+	absFrom, absTo := n.m.abs(from), n.m.abs(to)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(absFrom, &st); err != nil {
+		return fusefs.ToErrno(err)
+	}
+	isDirFrom := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
+	if e := n.m.checkTarget(to, st.Mode&syscall.S_IFMT == syscall.S_IFREG); e != 0 {
+		return e
+	}
+	ev := index.Event{Kind: index.EvRename, Path: from, NewPath: to, IsDir: isDirFrom}
+	if isDirFrom {
+		cf, ct := maildir.Classify(from, true), maildir.Classify(to, true)
+		if !cf.Kind.Replicated() && !ct.Kind.Replicated() && cf.Kind != maildir.KindPlainDir && ct.Kind != maildir.KindTrash {
+			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+		}
+	} else {
+		if !replicatedFile(from) && !replicatedFile(to) {
+			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+		}
+		cf, ct := maildir.Classify(from, false), maildir.Classify(to, false)
+		// A body arriving in new/ or cur/ (or a plain file) from elsewhere
+		// is hashed before the rename, outside the lock.
+		if (ct.Kind == maildir.KindMessage && cf.Kind != maildir.KindMessage) || ct.Kind == maildir.KindPlainFile {
+			if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+				target, err := os.Readlink(absFrom)
+				if err != nil {
+					return fusefs.ToErrno(err)
+				}
+				ev.File.LinkTarget = target
+			} else if id, size, err := index.HashFile(absFrom); err == nil {
+				ev.File.Content, ev.File.Size = id, size
+			} else {
+				return fusefs.ToErrno(errors.Unwrap(err))
+			}
+		}
+		ev.Content = hasher(absTo)
+	}
+	n.m.mu.Lock()
+	if errno := n.LoopbackNode.Rename(ctx, name, newParent, newName, flags); errno != 0 {
+		n.m.mu.Unlock()
+		return errno
+	}
+	if !isDirFrom {
+		fi, _, err := statInfo(absTo)
+		if err == nil {
+			ev.File.Mode, ev.File.Mtime = fi.Mode, fi.Mtime
+			if ev.File.Size == 0 {
+				ev.File.Size = fi.Size
+			}
+		}
+		if needsData(to) {
+			ev.Data, _ = os.ReadFile(absTo)
+		}
+	}
+	p, err := n.m.submit(ev)
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		syscall.Rename(absTo, absFrom)
+		return n.m.errno("rename", absFrom+" -> "+absTo, err)
+	}
+	return 0
+}
+
+func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	from := relOf(target)
+	to := n.child(name)
+	if e := n.m.checkTarget(to, true); e != 0 {
+		return nil, e
+	}
+	if !replicatedFile(to) {
+		return n.LoopbackNode.Link(ctx, target, name, out)
+	}
+	absFrom, absTo := n.m.abs(from), n.m.abs(to)
+	ev := index.Event{Kind: index.EvLink, Path: from, NewPath: to, Content: hasher(absTo)}
+	if cf := maildir.Classify(from, false); cf.Kind != maildir.KindMessage {
+		if id, size, err := index.HashFile(absFrom); err == nil {
+			ev.File.Content, ev.File.Size = id, size
+		}
+	}
+	n.m.mu.Lock()
+	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
+	if errno != 0 {
+		n.m.mu.Unlock()
+		return nil, errno
+	}
+	if fi, _, err := statInfo(absTo); err == nil {
+		ev.File.Mode, ev.File.Mtime = fi.Mode, fi.Mtime
+		if ev.File.Size == 0 {
+			ev.File.Size = fi.Size
+		}
+	}
+	if needsData(to) {
+		ev.Data, _ = os.ReadFile(absTo)
+	}
+	p, err := n.m.submit(ev)
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		syscall.Unlink(absTo)
+		return nil, n.m.errno("link", absTo, err)
+	}
+	return ch, 0
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	rel := n.child(name)
+	if e := n.m.checkTarget(rel, false); e != 0 {
+		return nil, e
+	}
+	if maildir.Classify(rel, false).Kind != maildir.KindPlainFile {
+		return n.LoopbackNode.Symlink(ctx, target, name, out)
+	}
+	n.m.mu.Lock()
+	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
+	if errno != 0 {
+		n.m.mu.Unlock()
+		return nil, errno
+	}
+	ev := index.Event{Kind: index.EvWrite, Path: rel, File: index.FileInfo{LinkTarget: target}}
+	if fi, _, err := statInfo(n.m.abs(rel)); err == nil {
+		ev.File.Mode, ev.File.Mtime, ev.File.Size = fi.Mode, fi.Mtime, fi.Size
+	}
+	p, err := n.m.submit(ev)
+	n.m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		syscall.Unlink(n.m.abs(rel))
+		return nil, n.m.errno("symlink", n.m.abs(rel), err)
+	}
+	return ch, 0
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	rel := n.child(name)
+	if e := n.m.checkTarget(rel, mode&syscall.S_IFMT == syscall.S_IFREG); e != 0 {
+		return nil, e
+	}
+	return n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+}
+
+// commitWrite journals the current content of the file at rel.
+func (m *mailFS) commitWrite(rel string) syscall.Errno {
+	abs := m.abs(rel)
+	ev := index.Event{Kind: index.EvWrite, Path: rel}
+	m.mu.Lock()
+	fi, _, err := statInfo(abs)
+	if err != nil {
+		m.mu.Unlock()
+		if errors.Is(err, syscall.ENOENT) {
+			return 0 // unlinked while open: the unlink was journaled
+		}
+		return fusefs.ToErrno(err)
+	}
+	ev.File = fi
+	if needsData(rel) {
+		ev.Data, _ = os.ReadFile(abs)
+	} else if ev.File.Content, ev.File.Size, err = index.HashFile(abs); err != nil {
+		m.mu.Unlock()
+		return fusefs.ToErrno(errors.Unwrap(err))
+	}
+	p, err := m.submit(ev)
+	m.mu.Unlock()
+	if err == nil {
+		_, err = p.Wait()
+	}
+	if err != nil {
+		return m.errno("write", abs, err)
+	}
+	return 0
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	rel := n.child(name)
+	if e := n.m.checkTarget(rel, true); e != 0 {
+		return nil, nil, 0, e
+	}
+	ch, fh, fflags, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if errno != 0 || !replicatedFile(rel) {
+		return ch, fh, fflags, errno
+	}
+	lf, ok := fh.(*fusefs.LoopbackFile)
+	if !ok {
+		return ch, fh, fflags, errno
+	}
+	h := &trackedFile{LoopbackFile: lf, m: n.m, node: ch}
+	h.dirty.Store(true)
+	return ch, h, fflags, 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	fh, fflags, errno := n.LoopbackNode.Open(ctx, flags)
+	if errno != 0 || flags&syscall.O_ACCMODE == syscall.O_RDONLY || !replicatedFile(n.rel()) {
+		return fh, fflags, errno
+	}
+	lf, ok := fh.(*fusefs.LoopbackFile)
+	if !ok {
+		return fh, fflags, errno
+	}
+	// Dirty from the start: if another handle already put the inode in
+	// passthrough mode, this handle's writes bypass mailfs too, so the
+	// content is checked at every close (an unchanged file journals nothing).
+	h := &trackedFile{LoopbackFile: lf, m: n.m, node: n.EmbeddedInode()}
+	h.dirty.Store(true)
+	return h, fflags, 0
+}
+
+func (n *node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if th, ok := f.(*trackedFile); ok {
+		f = th.LoopbackFile
+		if _, ok := in.GetSize(); ok {
+			th.dirty.Store(true)
+		}
+	}
+	if errno := n.LoopbackNode.Setattr(ctx, f, in, out); errno != 0 {
+		return errno
+	}
+	rel := n.rel()
+	if !replicatedFile(rel) {
+		return 0
+	}
+	_, sizeSet := in.GetSize()
+	if sizeSet && f == nil {
+		return n.m.commitWrite(rel)
+	}
+	if _, ok := in.GetMTime(); ok && maildir.Classify(rel, false).Kind == maildir.KindMessage {
+		fi, _, err := statInfo(n.m.abs(rel))
+		if err != nil {
+			return fusefs.ToErrno(err)
+		}
+		n.m.mu.Lock()
+		p, err := n.m.submit(index.Event{Kind: index.EvTouch, Path: rel, File: fi})
+		n.m.mu.Unlock()
+		if err == nil {
+			_, err = p.Wait()
+		}
+		if err != nil {
+			return n.m.errno("utimens", n.m.abs(rel), err)
+		}
+	}
+	return 0
+}
+
+// Fsync on a node without a handle (and on directories): the journal is
+// already durable when a mutation returns, so only the backing file needs
+// syncing.
+func (n *node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
+	if fs, ok := f.(fusefs.FileFsyncer); ok {
+		return fs.Fsync(ctx, flags)
+	}
+	fd, err := syscall.Open(n.m.abs(n.rel()), syscall.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fusefs.ToErrno(err)
+	}
+	defer syscall.Close(fd)
+	return fusefs.ToErrno(syscall.Fsync(fd))
+}
+
+// trackedFile is an open handle to a replicated file that may be written:
+// its content is journaled when it is flushed (close) or fsynced.
+type trackedFile struct {
+	*fusefs.LoopbackFile
+	m     *mailFS
+	node  *fusefs.Inode
+	dirty atomic.Bool
+}
+
+var (
+	_ = (fusefs.FileFlusher)((*trackedFile)(nil))
+	_ = (fusefs.FileFsyncer)((*trackedFile)(nil))
+	_ = (fusefs.FileWriter)((*trackedFile)(nil))
+)
+
+func (h *trackedFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.dirty.Store(true)
+	return h.LoopbackFile.Write(ctx, data, off)
+}
+
+func (h *trackedFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	h.dirty.Store(true)
+	return h.LoopbackFile.Allocate(ctx, off, size, mode)
+}
+
+// PassthroughFd is withheld: writes must reach mailfs so it knows the file
+// changed (reads of delivered messages still use passthrough).
+func (h *trackedFile) PassthroughFd() (int, bool) { return -1, false }
+
+func (h *trackedFile) Flush(ctx context.Context) syscall.Errno {
+	if errno := h.LoopbackFile.Flush(ctx); errno != 0 {
+		return errno
+	}
+	return h.commit()
+}
+
+func (h *trackedFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
+		return errno
+	}
+	return h.commit()
+}
+
+func (h *trackedFile) commit() syscall.Errno {
+	if !h.dirty.Swap(false) {
+		return 0
+	}
+	rel := h.node.Path(nil)
+	if !replicatedFile(rel) {
+		return 0 // renamed to a scratch name meanwhile
+	}
+	if errno := h.m.commitWrite(rel); errno != 0 {
+		h.dirty.Store(true)
+		return errno
+	}
+	return 0
+}
+
+func (m *mailFS) String() string { return fmt.Sprintf("mailfs(%s)", m.root) }

@@ -1,0 +1,350 @@
+package index
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"mailfs/journal"
+	"mailfs/maildir"
+)
+
+// EventKind is the filesystem-level change an Event reports.
+type EventKind uint8
+
+// Event kinds.
+const (
+	EvMkdir   EventKind = iota + 1 // a directory was created at Path
+	EvRmdir                        // the directory at Path was removed
+	EvRename                       // Path was renamed to NewPath
+	EvLink                         // NewPath was hard-linked to Path
+	EvUnlink                       // the file at Path was removed
+	EvWrite                        // the file at Path was created or its content changed
+	EvTouch                        // the file at Path got a new mtime (utimens)
+	EvRescan                       // reconcile found the file at Path as File describes
+	EvMissing                      // reconcile found Path gone: mark it missing, journal nothing
+)
+
+var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing"}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return "event?"
+}
+
+// FileInfo describes the file an event leaves behind.
+type FileInfo struct {
+	Mode       uint32
+	Size       int64
+	Mtime      int64 // ns since the epoch
+	Content    journal.ContentID
+	LinkTarget string
+}
+
+// Event is one filesystem-level change, reported after it happened on the
+// backing tree. Paths are relative to the maildir root, slash-separated.
+type Event struct {
+	Kind    EventKind
+	Path    string
+	NewPath string
+	IsDir   bool
+	File    FileInfo
+	// Data is the new content of a subscriptions or dovecot-keywords file
+	// that the event wrote (those are small and parsed, not hashed).
+	Data []byte
+	// GUID, for mkdir of <mailbox>/cur or a rescan of a mailbox, is the
+	// mailbox GUID found in an existing dovecot-uidlist.
+	GUID journal.GUID
+	// Content computes the content ID of the file at the event's target
+	// when File.Content is unset and the index does not know it.
+	Content func() (journal.ContentID, int64, error)
+}
+
+func (t *tx) apply(ev Event) error {
+	switch ev.Kind {
+	case EvMkdir:
+		return t.mkdir(ev)
+	case EvRmdir:
+		return t.rmdir(ev.Path)
+	case EvRename:
+		if ev.IsDir {
+			return t.renameDir(ev.Path, ev.NewPath)
+		}
+		return t.renameFile(ev)
+	case EvLink:
+		return t.arrive(ev.NewPath, ev, ev.Path, false)
+	case EvUnlink:
+		return t.depart(ev.Path)
+	case EvWrite:
+		return t.arrive(ev.Path, ev, "", false)
+	case EvTouch:
+		return t.touch(ev.Path, ev.File.Mtime)
+	case EvRescan:
+		if ev.IsDir {
+			return t.mkdir(ev)
+		}
+		return t.arrive(ev.Path, ev, "", true)
+	case EvMissing:
+		return t.missing(ev.Path, ev.IsDir)
+	}
+	return fmt.Errorf("index: unknown event kind %d", ev.Kind)
+}
+
+func (t *tx) mkdir(ev Event) error {
+	c := maildir.Classify(ev.Path, true)
+	switch c.Kind {
+	case maildir.KindMailboxSubdir:
+		if c.Sub != "cur" {
+			return nil
+		}
+		mb, err := t.mailboxAt(c.Mailbox)
+		if err != nil {
+			return err
+		}
+		if mb != nil {
+			if mb.Missing {
+				mb.Missing = false
+				return t.putMailbox(mb)
+			}
+			return nil
+		}
+		_, err = t.createMailbox(c.Mailbox, ev.GUID, ev.Data)
+		return err
+	case maildir.KindPlainDir:
+		var d dirRec
+		ok, err := t.getRec(dirKey(ev.Path), &d)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if d.Missing {
+				d.Missing = false
+				return t.putRec(dirKey(ev.Path), &d)
+			}
+			return nil
+		}
+		if err := t.putRec(dirKey(ev.Path), &dirRec{Mode: ev.File.Mode & 0o7777}); err != nil {
+			return err
+		}
+		return t.journal(journal.Op{Kind: journal.DirCreate, Path: ev.Path, Mode: ev.File.Mode & 0o7777})
+	}
+	return nil
+}
+
+func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*mailboxRec, error) {
+	if !guid.IsZero() {
+		// A GUID already in use (a copied mailbox directory) or deleted
+		// before must not be reused: it would merge two mailboxes.
+		inUse, err := t.has(mailboxKey(guid))
+		if err != nil {
+			return nil, err
+		}
+		dead, err := t.has(tombMailboxKey(guid))
+		if err != nil {
+			return nil, err
+		}
+		if inUse || dead {
+			guid = journal.GUID{}
+		}
+	}
+	if guid.IsZero() {
+		guid = journal.GUID(uuid.New())
+	}
+	mb := &mailboxRec{GUID: guid, Path: path, Keywords: maildir.ParseKeywords(keywords)}
+	if err := t.putMailbox(mb); err != nil {
+		return nil, err
+	}
+	t.counts.Mailboxes++
+	return mb, t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path})
+}
+
+func (t *tx) deleteMailbox(mb *mailboxRec) error {
+	if err := t.del(mailboxKey(mb.GUID)); err != nil {
+		return err
+	}
+	if err := t.del(mailboxPathKey(mb.Path)); err != nil {
+		return err
+	}
+	t.counts.Mailboxes--
+	t.counts.Messages -= mb.Messages
+	// Message records of the deleted mailbox are swept later, in bounded
+	// transactions; a mailbox of 100k messages must not need one huge txn.
+	if err := t.txn.Set(orphanKey(mb.GUID), nil); err != nil {
+		return err
+	}
+	op := journal.Op{Kind: journal.MailboxDelete, Mailbox: mb.GUID, Path: mb.Path,
+		Seen: journal.VersionVector{t.s.node: t.seq}}
+	if err := t.journal(op); err != nil {
+		return err
+	}
+	last := t.ops[len(t.ops)-1]
+	return t.putRec(tombMailboxKey(mb.GUID), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
+}
+
+func (t *tx) rmdir(path string) error {
+	c := maildir.Classify(path, true)
+	switch c.Kind {
+	case maildir.KindMailboxSubdir:
+		if c.Sub != "cur" {
+			return nil
+		}
+		mb, err := t.mailboxAt(c.Mailbox)
+		if err != nil || mb == nil {
+			return err
+		}
+		return t.deleteMailbox(mb)
+	case maildir.KindPlainDir:
+		ok, err := t.has(dirKey(path))
+		if err != nil || !ok {
+			return err
+		}
+		if err := t.del(dirKey(path)); err != nil {
+			return err
+		}
+		return t.journal(journal.Op{Kind: journal.DirDelete, Path: path})
+	}
+	return nil
+}
+
+// renameDir moves a directory subtree. Mailboxes keep their GUIDs: one
+// MailboxRename each. A move into Dovecot's trash directory is a delete.
+func (t *tx) renameDir(from, to string) error {
+	cf, ct := maildir.Classify(from, true), maildir.Classify(to, true)
+	if cf.Kind == maildir.KindTrash {
+		return nil
+	}
+	if cf.Kind == maildir.KindMailboxSubdir || ct.Kind == maildir.KindMailboxSubdir {
+		// Renaming cur/ itself in or out: the mailbox ends or begins.
+		if err := t.rmdir(from); err != nil {
+			return err
+		}
+		return t.mkdir(Event{Kind: EvMkdir, Path: to})
+	}
+	mailboxes, err := t.mailboxesUnder(from)
+	if err != nil {
+		return err
+	}
+	if ct.Kind == maildir.KindTrash {
+		for _, mb := range mailboxes {
+			if err := t.deleteMailbox(mb); err != nil {
+				return err
+			}
+		}
+		if err := t.dropSubtree(from); err != nil {
+			return err
+		}
+		if ok, err := t.has(dirKey(from)); err != nil || !ok {
+			return err
+		}
+		if err := t.del(dirKey(from)); err != nil {
+			return err
+		}
+		return t.journal(journal.Op{Kind: journal.DirDelete, Path: from})
+	}
+	topIsMailbox := len(mailboxes) > 0 && mailboxes[0].Path == from
+	if err := t.rekeySubtree(from, to); err != nil {
+		return err
+	}
+	if !topIsMailbox {
+		var d dirRec
+		if _, err := t.getRec(dirKey(to), &d); err != nil {
+			return err
+		}
+		if err := t.journal(journal.Op{Kind: journal.DirCreate, Path: to, From: from, Mode: d.Mode}); err != nil {
+			return err
+		}
+	}
+	for _, mb := range mailboxes {
+		old := mb.Path
+		if err := t.del(mailboxPathKey(old)); err != nil {
+			return err
+		}
+		mb.Path = to + strings.TrimPrefix(old, from)
+		if err := t.putMailbox(mb); err != nil {
+			return err
+		}
+		if err := t.journal(journal.Op{Kind: journal.MailboxRename, Mailbox: mb.GUID, Path: old, NewPath: mb.Path}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mailboxesUnder lists the mailboxes at dir or below it, shallowest first.
+func (t *tx) mailboxesUnder(dir string) ([]*mailboxRec, error) {
+	var out []*mailboxRec
+	add := func(path string) error {
+		mb, err := t.mailboxAt(path)
+		if err == nil && mb != nil {
+			out = append(out, mb)
+		}
+		return err
+	}
+	if err := add(dir); err != nil {
+		return nil, err
+	}
+	prefix := mailboxPathKey(dir + "/")
+	if dir == "" {
+		prefix = mailboxPathKey("")
+	}
+	err := t.scanKeys(prefix, func(k []byte) error {
+		p := string(k[len(pMailboxPath):])
+		if p == dir {
+			return nil
+		}
+		return add(p)
+	})
+	sort.Slice(out, func(i, j int) bool { return len(out[i].Path) < len(out[j].Path) })
+	return out, err
+}
+
+// rekeySubtree moves the plain dir, plain file and subscription records at
+// and below from to the same place below to.
+func (t *tx) rekeySubtree(from, to string) error {
+	for _, p := range []string{pDir, pFile} {
+		if err := t.rekey([]byte(p+from), []byte(p+to), true); err != nil {
+			return err
+		}
+		if err := t.rekey([]byte(p+from+"/"), []byte(p+to+"/"), false); err != nil {
+			return err
+		}
+	}
+	if err := t.rekey(subPrefix(from), subPrefix(to), false); err != nil {
+		return err
+	}
+	return t.rekey([]byte(pSubscribed+from+"/"), []byte(pSubscribed+to+"/"), false)
+}
+
+func (t *tx) rekey(from, to []byte, exact bool) error {
+	move := func(k []byte) error {
+		v, ok, err := get(t.txn, k)
+		if err != nil || !ok {
+			return err
+		}
+		nk := append(append([]byte(nil), to...), k[len(from):]...)
+		if err := t.txn.Set(nk, v); err != nil {
+			return err
+		}
+		return t.del(k)
+	}
+	if exact {
+		return move(from)
+	}
+	return t.scanKeys(from, move)
+}
+
+// dropSubtree forgets the plain records at and below dir (it went to trash).
+func (t *tx) dropSubtree(dir string) error {
+	for _, p := range []string{pFile, pDir, pSubscribed} {
+		if err := t.scanKeys([]byte(p+dir+"/"), t.del); err != nil {
+			return err
+		}
+	}
+	return t.scanKeys(subPrefix(dir), t.del)
+}
+
+func sortStrings(s []string) { sort.Strings(s) }

@@ -1,0 +1,141 @@
+package index
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"mailfs/journal"
+)
+
+// Ops calls fn for every journaled op with seq >= from, in seq order. It
+// streams: at most one op is decoded at a time.
+func (s *Store) Ops(from uint64, fn func(*journal.Op) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte(pJournal)
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Seek(journalKey(from)); it.Valid(); it.Next() {
+			item := it.Item()
+			k := item.Key()
+			if len(k) != len(pJournal)+8 {
+				return fmt.Errorf("index: journal key %x is damaged", k)
+			}
+			var op *journal.Op
+			err := item.Value(func(v []byte) error {
+				var err error
+				op, err = journal.Decode(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("index: journal op %d: %w", binary.BigEndian.Uint64(k[len(pJournal):]), err)
+			}
+			if err := fn(op); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Mailbox is a mailbox as the index knows it.
+type Mailbox struct {
+	GUID     journal.GUID
+	Path     string
+	Messages int64
+	Missing  bool
+	Keywords []string
+}
+
+// Mailboxes calls fn for every live mailbox.
+func (s *Store) Mailboxes(fn func(Mailbox) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte(pMailbox)
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var mb mailboxRec
+			if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &mb) }); err != nil {
+				return err
+			}
+			if err := fn(Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// MailboxByPath returns the mailbox whose directory is path.
+func (s *Store) MailboxByPath(path string) (Mailbox, bool, error) {
+	var out Mailbox
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		t := &tx{s: s, txn: txn}
+		mb, err := t.mailboxAt(path)
+		if err != nil || mb == nil {
+			return err
+		}
+		found = true
+		out = Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords}
+		return nil
+	})
+	return out, found, err
+}
+
+// Message is a message as the index knows it.
+type Message struct {
+	Key     string
+	Name    string
+	Sub     journal.Sub
+	Flags   []string
+	Mtime   int64
+	Size    int64
+	Content journal.ContentID
+	Missing bool
+}
+
+// Messages calls fn for every message of mailbox g, in key order.
+func (s *Store) Messages(g journal.GUID, fn func(Message) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		prefix := messagePrefix(g)
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = prefix
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var m messageRec
+			if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &m) }); err != nil {
+				return err
+			}
+			key := string(it.Item().Key()[len(prefix):])
+			if err := fn(Message{Key: key, Name: m.Name, Sub: m.Sub, Flags: m.Flags, Mtime: m.Mtime,
+				Size: m.Size, Content: m.Content, Missing: m.Missing}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Subscriptions returns the names subscribed in the subscriptions file of dir.
+func (s *Store) Subscriptions(dir string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := subPrefix(dir)
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = prefix
+		opt.PrefetchValues = false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			out = append(out, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,308 @@
+package index
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"mailfs/journal"
+	"mailfs/maildir"
+)
+
+// HashFile returns the content ID and size of the file at p, streaming it.
+func HashFile(p string) (journal.ContentID, int64, error) {
+	var id journal.ContentID
+	f, err := os.Open(p)
+	if err != nil {
+		return id, 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return id, 0, fmt.Errorf("read %s: %w", p, err)
+	}
+	copy(id[:], h.Sum(nil))
+	return id, n, nil
+}
+
+// Progress reports how far a reconcile has come.
+type Progress struct {
+	Files    int64
+	Journal  int64 // ops journaled so far
+	Elapsed  time.Duration
+	Finished bool
+}
+
+// ReconcileReport summarises a reconcile pass.
+type ReconcileReport struct {
+	Files     int64
+	Ops       int64
+	Missing   int64
+	Malformed int64
+	Elapsed   time.Duration
+}
+
+const reconcileBatch = 256
+
+// Reconcile brings the index in line with the Maildir tree at root: files
+// and mailboxes added behind mailfs's back are journaled as adds (flag
+// renames as flag changes), and what vanished is marked missing, never
+// journaled as an expunge. progress (may be nil) is called every few
+// thousand files. It must run while nothing else changes the tree.
+func (s *Store) Reconcile(ctx context.Context, root string, progress func(Progress)) (ReconcileReport, error) {
+	r := &reconciler{s: s, ctx: ctx, root: root, progress: progress, start: time.Now()}
+	err := r.walk("")
+	if err == nil {
+		err = r.flush()
+	}
+	if err == nil {
+		err = r.findMissing()
+	}
+	if err == nil {
+		err = r.flush()
+	}
+	r.rep.Elapsed = time.Since(r.start)
+	if progress != nil {
+		progress(Progress{Files: r.rep.Files, Journal: r.rep.Ops, Elapsed: r.rep.Elapsed, Finished: true})
+	}
+	return r.rep, err
+}
+
+type reconciler struct {
+	s        *Store
+	ctx      context.Context
+	root     string
+	progress func(Progress)
+	start    time.Time
+	pending  []Event
+	rep      ReconcileReport
+	lastTick time.Time
+}
+
+func (r *reconciler) add(ev Event) error {
+	r.pending = append(r.pending, ev)
+	if len(r.pending) >= reconcileBatch {
+		return r.flush()
+	}
+	return nil
+}
+
+func (r *reconciler) flush() error {
+	if len(r.pending) == 0 {
+		return nil
+	}
+	ops, err := r.s.Commit(r.ctx, r.pending...)
+	r.pending = r.pending[:0]
+	r.rep.Ops += int64(len(ops))
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	if r.progress != nil && time.Since(r.lastTick) > 2*time.Second {
+		r.lastTick = time.Now()
+		r.progress(Progress{Files: r.rep.Files, Journal: r.rep.Ops, Elapsed: time.Since(r.start)})
+	}
+	return r.ctx.Err()
+}
+
+func (r *reconciler) abs(rel string) string { return filepath.Join(r.root, filepath.FromSlash(rel)) }
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+func fileInfo(fi fs.FileInfo) FileInfo {
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	out := FileInfo{Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), Mtime: fi.ModTime().UnixNano()}
+	if st != nil {
+		out.Mode = st.Mode & 0o7777
+	}
+	return out
+}
+
+func (r *reconciler) hasher(abs string) func() (journal.ContentID, int64, error) {
+	return func() (journal.ContentID, int64, error) { return HashFile(abs) }
+}
+
+// walk visits the directory rel: a mailbox's messages first, then its
+// other files and subdirectories.
+func (r *reconciler) walk(rel string) error {
+	entries, err := os.ReadDir(r.abs(rel))
+	if err != nil {
+		return fmt.Errorf("reconcile: read %s: %w", r.abs(rel), err)
+	}
+	isMailbox := false
+	for _, e := range entries {
+		if e.Name() == "cur" && e.IsDir() {
+			isMailbox = true
+		}
+	}
+	if rel != "" {
+		if c := maildir.Classify(rel, true); c.Kind == maildir.KindPlainDir {
+			fi, err := os.Lstat(r.abs(rel))
+			if err != nil {
+				return err
+			}
+			if err := r.add(Event{Kind: EvRescan, IsDir: true, Path: rel, File: fileInfo(fi)}); err != nil {
+				return err
+			}
+		}
+	}
+	if isMailbox {
+		if err := r.mailbox(rel); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		name := e.Name()
+		p := join(rel, name)
+		if e.IsDir() {
+			c := maildir.Classify(p, true)
+			switch c.Kind {
+			case maildir.KindTrash, maildir.KindScratch:
+				continue
+			case maildir.KindMailboxSubdir:
+				continue // handled by mailbox()
+			}
+			if err := r.walk(p); err != nil {
+				return err
+			}
+			continue
+		}
+		c := maildir.Classify(p, false)
+		switch c.Kind {
+		case maildir.KindPlainFile:
+			fi, err := os.Lstat(r.abs(p))
+			if err != nil {
+				return err
+			}
+			info := fileInfo(fi)
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				if info.LinkTarget, err = os.Readlink(r.abs(p)); err != nil {
+					return err
+				}
+			} else if !fi.Mode().IsRegular() {
+				continue
+			}
+			r.rep.Files++
+			if err := r.add(Event{Kind: EvRescan, Path: p, File: info, Content: r.hasher(r.abs(p))}); err != nil {
+				return err
+			}
+		case maildir.KindSubscriptions:
+			data, err := os.ReadFile(r.abs(p))
+			if err != nil {
+				return err
+			}
+			if err := r.add(Event{Kind: EvWrite, Path: p, Data: data}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// mailbox reconciles the messages of the mailbox directory rel.
+func (r *reconciler) mailbox(rel string) error {
+	var guid journal.GUID
+	if data, err := os.ReadFile(r.abs(join(rel, "dovecot-uidlist"))); err == nil {
+		if g, ok := maildir.UidlistGUID(data); ok {
+			guid = g
+		}
+	}
+	kw, err := os.ReadFile(r.abs(join(rel, "dovecot-keywords")))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := r.add(Event{Kind: EvRescan, IsDir: true, Path: join(rel, "cur"), GUID: guid, Data: kw}); err != nil {
+		return err
+	}
+	if err := r.add(Event{Kind: EvWrite, Path: join(rel, "dovecot-keywords"), Data: kw}); err != nil {
+		return err
+	}
+	onDisk := map[string]bool{}
+	for _, sub := range []string{"new", "cur"} {
+		dir := join(rel, sub)
+		entries, err := os.ReadDir(r.abs(dir))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("reconcile: read %s: %w", r.abs(dir), err)
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			name := e.Name()
+			if _, err := maildir.ParseName(name); err != nil {
+				r.rep.Malformed++
+				r.s.log.Warn("reconcile: skipping a file whose name is not a Maildir message name",
+					"path", r.abs(join(dir, name)), "err", err)
+				continue
+			}
+			r.rep.Files++
+			onDisk[sub+"/"+name] = true
+			ev := Event{Kind: EvRescan, Path: join(dir, name), Content: r.hasher(r.abs(join(dir, name)))}
+			if fi, err := e.Info(); err == nil {
+				ev.File = fileInfo(fi)
+			}
+			if err := r.add(ev); err != nil {
+				return err
+			}
+		}
+	}
+	// Messages the index knows that are not on disk any more: missing.
+	if err := r.flush(); err != nil {
+		return err
+	}
+	mb, ok, err := r.s.MailboxByPath(rel)
+	if err != nil || !ok {
+		return err
+	}
+	return r.s.Messages(mb.GUID, func(m Message) error {
+		if onDisk[m.Sub.String()+"/"+m.Name] || m.Missing {
+			return nil
+		}
+		r.rep.Missing++
+		r.s.log.Warn("reconcile: message vanished behind mailfs's back; marked missing, not expunged",
+			"mailbox", rel, "name", m.Name)
+		r.pending = append(r.pending, Event{Kind: EvMissing, Path: path.Join(rel, m.Sub.String(), m.Name)})
+		return nil
+	})
+}
+
+// findMissing marks mailboxes whose directory vanished.
+func (r *reconciler) findMissing() error {
+	var gone []string
+	err := r.s.Mailboxes(func(mb Mailbox) error {
+		if mb.Missing {
+			return nil
+		}
+		if fi, err := os.Stat(r.abs(join(mb.Path, "cur"))); err != nil || !fi.IsDir() {
+			gone = append(gone, mb.Path)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range gone {
+		r.rep.Missing++
+		r.s.log.Warn("reconcile: mailbox directory vanished behind mailfs's back; marked missing, not deleted", "mailbox", p)
+		if err := r.add(Event{Kind: EvMissing, IsDir: true, Path: p}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+package index
+
+import (
+	"encoding/binary"
+	"errors"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"mailfs/journal"
+)
+
+// tx is one batch transaction of the committer: state reads see the batch's
+// own earlier writes, and journaled ops get dense seqs.
+type tx struct {
+	s      *Store
+	txn    *badger.Txn
+	seq    uint64
+	last   journal.HLC
+	counts counts
+	ops    []journal.Op
+}
+
+func (s *Store) newTx() *tx {
+	s.countsMu.Lock()
+	c := s.counts
+	s.countsMu.Unlock()
+	return &tx{s: s, txn: s.db.NewTransaction(true), seq: s.seq.Load(), counts: c}
+}
+
+// journal stamps op with origin, seq and time and adds it to the batch.
+func (t *tx) journal(op journal.Op) error {
+	if op.Origin.IsZero() {
+		op.Origin = t.s.node
+		t.seq++
+		op.Seq = t.seq
+		op.Time = t.s.clock.Now()
+	}
+	if t.last.Less(op.Time) {
+		t.last = op.Time
+	}
+	if err := t.txn.Set(journalKey(op.Seq), journal.Encode(nil, &op)); err != nil {
+		return err
+	}
+	t.ops = append(t.ops, op)
+	return nil
+}
+
+func (t *tx) finish() error {
+	defer t.txn.Discard()
+	if len(t.ops) > 0 {
+		if err := t.txn.Set([]byte(kSeq), u64(t.seq)); err != nil {
+			return err
+		}
+		h := make([]byte, 12)
+		binary.BigEndian.PutUint64(h, uint64(t.last.WallMs))
+		binary.BigEndian.PutUint32(h[8:], t.last.Logical)
+		if err := t.txn.Set([]byte(kHLC), h); err != nil {
+			return err
+		}
+	}
+	c, err := encodeRec(t.counts)
+	if err != nil {
+		return err
+	}
+	if err := t.txn.Set([]byte(kCounts), c); err != nil {
+		return err
+	}
+	return t.txn.Commit()
+}
+
+func (t *tx) getRec(key []byte, v any) (bool, error) {
+	b, ok, err := get(t.txn, key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, decodeRec(b, v)
+}
+
+func (t *tx) putRec(key []byte, v any) error {
+	b, err := encodeRec(v)
+	if err != nil {
+		return err
+	}
+	return t.txn.Set(key, b)
+}
+
+func (t *tx) del(key []byte) error { return t.txn.Delete(key) }
+
+func (t *tx) has(key []byte) (bool, error) {
+	_, err := t.txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// mailboxAt returns the mailbox whose directory is path.
+func (t *tx) mailboxAt(path string) (*mailboxRec, error) {
+	b, ok, err := get(t.txn, mailboxPathKey(path))
+	if err != nil || !ok || len(b) != 16 {
+		return nil, err
+	}
+	var mb mailboxRec
+	ok, err = t.getRec(mailboxKey(journal.GUID(b)), &mb)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &mb, nil
+}
+
+func (t *tx) putMailbox(mb *mailboxRec) error {
+	if err := t.putRec(mailboxKey(mb.GUID), mb); err != nil {
+		return err
+	}
+	return t.txn.Set(mailboxPathKey(mb.Path), mb.GUID[:])
+}
+
+func (t *tx) message(g journal.GUID, key string) (*messageRec, error) {
+	var m messageRec
+	ok, err := t.getRec(messageKey(g, key), &m)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// scanKeys calls fn for every key under prefix (keys only; fn gets a copy).
+func (t *tx) scanKeys(prefix []byte, fn func(key []byte) error) error {
+	opt := badger.DefaultIteratorOptions
+	opt.PrefetchValues = false
+	opt.Prefix = prefix
+	it := t.txn.NewIterator(opt)
+	var keys [][]byte
+	for it.Rewind(); it.Valid(); it.Next() {
+		keys = append(keys, it.Item().KeyCopy(nil))
+	}
+	it.Close()
+	for _, k := range keys {
+		if err := fn(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

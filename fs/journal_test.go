@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -167,6 +168,32 @@ func TestJournalMaildirOperations(t *testing.T) {
 		return os.Rename(tm.p(inbox+"/cur/"+key+":2,FRS"), tm.p(inbox+"/cur/"+key+":2,FRSab"))
 	}, want{Kind: journal.MessageFlags, Path: inbox, Key: key, Sub: journal.SubCur,
 		Flags: []string{"$Important", `\Answered`, `\Flagged`, `\Seen`, "work"}})
+
+	tm.step(t, "a new keyword letter before dovecot-keywords names it (Dovecot's order)", func() error {
+		return os.Rename(tm.p(inbox+"/cur/"+key+":2,FRSab"), tm.p(inbox+"/cur/"+key+":2,FRSabc"))
+	}, want{Kind: journal.MessageFlags, Path: inbox, Key: key, Sub: journal.SubCur,
+		Flags: []string{"$Important", `\Answered`, `\Flagged`, `\Seen`, "mailfs-letter:c", "work"}})
+	tm.step(t, "dovecot-keywords then names the letter: flags journaled again by name", func() error {
+		lock := tm.p(inbox + "/dovecot-keywords.lock")
+		if err := os.WriteFile(lock, []byte("0 $Important\n1 work\n2 urgent\n"), 0o600); err != nil {
+			return err
+		}
+		return os.Rename(lock, tm.p(inbox+"/dovecot-keywords"))
+	}, want{Kind: journal.MessageFlags, Path: inbox, Key: key, Sub: journal.SubCur,
+		Flags: []string{"$Important", `\Answered`, `\Flagged`, `\Seen`, "urgent", "work"}})
+	if err := os.Rename(tm.p(inbox+"/cur/"+key+":2,FRSabc"), tm.p(inbox+"/cur/"+key+":2,FRSab")); err != nil {
+		t.Fatal(err)
+	}
+
+	tm.step(t, "unlink(2) of a directory is refused and changes nothing (Dovecot probes with it)", func() error {
+		if err := syscall.Unlink(tm.p(inbox)); err != syscall.EISDIR {
+			return fmt.Errorf("unlink of a mailbox directory: %v, want EISDIR", err)
+		}
+		if _, err := os.Stat(tm.p(inbox + "/cur")); err != nil {
+			return fmt.Errorf("mailbox gone after refused unlink: %v", err)
+		}
+		return nil
+	})
 
 	tm.step(t, "Maildir++ folder create", func() error {
 		if err := mkMaildir(tm.p(sent)); err != nil {

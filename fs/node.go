@@ -216,6 +216,15 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return n.LoopbackNode.Unlink(ctx, name)
 	}
 	abs := n.m.abs(rel)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(abs, &st); err != nil {
+		return fusefs.ToErrno(err)
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		// unlink(2) of a directory fails; Dovecot probes with it before a
+		// mailbox delete. It must never reach the staging rename below.
+		return syscall.EISDIR
+	}
 	// Stage the unlink as a rename into the mailbox's tmp/ (or next to the
 	// file) so that a failed commit can put the file back.
 	staged := filepath.Join(filepath.Dir(abs), ".mailfs-unlink."+strconv.Itoa(os.Getpid())+"."+

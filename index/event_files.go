@@ -426,6 +426,47 @@ func (t *tx) setKeywords(mailboxPath string, data []byte) error {
 	if err != nil || mb == nil {
 		return err
 	}
+	old := maildir.Keywords(mb.Keywords)
 	mb.Keywords = maildir.ParseKeywords(data)
-	return t.putMailbox(mb)
+	if err := t.putMailbox(mb); err != nil {
+		return err
+	}
+	// Dovecot renames a message to a new keyword letter before it writes
+	// dovecot-keywords: messages journaled with that letter untranslated
+	// get their flags journaled again, by name.
+	var newly []string
+	for i, name := range mb.Keywords {
+		if name != "" && (i >= len(old) || old[i] != name) {
+			newly = append(newly, maildir.UnknownLetterPrefix+string(rune('a'+i)))
+		}
+	}
+	if len(newly) == 0 {
+		return nil
+	}
+	return t.scanKeys(messagePrefix(mb.GUID), func(k []byte) error {
+		var rec messageRec
+		if ok, err := t.getRec(k, &rec); err != nil || !ok {
+			return err
+		}
+		if !hasAny(rec.Flags, newly) {
+			return nil
+		}
+		name, err := maildir.ParseName(rec.Name)
+		if err != nil {
+			return nil
+		}
+		key := string(k[len(messagePrefix(mb.GUID)):])
+		return t.setFlags(mb, key, &rec, rec.Name, rec.Sub, maildir.FlagNames(name.Letters(), mb.Keywords), rec.Mtime)
+	})
+}
+
+func hasAny(flags, any []string) bool {
+	for _, f := range flags {
+		for _, a := range any {
+			if f == a {
+				return true
+			}
+		}
+	}
+	return false
 }

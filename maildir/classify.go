@@ -137,6 +137,8 @@ func isCacheName(name string) bool {
 		strings.HasPrefix(name, "dovecot-uidvalidity"),
 		strings.HasPrefix(name, "dovecot.mailbox.log"),
 		strings.HasPrefix(name, ".temp."),
+		strings.HasPrefix(name, "mailboxes.lock"),
+		strings.HasPrefix(name, ".mailfs-"),
 		strings.HasSuffix(name, ".lock"),
 		strings.HasSuffix(name, ".tmp") && strings.HasPrefix(name, "dovecot"):
 		return true

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every mailfs test: unit, fuzz seeds, real FUSE mounts, crash tests and
+# real Dovecot end to end. Installs what the tests need first (as root).
+# Longer randomized runs: MAILFS_CRASH_ROUNDS=200 scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh --test
+export PATH="$PATH:/usr/local/go/bin"
+
+leftover() { findmnt -rn -o TARGET,FSTYPE | awk '$2 ~ /^fuse/ && $1 ~ /^\/tmp\// {print $1}'; }
+before=$(leftover || true)
+
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 18m ./...
+
+after=$(leftover || true)
+if [ "$after" != "$before" ]; then
+	echo "tests leaked FUSE mounts:" >&2
+	echo "$after" >&2
+	exit 1
+fi

@@ -1,0 +1,164 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeMaildirTree writes a Dovecot-style tree with n messages spread over
+// an INBOX and a Sent folder, each with a dovecot-uidlist carrying its GUID.
+func writeMaildirTree(t testing.TB, root string, n int) map[string]string {
+	t.Helper()
+	guids := map[string]string{
+		"example.com/alice/Maildir":       "0123456789abcdef0123456789abcdef",
+		"example.com/alice/Maildir/.Sent": "fedcba9876543210fedcba9876543210",
+	}
+	i := 0
+	for mb, guid := range guids {
+		for _, sub := range []string{"cur", "new", "tmp"} {
+			if err := os.MkdirAll(filepath.Join(root, mb, sub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		uidlist := fmt.Sprintf("3 V1700000000 N1 G%s\n", guid)
+		if err := os.WriteFile(filepath.Join(root, mb, "dovecot-uidlist"), []byte(uidlist), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, mb, "dovecot-keywords"), []byte("0 $Important\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for j := 0; j < n/len(guids); j++ {
+			body := fmt.Sprintf("Subject: message %d\n\n%s\n", i, strings.Repeat("x", i%5000))
+			name := fmt.Sprintf("1700000000.M%dP1.host,S=%d:2,Sa", i, len(body))
+			if err := os.WriteFile(filepath.Join(root, mb, "cur", name), []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			i++
+		}
+	}
+	return guids
+}
+
+// TestAdoptExistingMaildir indexes a full Maildir tree in place with
+// `init --maildir`: every message is journaled once, mailbox GUIDs come
+// from dovecot-uidlist, keywords are translated, progress is logged.
+// MAILFS_ADOPT_MESSAGES raises the size (100000 for the full check).
+func TestAdoptExistingMaildir(t *testing.T) {
+	t.Parallel()
+	n := 6000
+	if v := os.Getenv("MAILFS_ADOPT_MESSAGES"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "vmail")
+	guids := writeMaildirTree(t, maildir, n)
+	store := filepath.Join(dir, "store")
+	start := time.Now()
+	out, errs, code := runMailfs(t, "init", "--store", store, "--maildir", maildir, "--name", "adopted")
+	elapsed := time.Since(start)
+	if code != 0 {
+		t.Fatalf("init --maildir: exit %d\n%s%s", code, out, errs)
+	}
+	t.Logf("adopted %d messages in %v (%.0f messages/s)", n, elapsed, float64(n)/elapsed.Seconds())
+	if !strings.Contains(errs, "Maildir tree indexed") || !strings.Contains(errs, fmt.Sprintf("files=%d", n)) {
+		t.Fatalf("init did not report its indexing:\n%s", errs)
+	}
+	ops := journalOps(t, store)
+	adds := map[string]int{}
+	for _, op := range ops {
+		switch op.Kind {
+		case "MailboxCreate":
+			if want := guids[op.Path]; op.Mailbox != want {
+				t.Fatalf("mailbox %s got GUID %s, want %s from its dovecot-uidlist", op.Path, op.Mailbox, want)
+			}
+		case "MessageAdd":
+			adds[op.Path+"/"+op.Key]++
+			if len(op.Flags) != 2 || op.Flags[0] != "$Important" || op.Flags[1] != `\Seen` {
+				t.Fatalf("adopted message flags %q, want [$Important \\Seen]", op.Flags)
+			}
+		case "DirCreate", "FileWrite":
+		default:
+			t.Fatalf("adoption journaled %s: %+v", op.Kind, op)
+		}
+	}
+	if len(adds) != n {
+		t.Fatalf("%d messages journaled, want %d", len(adds), n)
+	}
+	for k, c := range adds {
+		if c != 1 {
+			t.Fatalf("%s journaled %d times", k, c)
+		}
+	}
+	// Running init again (an interrupted adoption resumed) journals nothing new.
+	before := len(ops)
+	if out, errs, code := runMailfs(t, "init", "--store", store, "--maildir", maildir); code != 0 {
+		t.Fatalf("second init: exit %d\n%s%s", code, out, errs)
+	}
+	if after := len(journalOps(t, store)); after != before {
+		t.Fatalf("second init journaled %d more ops", after-before)
+	}
+	st := statusJSON(t, store)["node"].(map[string]any)
+	if st["messages"].(float64) != float64(n) || st["mailboxes"].(float64) != 2 || st["name"] != "adopted" {
+		t.Fatalf("status after adoption: %v", st)
+	}
+}
+
+// TestChangesWhileUnmounted: what happens to the tree while mailfs is down
+// is found at the next mount; adds are journaled, vanished messages are
+// marked missing and never journaled as expunges.
+func TestChangesWhileUnmounted(t *testing.T) {
+	t.Parallel()
+	store, mnt := newStoreDirs(t)
+	p := startMailfs(t, store, mnt)
+	mb := filepath.Join(mnt, "example.com/bob/Maildir")
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(mb, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"1.M1P1.h:2,S", "2.M2P1.h:2,", "3.M3P1.h:2,"} {
+		if err := os.WriteFile(filepath.Join(mb, "tmp", name), []byte("body "+name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(mb, "tmp", name), filepath.Join(mb, "cur", name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Stop()
+	seq := len(journalOps(t, store))
+	backing := filepath.Join(store, "maildir", "example.com/bob/Maildir")
+	// Behind mailfs's back: one delivered, one vanished, one flag change.
+	if err := os.WriteFile(filepath.Join(backing, "new", "4.M4P1.h"), []byte("added offline"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(backing, "cur", "2.M2P1.h:2,")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(backing, "cur", "3.M3P1.h:2,"), filepath.Join(backing, "cur", "3.M3P1.h:2,F")); err != nil {
+		t.Fatal(err)
+	}
+	p = startMailfs(t, store, mnt)
+	if !strings.Contains(p.Log(), "marked missing") {
+		t.Fatalf("the vanished message was not reported:\n%s", p.Log())
+	}
+	got := journalOps(t, store)[seq:]
+	var flags, add int
+	for _, op := range got {
+		switch {
+		case op.Kind == "MessageFlags" && op.Key == "3.M3P1.h" && len(op.Flags) == 1 && op.Flags[0] == `\Flagged`:
+			flags++
+		case op.Kind == "MessageAdd" && op.Key == "4.M4P1.h" && op.Sub == "new":
+			add++
+		default:
+			t.Fatalf("unexpected op journaled at mount (a vanished file must not be an expunge): %+v", op)
+		}
+	}
+	if flags != 1 || add != 1 {
+		t.Fatalf("ops journaled at mount:\n%s", dumpOps(got))
+	}
+}

@@ -149,6 +149,51 @@ func (m *mailFS) submit(ev index.Event) (*index.Pending, error) {
 	return m.store.Submit(ev)
 }
 
+// waitDurable waits for p's group commit and, at the same time, fsyncs
+// the backing directories whose entries the syscall changed: after a power
+// loss the tree then agrees with every op the journal acknowledged, and the
+// two flushes overlap instead of adding up.
+//
+// A failed directory fsync after a successful commit is reported as
+// errSyncAfterCommit: the op is journaled, so the change must not be undone.
+func (m *mailFS) waitDurable(p *index.Pending, dirs ...string) error {
+	errs := make(chan error, len(dirs))
+	seen := map[string]bool{}
+	n := 0
+	for _, d := range dirs {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		n++
+		go func(d string) { errs <- syncDir(d) }(d)
+	}
+	_, err := p.Wait()
+	for i := 0; i < n; i++ {
+		if derr := <-errs; derr != nil && err == nil {
+			err = fmt.Errorf("%w: %w", errSyncAfterCommit, derr)
+		}
+	}
+	return err
+}
+
+var errSyncAfterCommit = errors.New("journaled, but the backing directory could not be synced")
+
+// undo reports whether a failed mutation must be undone on disk.
+func undo(err error) bool { return err != nil && !errors.Is(err, errSyncAfterCommit) }
+
+func syncDir(dir string) error {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Fsync(fd); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
 	rel := n.child(name)
 	if e := n.m.checkTarget(rel, false); e != 0 {
@@ -177,10 +222,12 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	p, err := n.m.submit(ev)
 	n.m.mu.Unlock()
 	if err == nil {
-		_, err = p.Wait()
+		err = n.m.waitDurable(p, filepath.Dir(n.m.abs(rel)))
+	}
+	if undo(err) {
+		syscall.Rmdir(n.m.abs(rel))
 	}
 	if err != nil {
-		syscall.Rmdir(n.m.abs(rel))
 		return nil, n.m.errno("mkdir", n.m.abs(rel), err)
 	}
 	return ch, 0
@@ -201,10 +248,12 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	p, err := n.m.submit(index.Event{Kind: index.EvRmdir, Path: rel, IsDir: true})
 	n.m.mu.Unlock()
 	if err == nil {
-		_, err = p.Wait()
+		err = n.m.waitDurable(p, filepath.Dir(n.m.abs(rel)))
+	}
+	if undo(err) {
+		os.Mkdir(n.m.abs(rel), 0o700)
 	}
 	if err != nil {
-		os.Mkdir(n.m.abs(rel), 0o700)
 		return n.m.errno("rmdir", n.m.abs(rel), err)
 	}
 	return 0
@@ -242,14 +291,17 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	p, err := n.m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
 	n.m.mu.Unlock()
 	if err == nil {
-		_, err = p.Wait()
+		err = n.m.waitDurable(p, filepath.Dir(abs), filepath.Dir(staged))
 	}
-	if err != nil {
+	if undo(err) {
 		syscall.Rename(staged, abs)
 		return n.m.errno("unlink", abs, err)
 	}
-	if err := syscall.Unlink(staged); err != nil {
-		n.m.log.Warn("unlink of staged file failed; it stays as scratch", "path", staged, "err", err)
+	if uerr := syscall.Unlink(staged); uerr != nil {
+		n.m.log.Warn("unlink of staged file failed; it stays as scratch", "path", staged, "err", uerr)
+	}
+	if err != nil {
+		return n.m.errno("unlink", abs, err)
 	}
 	return 0
 }
@@ -328,10 +380,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	p, err := n.m.submit(ev)
 	n.m.mu.Unlock()
 	if err == nil {
-		_, err = p.Wait()
+		err = n.m.waitDurable(p, filepath.Dir(absFrom), filepath.Dir(absTo))
+	}
+	if undo(err) {
+		syscall.Rename(absTo, absFrom)
 	}
 	if err != nil {
-		syscall.Rename(absTo, absFrom)
 		return n.m.errno("rename", absFrom+" -> "+absTo, err)
 	}
 	return 0
@@ -371,10 +425,12 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	p, err := n.m.submit(ev)
 	n.m.mu.Unlock()
 	if err == nil {
-		_, err = p.Wait()
+		err = n.m.waitDurable(p, filepath.Dir(absTo))
+	}
+	if undo(err) {
+		syscall.Unlink(absTo)
 	}
 	if err != nil {
-		syscall.Unlink(absTo)
 		return nil, n.m.errno("link", absTo, err)
 	}
 	return ch, 0
@@ -462,9 +518,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if !ok {
 		return ch, fh, fflags, errno
 	}
-	h := &trackedFile{LoopbackFile: lf, m: n.m, node: ch}
-	h.dirty.Store(true)
-	return ch, h, fflags, 0
+	return ch, &trackedFile{LoopbackFile: lf, m: n.m, node: ch}, fflags, 0
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
@@ -476,20 +530,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if !ok {
 		return fh, fflags, errno
 	}
-	// Dirty from the start: if another handle already put the inode in
-	// passthrough mode, this handle's writes bypass mailfs too, so the
-	// content is checked at every close (an unchanged file journals nothing).
-	h := &trackedFile{LoopbackFile: lf, m: n.m, node: n.EmbeddedInode()}
-	h.dirty.Store(true)
-	return h, fflags, 0
+	return &trackedFile{LoopbackFile: lf, m: n.m, node: n.EmbeddedInode()}, fflags, 0
 }
 
 func (n *node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if th, ok := f.(*trackedFile); ok {
-		f = th.LoopbackFile
-		if _, ok := in.GetSize(); ok {
-			th.dirty.Store(true)
-		}
+		f = th.LoopbackFile // an ftruncate is journaled at the handle's flush
 	}
 	if errno := n.LoopbackNode.Setattr(ctx, f, in, out); errno != 0 {
 		return errno
@@ -536,33 +582,27 @@ func (n *node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) sys
 }
 
 // trackedFile is an open handle to a replicated file that may be written:
-// its content is journaled when it is flushed (close) or fsynced.
+// its content is journaled when it is flushed (every close) or fsynced.
+//
+// Its writes may bypass mailfs: the handle keeps the loopback's
+// PassthroughFd, and it must, because the kernel refuses (EIO) to open an
+// inode in passthrough mode while another handle has it open in cached mode
+// and vice versa, so withholding passthrough from writers made every
+// read-only open of a file that was open for writing fail, and the other
+// way round. mailfs therefore never learns of single writes: every flush
+// and fsync hashes the file and journals it if the content changed (an
+// unchanged file journals nothing).
 type trackedFile struct {
 	*fusefs.LoopbackFile
-	m     *mailFS
-	node  *fusefs.Inode
-	dirty atomic.Bool
+	m    *mailFS
+	node *fusefs.Inode
 }
 
 var (
 	_ = (fusefs.FileFlusher)((*trackedFile)(nil))
 	_ = (fusefs.FileFsyncer)((*trackedFile)(nil))
-	_ = (fusefs.FileWriter)((*trackedFile)(nil))
+	_ = (fusefs.FilePassthroughFder)((*trackedFile)(nil))
 )
-
-func (h *trackedFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	h.dirty.Store(true)
-	return h.LoopbackFile.Write(ctx, data, off)
-}
-
-func (h *trackedFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
-	h.dirty.Store(true)
-	return h.LoopbackFile.Allocate(ctx, off, size, mode)
-}
-
-// PassthroughFd is withheld: writes must reach mailfs so it knows the file
-// changed (reads of delivered messages still use passthrough).
-func (h *trackedFile) PassthroughFd() (int, bool) { return -1, false }
 
 func (h *trackedFile) Flush(ctx context.Context) syscall.Errno {
 	if errno := h.LoopbackFile.Flush(ctx); errno != 0 {
@@ -579,18 +619,11 @@ func (h *trackedFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (h *trackedFile) commit() syscall.Errno {
-	if !h.dirty.Swap(false) {
-		return 0
-	}
 	rel := h.node.Path(nil)
 	if !replicatedFile(rel) {
 		return 0 // renamed to a scratch name meanwhile
 	}
-	if errno := h.m.commitWrite(rel); errno != 0 {
-		h.dirty.Store(true)
-		return errno
-	}
-	return 0
+	return h.m.commitWrite(rel)
 }
 
 func (m *mailFS) String() string { return fmt.Sprintf("mailfs(%s)", m.root) }

@@ -139,3 +139,15 @@ func (s *Store) Subscriptions(dir string) ([]string, error) {
 	})
 	return out, err
 }
+
+// Expunged reports whether the message key of mailbox g was expunged (a
+// tombstone exists for it).
+func (s *Store) Expunged(g journal.GUID, key string) (bool, error) {
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, ok, err := get(txn, tombMessageKey(g, key))
+		found = ok
+		return err
+	})
+	return found, err
+}

@@ -238,7 +238,28 @@ func (r *reconciler) mailbox(rel string) error {
 	if err := r.add(Event{Kind: EvWrite, Path: join(rel, "dovecot-keywords"), Data: kw}); err != nil {
 		return err
 	}
-	onDisk := map[string]bool{}
+	// The mailbox exists in the index from here on; load what it knows
+	// (names only) so files it already has cost no transaction at all.
+	if err := r.flush(); err != nil {
+		return err
+	}
+	mb, ok, err := r.s.MailboxByPath(rel)
+	if err != nil || !ok {
+		return err
+	}
+	type known struct {
+		name    string
+		sub     journal.Sub
+		missing bool
+		seen    bool
+	}
+	index := map[string]*known{}
+	if err := r.s.Messages(mb.GUID, func(m Message) error {
+		index[m.Key] = &known{name: m.Name, sub: m.Sub, missing: m.Missing}
+		return nil
+	}); err != nil {
+		return err
+	}
 	for _, sub := range []string{"new", "cur"} {
 		dir := join(rel, sub)
 		entries, err := os.ReadDir(r.abs(dir))
@@ -253,14 +274,31 @@ func (r *reconciler) mailbox(rel string) error {
 				continue
 			}
 			name := e.Name()
-			if _, err := maildir.ParseName(name); err != nil {
+			parsed, err := maildir.ParseName(name)
+			if err != nil {
 				r.rep.Malformed++
 				r.s.log.Warn("reconcile: skipping a file whose name is not a Maildir message name",
 					"path", r.abs(join(dir, name)), "err", err)
 				continue
 			}
 			r.rep.Files++
-			onDisk[sub+"/"+name] = true
+			k := index[parsed.Base]
+			if k != nil {
+				k.seen = true
+				if k.name == name && k.sub == subOf(sub) && !k.missing {
+					continue
+				}
+			} else if dead, err := r.s.Expunged(mb.GUID, parsed.Base); err != nil {
+				return err
+			} else if dead {
+				// An acknowledged expunge whose unlink did not reach the disk:
+				// finish it rather than bring the message back. The file is
+				// kept in tmp/ (scratch) so no byte is destroyed here.
+				if err := r.retire(rel, join(dir, name)); err != nil {
+					return err
+				}
+				continue
+			}
 			ev := Event{Kind: EvRescan, Path: join(dir, name), Content: r.hasher(r.abs(join(dir, name)))}
 			if fi, err := e.Info(); err == nil {
 				ev.File = fileInfo(fi)
@@ -271,23 +309,29 @@ func (r *reconciler) mailbox(rel string) error {
 		}
 	}
 	// Messages the index knows that are not on disk any more: missing.
-	if err := r.flush(); err != nil {
-		return err
-	}
-	mb, ok, err := r.s.MailboxByPath(rel)
-	if err != nil || !ok {
-		return err
-	}
-	return r.s.Messages(mb.GUID, func(m Message) error {
-		if onDisk[m.Sub.String()+"/"+m.Name] || m.Missing {
-			return nil
+	for _, k := range index {
+		if k.seen || k.missing {
+			continue
 		}
 		r.rep.Missing++
 		r.s.log.Warn("reconcile: message vanished behind mailfs's back; marked missing, not expunged",
-			"mailbox", rel, "name", m.Name)
-		r.pending = append(r.pending, Event{Kind: EvMissing, Path: path.Join(rel, m.Sub.String(), m.Name)})
-		return nil
-	})
+			"mailbox", rel, "name", k.name)
+		if err := r.add(Event{Kind: EvMissing, Path: path.Join(rel, k.sub.String(), k.name)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retire moves a file whose message was expunged into its mailbox's tmp/.
+func (r *reconciler) retire(mailbox, rel string) error {
+	dst := r.abs(join(mailbox, "tmp/.mailfs-expunged."+path.Base(rel)))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	r.s.log.Warn("reconcile: finishing an expunge that had not reached the disk",
+		"path", r.abs(rel), "moved_to", dst)
+	return os.Rename(r.abs(rel), dst)
 }
 
 // findMissing marks mailboxes whose directory vanished.

@@ -129,6 +129,17 @@ func TestChangesWhileUnmounted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// An expunge acknowledged through the mount whose file comes back
+	// (the unlink lost, or restored from a backup) must not resurrect it.
+	if err := os.WriteFile(filepath.Join(mb, "tmp", "5.M5P1.h"), []byte("expunged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(mb, "tmp", "5.M5P1.h"), filepath.Join(mb, "cur", "5.M5P1.h:2,S")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mb, "cur", "5.M5P1.h:2,S")); err != nil {
+		t.Fatal(err)
+	}
 	p.Stop()
 	seq := len(journalOps(t, store))
 	backing := filepath.Join(store, "maildir", "example.com/bob/Maildir")
@@ -142,7 +153,13 @@ func TestChangesWhileUnmounted(t *testing.T) {
 	if err := os.Rename(filepath.Join(backing, "cur", "3.M3P1.h:2,"), filepath.Join(backing, "cur", "3.M3P1.h:2,F")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(backing, "cur", "5.M5P1.h:2,S"), []byte("expunged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	p = startMailfs(t, store, mnt)
+	if _, err := os.Stat(filepath.Join(mb, "cur", "5.M5P1.h:2,S")); !os.IsNotExist(err) {
+		t.Fatalf("an expunged message came back: %v", err)
+	}
 	if !strings.Contains(p.Log(), "marked missing") {
 		t.Fatalf("the vanished message was not reported:\n%s", p.Log())
 	}

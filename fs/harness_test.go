@@ -22,11 +22,33 @@ type testMount struct {
 // failure. A machine without /dev/fuse fails the test with the reason.
 func mountTest(t testing.TB) *testMount {
 	t.Helper()
+	return mountTestWith(t, mountTestOptions{})
+}
+
+// mountTestOptions place a test mount's parts; empty fields get fresh
+// directories under t.TempDir().
+type mountTestOptions struct {
+	Backing string // the backing Maildir tree (must exist)
+	Index   string // the badger index directory
+}
+
+// mountTestWith is mountTest with the backing tree or the index placed by
+// the caller (a small tmpfs, say). A caller that mounts something there
+// must register its unmount with t.Cleanup before calling this, so that it
+// runs after the FUSE unmount.
+func mountTestWith(t testing.TB, o mountTestOptions) *testMount {
+	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Fatalf("cannot mount: /dev/fuse is missing (%v); mailfs tests need FUSE (modprobe fuse, or run with --device /dev/fuse)", err)
 	}
 	dir := t.TempDir()
-	tm := &testMount{Mnt: filepath.Join(dir, "mnt"), Backing: filepath.Join(dir, "maildir")}
+	tm := &testMount{Mnt: filepath.Join(dir, "mnt"), Backing: o.Backing}
+	if tm.Backing == "" {
+		tm.Backing = filepath.Join(dir, "maildir")
+	}
+	if o.Index == "" {
+		o.Index = filepath.Join(dir, "index")
+	}
 	for _, d := range []string{tm.Mnt, tm.Backing} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -34,7 +56,7 @@ func mountTest(t testing.TB) *testMount {
 	}
 	var node journal.NodeID
 	rand.Read(node[:])
-	st, err := index.Open(filepath.Join(dir, "index"), index.Options{Node: node, Name: "test"})
+	st, err := index.Open(o.Index, index.Options{Node: node, Name: "test"})
 	if err != nil {
 		t.Fatalf("open index: %v", err)
 	}

@@ -48,8 +48,7 @@ type mailFS struct {
 	// mu orders mutations: a syscall and the Submit of its event happen
 	// under it, so the journal order equals the order on disk. The wait for
 	// durability happens outside it, so many changes share one fsync.
-	mu      sync.Mutex
-	staging uint64
+	mu sync.Mutex
 }
 
 // Mount mounts the backing tree at mountpoint and serves it until

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
-	"sync/atomic"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -38,6 +36,7 @@ var (
 	_ = (fusefs.NodeSymlinker)((*node)(nil))
 	_ = (fusefs.NodeMknoder)((*node)(nil))
 	_ = (fusefs.NodeFsyncer)((*node)(nil))
+	_ = (fusefs.NodeOpendirHandler)((*node)(nil))
 )
 
 // rel is the node's path relative to the tree root, slash-separated.
@@ -274,14 +273,18 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		// mailbox delete. It must never reach the staging rename below.
 		return syscall.EISDIR
 	}
-	// Stage the unlink as a rename into the mailbox's tmp/ (or next to the
-	// file) so that a failed commit can put the file back.
-	staged := filepath.Join(filepath.Dir(abs), ".mailfs-unlink."+strconv.Itoa(os.Getpid())+"."+
-		strconv.FormatUint(atomic.AddUint64(&n.m.staging, 1), 10))
+	// Stage the unlink as a rename to a name that says what it was
+	// (<mailbox>/tmp/.mailfs-unlink.<sub>.<name> for a message, a sibling
+	// .mailfs-unlink.<name> otherwise), so a failed commit can put the file
+	// back and a crash before the commit is resolved at the next start.
+	staged := filepath.Join(filepath.Dir(abs), StagedUnlinkPrefix+filepath.Base(abs))
 	if c := maildir.Classify(rel, false); c.Kind == maildir.KindMessage {
 		if tmp := n.m.abs(path.Join(c.Mailbox, "tmp")); isDir(tmp) {
-			staged = filepath.Join(tmp, filepath.Base(staged))
+			staged = filepath.Join(tmp, StagedUnlinkPrefix+c.Sub+"."+c.Name)
 		}
+	}
+	if len(filepath.Base(staged)) > 255 {
+		return n.m.unlinkUnstaged(rel, abs)
 	}
 	n.m.mu.Lock()
 	if err := syscall.Rename(abs, staged); err != nil {
@@ -291,7 +294,9 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	p, err := n.m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
 	n.m.mu.Unlock()
 	if err == nil {
-		err = n.m.waitDurable(p, filepath.Dir(abs), filepath.Dir(staged))
+		// No directory fsync: an expunge that a power loss undoes on disk
+		// is finished at the next start from its tombstone.
+		err = n.m.waitDurable(p)
 	}
 	if undo(err) {
 		syscall.Rename(staged, abs)
@@ -304,6 +309,41 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return n.m.errno("unlink", abs, err)
 	}
 	return 0
+}
+
+// StagedUnlinkPrefix starts the name an unlinked file has while its
+// expunge is being committed (index.Reconcile resolves leftovers).
+const StagedUnlinkPrefix = index.StagedUnlinkPrefix
+
+// unlinkUnstaged unlinks first and journals after, for names too long to
+// stage: a failed commit is then reported but cannot be undone.
+func (m *mailFS) unlinkUnstaged(rel, abs string) syscall.Errno {
+	m.mu.Lock()
+	if err := syscall.Unlink(abs); err != nil {
+		m.mu.Unlock()
+		return fusefs.ToErrno(err)
+	}
+	p, err := m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
+	m.mu.Unlock()
+	if err == nil {
+		err = m.waitDurable(p)
+	}
+	if err != nil {
+		return m.errno("unlink", abs, err)
+	}
+	return 0
+}
+
+// sameMessage reports whether a rename from -> to is a flag change: both
+// message names of the same mailbox with the same key.
+func sameMessage(from, to string) bool {
+	cf, ct := maildir.Classify(from, false), maildir.Classify(to, false)
+	if cf.Kind != maildir.KindMessage || ct.Kind != maildir.KindMessage || cf.Mailbox != ct.Mailbox {
+		return false
+	}
+	nf, err1 := maildir.ParseName(cf.Name)
+	nt, err2 := maildir.ParseName(ct.Name)
+	return err1 == nil && err2 == nil && nf.Base == nt.Base
 }
 
 func isDir(p string) bool {
@@ -380,7 +420,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	p, err := n.m.submit(ev)
 	n.m.mu.Unlock()
 	if err == nil {
-		err = n.m.waitDurable(p, filepath.Dir(absFrom), filepath.Dir(absTo))
+		var dirs []string
+		if !sameMessage(from, to) {
+			dirs = []string{filepath.Dir(absFrom), filepath.Dir(absTo)}
+		}
+		// A flag rename (same mailbox, same key) needs no directory fsync:
+		// after an unclean stop, reconcile restores the journal's name.
+		err = n.m.waitDurable(p, dirs...)
 	}
 	if undo(err) {
 		syscall.Rename(absTo, absFrom)
@@ -579,6 +625,18 @@ func (n *node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) sys
 	}
 	defer syscall.Close(fd)
 	return fusefs.ToErrno(syscall.Fsync(fd))
+}
+
+// OpendirHandle lets the kernel cache directory listings across opens.
+// Every change to the tree goes through this mount, and the kernel drops a
+// directory's cached listing whenever it changes it, so a 50k-message cur/
+// is listed from the daemon once, not at every scan.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	fh, fflags, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
+	if errno != 0 {
+		return fh, fflags, errno
+	}
+	return fh, fflags | fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // trackedFile is an open handle to a replicated file that may be written:

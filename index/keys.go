@@ -29,6 +29,7 @@ const (
 	kHLC     = "meta/hlc"
 	kCounts  = "meta/counts"
 	kVersion = "meta/format"
+	kClean   = "meta/clean" // 1 after a clean Close, 0 while open
 )
 
 // formatVersion is the index's on-disk format. A store written by a newer

@@ -10,8 +10,10 @@ import (
 )
 
 // Ops calls fn for every journaled op with seq >= from, in seq order. It
-// streams: at most one op is decoded at a time.
+// streams: at most one op is decoded at a time. Only committed ops are
+// listed: a batch whose commit failed may still sit in badger's memtable.
 func (s *Store) Ops(from uint64, fn func(*journal.Op) error) error {
+	last := s.seq.Load()
 	return s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.Prefix = []byte(pJournal)
@@ -23,6 +25,9 @@ func (s *Store) Ops(from uint64, fn func(*journal.Op) error) error {
 			k := item.Key()
 			if len(k) != len(pJournal)+8 {
 				return fmt.Errorf("index: journal key %x is damaged", k)
+			}
+			if binary.BigEndian.Uint64(k[len(pJournal):]) > last {
+				return nil
 			}
 			var op *journal.Op
 			err := item.Value(func(v []byte) error {
@@ -146,6 +151,17 @@ func (s *Store) Expunged(g journal.GUID, key string) (bool, error) {
 	var found bool
 	err := s.db.View(func(txn *badger.Txn) error {
 		_, ok, err := get(txn, tombMessageKey(g, key))
+		found = ok
+		return err
+	})
+	return found, err
+}
+
+// FileKnown reports whether the index has a plain file at path.
+func (s *Store) FileKnown(path string) (bool, error) {
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, ok, err := get(txn, fileKey(path))
 		found = ok
 		return err
 	})

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,10 +57,16 @@ type ReconcileReport struct {
 	Ops       int64
 	Missing   int64
 	Malformed int64
+	Redone    int64 // renames restored to the journal's name after an unclean stop
 	Elapsed   time.Duration
 }
 
 const reconcileBatch = 256
+
+// StagedUnlinkPrefix starts the name the FUSE layer gives a file while its
+// unlink is being committed: <mailbox>/tmp/.mailfs-unlink.<sub>.<name> for
+// a message, a sibling .mailfs-unlink.<name> for a plain file.
+const StagedUnlinkPrefix = ".mailfs-unlink."
 
 // Reconcile brings the index in line with the Maildir tree at root: files
 // and mailboxes added behind mailfs's back are journaled as adds (flag
@@ -188,6 +195,16 @@ func (r *reconciler) walk(rel string) error {
 			}
 			continue
 		}
+		if strings.HasPrefix(name, StagedUnlinkPrefix) {
+			if err := r.resolveStagedFile(rel, name); err != nil {
+				return fmt.Errorf("reconcile: %w", err)
+			}
+			name = strings.TrimPrefix(name, StagedUnlinkPrefix)
+			p = join(rel, name)
+			if _, err := os.Lstat(r.abs(p)); err != nil {
+				continue
+			}
+		}
 		c := maildir.Classify(p, false)
 		switch c.Kind {
 		case maildir.KindPlainFile:
@@ -260,6 +277,11 @@ func (r *reconciler) mailbox(rel string) error {
 	}); err != nil {
 		return err
 	}
+	// Unlinks cut short by a crash: restore the file if its expunge was
+	// never journaled (the unlink never returned success), else finish it.
+	if err := r.resolveStagedMessages(rel, mb.GUID, func(key string) bool { return index[key] != nil }); err != nil {
+		return err
+	}
 	for _, sub := range []string{"new", "cur"} {
 		dir := join(rel, sub)
 		entries, err := os.ReadDir(r.abs(dir))
@@ -287,6 +309,19 @@ func (r *reconciler) mailbox(rel string) error {
 				k.seen = true
 				if k.name == name && k.sub == subOf(sub) && !k.missing {
 					continue
+				}
+				if !r.s.wasClean && !k.missing {
+					// After a crash or power loss the journal holds only
+					// acknowledged ops: a name on disk that differs is a
+					// rename that was acknowledged but not yet on disk, or
+					// one never acknowledged. Either way the journal wins.
+					done, err := r.redoRename(join(dir, name), join(join(rel, k.sub.String()), k.name))
+					if err != nil {
+						return err
+					}
+					if done {
+						continue
+					}
 				}
 			} else if dead, err := r.s.Expunged(mb.GUID, parsed.Base); err != nil {
 				return err
@@ -321,6 +356,77 @@ func (r *reconciler) mailbox(rel string) error {
 		}
 	}
 	return nil
+}
+
+func (r *reconciler) resolveStagedMessages(mailbox string, g journal.GUID, known func(key string) bool) error {
+	tmp := join(mailbox, "tmp")
+	entries, err := os.ReadDir(r.abs(tmp))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reconcile: read %s: %w", r.abs(tmp), err)
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), StagedUnlinkPrefix)
+		if !ok {
+			continue
+		}
+		sub, name, ok := strings.Cut(rest, ".")
+		parsed, err := maildir.ParseName(name)
+		if !ok || (sub != "new" && sub != "cur") || err != nil {
+			continue
+		}
+		staged := join(tmp, e.Name())
+		dead, err := r.s.Expunged(g, parsed.Base)
+		if err != nil {
+			return err
+		}
+		if dead && !known(parsed.Base) {
+			r.s.log.Info("reconcile: removing a file whose expunge was journaled before a crash", "path", r.abs(staged))
+			if err := os.Remove(r.abs(staged)); err != nil {
+				return fmt.Errorf("reconcile: %w", err)
+			}
+			continue
+		}
+		orig := join(join(mailbox, sub), name)
+		r.s.log.Warn("reconcile: restoring a message whose unlink was cut short before it was journaled",
+			"path", r.abs(orig))
+		if err := os.Rename(r.abs(staged), r.abs(orig)); err != nil {
+			return fmt.Errorf("reconcile: restore %s: %w", r.abs(orig), err)
+		}
+	}
+	return nil
+}
+
+// resolveStagedFile restores or removes a plain file's staged unlink.
+func (r *reconciler) resolveStagedFile(dir, stagedName string) error {
+	orig := join(dir, strings.TrimPrefix(stagedName, StagedUnlinkPrefix))
+	staged := join(dir, stagedName)
+	known, err := r.s.FileKnown(orig)
+	if err != nil {
+		return err
+	}
+	if !known {
+		return os.Remove(r.abs(staged))
+	}
+	r.s.log.Warn("reconcile: restoring a file whose unlink was cut short before it was journaled", "path", r.abs(orig))
+	return os.Rename(r.abs(staged), r.abs(orig))
+}
+
+// redoRename renames the file at rel to the name the journal knows, unless
+// something already occupies that name.
+func (r *reconciler) redoRename(rel, want string) (bool, error) {
+	if _, err := os.Lstat(r.abs(want)); err == nil {
+		return false, nil
+	}
+	r.s.log.Warn("reconcile: after an unclean stop, restoring the name the journal acknowledged",
+		"path", r.abs(rel), "restored", r.abs(want))
+	if err := os.Rename(r.abs(rel), r.abs(want)); err != nil {
+		return false, fmt.Errorf("reconcile: rename %s to %s: %w", r.abs(rel), r.abs(want), err)
+	}
+	r.rep.Redone++
+	return true, nil
 }
 
 // retire moves a file whose message was expunged into its mailbox's tmp/.

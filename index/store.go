@@ -20,7 +20,23 @@ var (
 	ErrClosed     = errors.New("index: store is closed")
 	ErrNotCreated = errors.New("index: store has no node identity (run mailfs init)")
 	ErrFormat     = errors.New("index: format written by a newer mailfs")
+	// ErrFailed wraps the error of a failed commit: the store accepts no
+	// more changes until it is reopened.
+	ErrFailed = errors.New("index: a commit failed; no more changes until mailfs restarts")
 )
+
+// errCommit marks an error of badger's Txn.Commit, after which the batch
+// may sit in badger's memtable although it is not durable.
+var errCommit = errors.New("badger commit")
+
+// Failed returns the error that stopped the store (wrapping ErrFailed), or
+// nil while it accepts changes.
+func (s *Store) Failed() error {
+	if p := s.failed.Load(); p != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, *p)
+	}
+	return nil
+}
 
 // maxBatch bounds how many events share one transaction.
 const maxBatch = 128
@@ -49,17 +65,28 @@ type Store struct {
 	epoch  uint64
 	clock  *journal.Clock
 
-	reqs     chan *commitReq
-	stop     chan struct{}
-	stopped  chan struct{}
-	closeMu  sync.RWMutex
-	closed   bool
+	reqs    chan *commitReq
+	stop    chan struct{}
+	stopped chan struct{}
+	closeMu sync.RWMutex
+	closed  bool
+	// failed holds the first error of a badger commit. Badger has by then
+	// put the batch into its memtable (only the WAL sync failed), so reads
+	// would see ops and state the caller was told are not durable: the
+	// store refuses every later change (fail-stop) until it is reopened,
+	// which replays only what reached the disk.
+	failed   atomic.Pointer[error]
 	seq      atomic.Uint64
 	counts   counts
 	countsMu sync.Mutex
 
 	subsMu sync.Mutex
 	subs   []chan<- uint64
+
+	// wasClean says whether the previous run closed the index cleanly;
+	// after an unclean stop the journal is authoritative for the names of
+	// the messages it knows (see Reconcile).
+	wasClean bool
 }
 
 type commitReq struct {
@@ -102,9 +129,13 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	if opt.ReadOnly {
 		close(s.stopped)
-	} else {
-		go s.committer()
+		return s, nil
 	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kClean), []byte{0}) }); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open index %s: %w", dir, err)
+	}
+	go s.committer()
 	return s, nil
 }
 
@@ -171,6 +202,8 @@ func (s *Store) loadMeta(opt Options) error {
 			last.Logical = binary.BigEndian.Uint32(h[8:])
 		}
 		s.clock = journal.NewClock(last)
+		c := read(kClean)
+		s.wasClean = c == nil || (len(c) == 1 && c[0] == 1)
 		if c := read(kCounts); c != nil {
 			if err := decodeRec(c, &s.counts); err != nil {
 				return err
@@ -191,12 +224,25 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	select {
 	case <-s.stopped:
+		return s.db.Close() // read-only
 	default:
 		close(s.stop)
 		<-s.stopped
 	}
-	return s.db.Close()
+	// A store stopped by a failed commit is not clean: its memtable may
+	// hold the failed batch.
+	err := s.Failed()
+	if err == nil {
+		err = s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kClean), []byte{1}) })
+	}
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
+
+// WasClean reports whether the previous run closed the index cleanly.
+func (s *Store) WasClean() bool { return s.wasClean }
 
 // Node returns this node's ID.
 func (s *Store) Node() journal.NodeID { return s.node }
@@ -248,6 +294,9 @@ func (s *Store) Submit(events ...Event) (*Pending, error) {
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return nil, ErrClosed
+	}
+	if err := s.Failed(); err != nil {
+		return nil, err
 	}
 	req := &commitReq{events: events, done: make(chan commitResult, 1)}
 	select {
@@ -305,6 +354,12 @@ func (s *Store) committer() {
 // bad request never poisons its neighbours.
 func (s *Store) runBatch(batch []*commitReq) {
 	for len(batch) > 0 {
+		if err := s.Failed(); err != nil {
+			for _, r := range batch {
+				r.done <- commitResult{err: err}
+			}
+			return
+		}
 		tx := s.newTx()
 		results := make([][]journal.Op, len(batch))
 		failed := -1
@@ -337,6 +392,10 @@ func (s *Store) runBatch(batch []*commitReq) {
 		}
 		if err != nil {
 			err = fmt.Errorf("commit to index: %w", err)
+			if errors.Is(err, errCommit) {
+				s.failed.CompareAndSwap(nil, &err)
+				err = s.Failed()
+			}
 			s.log.Error("index commit failed", "err", err, "requests", len(batch))
 			for _, r := range batch {
 				r.done <- commitResult{err: err}

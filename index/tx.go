@@ -3,6 +3,7 @@ package index
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -65,7 +66,10 @@ func (t *tx) finish() error {
 	if err := t.txn.Set([]byte(kCounts), c); err != nil {
 		return err
 	}
-	return t.txn.Commit()
+	if err := t.txn.Commit(); err != nil {
+		return fmt.Errorf("%w: %w", errCommit, err)
+	}
+	return nil
 }
 
 func (t *tx) getRec(key []byte, v any) (bool, error) {

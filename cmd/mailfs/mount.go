@@ -108,8 +108,7 @@ func checkMountpoint(mp string) error {
 	fi, err := os.Stat(mp)
 	switch {
 	case errors.Is(err, syscall.ENOTCONN):
-		return fmt.Errorf("mountpoint %s is a stale mount of a mailfs that died (transport endpoint not connected); "+
-			"clear it with 'fusermount3 -u %s' (or 'umount -l %s' as root) and mount again", mp, mp, mp)
+		return staleMountError(mp)
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("mountpoint %s does not exist (create it first: mkdir -p %s)", mp, mp)
 	case err != nil:
@@ -120,9 +119,20 @@ func checkMountpoint(mp string) error {
 	if mounted, err := isMountpoint(mp); err != nil {
 		return err
 	} else if mounted {
+		// The kernel may answer stat from its cache after the daemon died;
+		// statfs always asks the daemon, and a dead one gives ENOTCONN.
+		var sfs syscall.Statfs_t
+		if err := syscall.Statfs(mp, &sfs); errors.Is(err, syscall.ENOTCONN) {
+			return staleMountError(mp)
+		}
 		return fmt.Errorf("mountpoint %s is already a mount point (is mailfs already mounted there?)", mp)
 	}
 	return nil
+}
+
+func staleMountError(mp string) error {
+	return fmt.Errorf("mountpoint %s is a stale mount of a mailfs that died (transport endpoint not connected); "+
+		"clear it with 'fusermount3 -u %s' (or 'umount -l %s' as root) and mount again", mp, mp, mp)
 }
 
 // isMountpoint reads /proc/self/mountinfo.

@@ -46,6 +46,7 @@ const (
 const (
 	WorkDeliver  = "deliver"
 	WorkFlags    = "flags"
+	WorkFlagsPar = "flags, 4 clients"
 	WorkListCold = "readdir+stat cold"
 	WorkListWarm = "readdir+stat warm"
 	WorkRead     = "read"
@@ -55,7 +56,7 @@ const (
 var Targets = []string{TargetNative, TargetLoopback, TargetMailfs}
 
 // Workloads lists the workload names in report order.
-var Workloads = []string{WorkDeliver, WorkFlags, WorkListCold, WorkListWarm, WorkRead}
+var Workloads = []string{WorkDeliver, WorkFlags, WorkFlagsPar, WorkListCold, WorkListWarm, WorkRead}
 
 // Mailbox paths relative to the root of every target. The benchmark
 // mailbox receives deliveries; the list mailbox holds the pre-filled cur/.

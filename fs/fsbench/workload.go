@@ -73,6 +73,7 @@ func (b *bench) run(ctx context.Context) error {
 	}{
 		{WorkDeliver, b.deliver},
 		{WorkFlags, b.flags},
+		{WorkFlagsPar, b.flagsParallel},
 		{WorkRead, b.read},
 	}
 	for _, s := range steps {
@@ -302,6 +303,45 @@ func (b *bench) flags(ctx context.Context, root string, lo, hi int) (int, time.D
 		}
 	}
 	return 2 * len(msgs), time.Since(start), 0, nil
+}
+
+// flagsParallel renames messages [lo, hi) cur/X:2,FS -> cur/X:2,FRS and
+// back, split over cfg.Workers goroutines: concurrent IMAP sessions
+// changing flags, as a server sees them.
+func (b *bench) flagsParallel(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
+	cur := filepath.Join(root, benchBox, "cur")
+	msgs := b.corp.msgs[lo:hi]
+	workers := max(1, min(b.cfg.Workers, len(msgs)))
+	errs := make(chan error, workers)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for pass := range 2 {
+				for i := w; i < len(msgs); i += workers {
+					if err := ctx.Err(); err != nil {
+						errs <- err
+						return
+					}
+					from, to := filepath.Join(cur, msgs[i].name+":2,FS"), filepath.Join(cur, msgs[i].name+":2,FRS")
+					if pass == 1 {
+						from, to = to, from
+					}
+					if err := os.Rename(from, to); err != nil {
+						errs <- fmt.Errorf("rename %s to %s: %w", from, to, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, 0, err
+	}
+	return 2 * len(msgs), elapsed, 0, nil
 }
 
 // read reads messages [lo, hi) fully from cur/ and checks their sizes.

@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building mailfs:", err)
 		os.Exit(1)
 	}
+	// A -race binary sleeps a second at exit by default; the tests start
+	// and stop mailfs many times.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -438,17 +438,36 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 }
 
 func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	if _, parent := target.EmbeddedInode().Parent(); parent == nil {
+		return nil, syscall.EXDEV // an O_TMPFILE file has no path to link from
+	}
 	from := relOf(target)
 	to := n.child(name)
-	if e := n.m.checkTarget(to, true); e != 0 {
+	absFrom, absTo := n.m.abs(from), n.m.abs(to)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(absFrom, &st); err != nil {
+		return nil, fusefs.ToErrno(err)
+	}
+	typ := st.Mode & syscall.S_IFMT
+	if e := n.m.checkTarget(to, typ == syscall.S_IFREG); e != 0 {
 		return nil, e
 	}
-	if !replicatedFile(to) {
+	// A second name for a symlink is journaled the way Symlink journals the
+	// first (on plain-file paths only), one for a FIFO, socket or device
+	// the way Mknod does: not at all. Neither is ever opened to be hashed,
+	// which would read outside the tree or block on a FIFO.
+	symlink := typ == syscall.S_IFLNK && maildir.Classify(to, false).Kind == maildir.KindPlainFile
+	if !replicatedFile(to) || (typ != syscall.S_IFREG && !symlink) {
 		return n.LoopbackNode.Link(ctx, target, name, out)
 	}
-	absFrom, absTo := n.m.abs(from), n.m.abs(to)
 	ev := index.Event{Kind: index.EvLink, Path: from, NewPath: to, Content: hasher(absTo)}
-	if cf := maildir.Classify(from, false); cf.Kind != maildir.KindMessage {
+	if symlink {
+		lt, err := os.Readlink(absFrom)
+		if err != nil {
+			return nil, fusefs.ToErrno(err)
+		}
+		ev.File.LinkTarget = lt
+	} else if cf := maildir.Classify(from, false); cf.Kind != maildir.KindMessage {
 		if id, size, err := index.HashFile(absFrom); err == nil {
 			ev.File.Content, ev.File.Size = id, size
 		}

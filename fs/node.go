@@ -613,6 +613,11 @@ func (n *node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	if sizeSet && f == nil {
 		return n.m.commitWrite(rel)
 	}
+	// A plain file's mode is replicated with it (dovecot-shared's mode
+	// decides who shares a mailbox): a chmod journals the file again.
+	if _, ok := in.GetMode(); ok && maildir.Classify(rel, false).Kind == maildir.KindPlainFile {
+		return n.m.commitWrite(rel)
+	}
 	if _, ok := in.GetMTime(); ok && maildir.Classify(rel, false).Kind == maildir.KindMessage {
 		fi, _, err := statInfo(n.m.abs(rel))
 		if err != nil {

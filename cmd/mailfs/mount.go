@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -55,11 +56,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := st.Close(); err != nil {
-			log.Error("closing the index failed", "err", err)
-		}
-	}()
+	defer closeStore(st, log)
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted before mounting")
 	}
@@ -154,4 +151,22 @@ func isMountpoint(mp string) (bool, error) {
 
 func unescapeMount(s string) string {
 	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
+
+// closeStore closes the index, but gives up after a while: badger retries
+// flushing forever when its disk has died, and SIGTERM must still end the
+// process. What was acknowledged is already durable; the next start
+// recovers from the journal.
+func closeStore(st *openedStore, log *slog.Logger) {
+	done := make(chan error, 1)
+	go func() { done <- st.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			log.Error("closing the index failed", "store", st.paths.Dir, "err", err)
+		}
+	case <-time.After(30 * time.Second):
+		log.Error("closing the index did not finish in 30s (is its disk failing?); exiting without it",
+			"store", st.paths.Dir)
+	}
 }

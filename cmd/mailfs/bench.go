@@ -42,12 +42,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	results, err := fsbench.Run(ctx, cfg, benchMountMailfs(log, *cacheTimeout), stdout)
-	if err != nil {
-		return err
-	}
-	fsbench.WriteTable(stdout, results)
-	return nil
+	// Run prints its header and the table of results itself.
+	_, err := fsbench.Run(ctx, cfg, benchMountMailfs(log, *cacheTimeout), stdout)
+	return err
 }
 
 // benchMountMailfs mounts backing through mailfs with a throw-away index,

@@ -59,6 +59,10 @@ func LoadOrCreateIdentity(dir string) (*Identity, error) {
 	if err := os.Rename(tmp, p); err != nil {
 		return nil, fmt.Errorf("install node key %s: %w", p, err)
 	}
+	// The key is the node's identity: a power cut must not lose it.
+	if err := syncDir(dir); err != nil {
+		return nil, fmt.Errorf("sync identity dir %s: %w", dir, err)
+	}
 	return newIdentity(priv), nil
 }
 

@@ -47,6 +47,8 @@ const (
 	WorkDeliver  = "deliver"
 	WorkFlags    = "flags"
 	WorkFlagsPar = "flags, 4 clients"
+	WorkDeliverN = "deliver, 4 mailboxes"
+	WorkFlagsN   = "flags, 4 mailboxes"
 	WorkListCold = "readdir+stat cold"
 	WorkListWarm = "readdir+stat warm"
 	WorkRead     = "read"
@@ -56,13 +58,25 @@ const (
 var Targets = []string{TargetNative, TargetLoopback, TargetMailfs}
 
 // Workloads lists the workload names in report order.
-var Workloads = []string{WorkDeliver, WorkFlags, WorkFlagsPar, WorkListCold, WorkListWarm, WorkRead}
+var Workloads = []string{WorkDeliver, WorkDeliverN, WorkFlags, WorkFlagsPar, WorkFlagsN, WorkListCold, WorkListWarm, WorkRead}
 
 // Mailbox paths relative to the root of every target. The benchmark
 // mailbox receives deliveries; the list mailbox holds the pre-filled cur/.
 const (
 	benchBox = "example.com/bench/Maildir"
 	listBox  = "example.com/list/Maildir"
+)
+
+// spreadBoxes is how many users' mailboxes the "4 mailboxes" workloads
+// spread over: one per concurrent client, as an MTA delivering to several
+// recipients at once (the kernel serialises renames within one directory,
+// so only changes to different mailboxes can share a journal commit).
+const spreadBoxes = 4
+
+func spreadBox(i int) string { return fmt.Sprintf("example.com/user%d/Maildir", i%spreadBoxes) }
+
+const (
+	_ = iota
 )
 
 // MountFunc mounts backingDir (a Maildir tree that may already hold mail)
@@ -347,7 +361,11 @@ func Run(ctx context.Context, cfg Config, mountMailfs MountFunc, w io.Writer) (r
 // setupBacking creates the two mailboxes under root and fills the list
 // mailbox's cur/ with cfg.ListSize messages.
 func setupBacking(ctx context.Context, root string, cfg Config) error {
-	for _, box := range []string{benchBox, listBox} {
+	boxes := []string{benchBox, listBox}
+	for i := range spreadBoxes {
+		boxes = append(boxes, spreadBox(i))
+	}
+	for _, box := range boxes {
 		for _, sub := range []string{"cur", "new", "tmp"} {
 			p := filepath.Join(root, box, sub)
 			if err := os.MkdirAll(p, 0o700); err != nil {

@@ -145,7 +145,7 @@ func TestRunSmall(t *testing.T) {
 	}
 	t.Logf("output:\n%s", r.out)
 
-	wantOps := map[string]int{WorkDeliver: 50, WorkFlags: 100, WorkFlagsPar: 100, WorkListCold: 200, WorkListWarm: 200, WorkRead: 50}
+	wantOps := map[string]int{WorkDeliver: 50, WorkFlags: 100, WorkFlagsPar: 100, WorkDeliverN: 50, WorkFlagsN: 100, WorkListCold: 200, WorkListWarm: 200, WorkRead: 50}
 	got := map[[2]string]Result{}
 	for _, res := range r.rs {
 		got[[2]string{res.Workload, res.Target}] = res
@@ -165,7 +165,7 @@ func TestRunSmall(t *testing.T) {
 				t.Errorf("%s/%s: ops %d (want %d), elapsed %s", wl, tn, res.Ops, wantOps[wl], res.Elapsed)
 			}
 			switch wl {
-			case WorkDeliver, WorkRead:
+			case WorkDeliver, WorkDeliverN, WorkRead:
 				if res.Bytes <= 0 {
 					t.Errorf("%s/%s: bytes %d", wl, tn, res.Bytes)
 				}

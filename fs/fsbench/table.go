@@ -20,6 +20,8 @@ var goals = map[string]goal{
 	WorkDeliver:  {TargetMailfs, TargetLoopback, 0.9},
 	WorkFlags:    {TargetMailfs, TargetLoopback, 1.5},
 	WorkFlagsPar: {TargetMailfs, TargetLoopback, 1.5},
+	WorkDeliverN: {TargetMailfs, TargetLoopback, 0.9},
+	WorkFlagsN:   {TargetMailfs, TargetLoopback, 1.5},
 	WorkListCold: {TargetMailfs, TargetNative, 1.0 / 3},
 	WorkListWarm: {TargetMailfs, TargetNative, 1.0 / 3},
 	WorkRead:     {TargetMailfs, TargetNative, 0.9},

@@ -75,6 +75,8 @@ func (b *bench) run(ctx context.Context) error {
 		{WorkFlags, b.flags},
 		{WorkFlagsPar, b.flagsParallel},
 		{WorkRead, b.read},
+		{WorkDeliverN, b.deliverSpread},
+		{WorkFlagsN, b.flagsSpread},
 	}
 	for _, s := range steps {
 		for r := range b.cfg.Rounds {
@@ -303,6 +305,76 @@ func (b *bench) flags(ctx context.Context, root string, lo, hi int) (int, time.D
 		}
 	}
 	return 2 * len(msgs), time.Since(start), 0, nil
+}
+
+// deliverSpread delivers messages [lo, hi) over spreadBoxes mailboxes, one
+// concurrent client per mailbox.
+func (b *bench) deliverSpread(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
+	var written atomic.Int64
+	errs := make(chan error, spreadBoxes)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range spreadBoxes {
+		wg.Go(func() {
+			box := filepath.Join(root, spreadBox(w))
+			for i := lo + w; i < hi; i += spreadBoxes {
+				if err := ctx.Err(); err != nil {
+					errs <- err
+					return
+				}
+				n, err := deliverOne(box, b.corp, i, &b.bufs[w%len(b.bufs)])
+				if err != nil {
+					errs <- err
+					return
+				}
+				written.Add(n)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, 0, err
+	}
+	return hi - lo, elapsed, written.Load(), nil
+}
+
+// flagsSpread renames the messages deliverSpread delivered, new/X ->
+// cur/X:2,S -> cur/X:2,FS, one concurrent client per mailbox.
+func (b *bench) flagsSpread(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
+	errs := make(chan error, spreadBoxes)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range spreadBoxes {
+		wg.Go(func() {
+			box := filepath.Join(root, spreadBox(w))
+			for pass := range 2 {
+				for i := lo + w; i < hi; i += spreadBoxes {
+					if err := ctx.Err(); err != nil {
+						errs <- err
+						return
+					}
+					name := b.corp.msgs[i].name
+					from, to := filepath.Join(box, "new", name), filepath.Join(box, "cur", name+":2,S")
+					if pass == 1 {
+						from, to = to, filepath.Join(box, "cur", name+":2,FS")
+					}
+					if err := os.Rename(from, to); err != nil {
+						errs <- fmt.Errorf("rename %s to %s: %w", from, to, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, 0, err
+	}
+	return 2 * (hi - lo), elapsed, 0, nil
 }
 
 // flagsParallel renames messages [lo, hi) cur/X:2,FS -> cur/X:2,FRS and

@@ -20,6 +20,7 @@ const (
 	pTombMailbox = "tm/mb/"
 	pJournal     = "j/"  // + seq (8 bytes big endian) → encoded op
 	pOrphans     = "or/" // + GUID: messages of a deleted mailbox left to sweep
+	pPeer        = "pe/" // + node ID: paired peer (node-local, never journaled) → peerRec
 
 	kNode    = "meta/node"
 	kName    = "meta/name"

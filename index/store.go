@@ -53,6 +53,12 @@ type Options struct {
 	Logger *slog.Logger
 	// ReadOnly opens without the committer (for status and tooling).
 	ReadOnly bool
+	// Config opens a store that is not mounted only to change its
+	// node-local configuration (PutPeer, RemovePeer): writable, but
+	// without the committer (nothing is journaled), and the clean-stop
+	// marker is left as the last run left it, so the next mount still
+	// knows whether that run stopped cleanly.
+	Config bool
 }
 
 // Store is the open index.
@@ -127,7 +133,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open index %s: %w", dir, err)
 	}
-	if opt.ReadOnly {
+	if opt.ReadOnly || opt.Config {
 		close(s.stopped)
 		return s, nil
 	}
@@ -146,7 +152,7 @@ func (s *Store) loadMeta(opt Options) error {
 			return err
 		}
 		if !ok {
-			if opt.ReadOnly {
+			if opt.ReadOnly || opt.Config {
 				return ErrNotCreated
 			}
 			if opt.Node.IsZero() {
@@ -224,7 +230,7 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	select {
 	case <-s.stopped:
-		return s.db.Close() // read-only
+		return s.db.Close() // read-only or config: no committer, clean marker untouched
 	default:
 		close(s.stop)
 		<-s.stopped
@@ -299,6 +305,11 @@ func (s *Store) Submit(events ...Event) (*Pending, error) {
 		return nil, err
 	}
 	req := &commitReq{events: events, done: make(chan commitResult, 1)}
+	select {
+	case <-s.stopped: // no committer (read-only or config store, or closing)
+		return nil, ErrClosed
+	default:
+	}
 	select {
 	case s.reqs <- req:
 	case <-s.stopped:

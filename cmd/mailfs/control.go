@@ -17,10 +17,19 @@ import (
 )
 
 // The control socket (STORE/mailfs.sock, 0600) answers one JSON request
-// per connection: {"cmd":"status"} or {"cmd":"journal","since":N}.
+// per connection: {"cmd":"status"}, {"cmd":"journal","since":N} or
+// {"cmd":"pair-join","code":CODE}. A failure is answered with
+// {"error":MESSAGE,"exit":CODE} (exit: the code of design §9, 0 meaning 1).
 type controlRequest struct {
 	Cmd   string `json:"cmd"`
 	Since uint64 `json:"since,omitempty"`
+	// Code is the invite code of pair-join (a secret: never logged).
+	Code string `json:"code,omitempty"`
+}
+
+type controlError struct {
+	Error string `json:"error"`
+	Exit  int    `json:"exit,omitempty"`
 }
 
 type statusNode struct {
@@ -93,8 +102,24 @@ func opLine(op *journal.Op) journalLine {
 
 func nodeStatus(st *openedStore) statusNode {
 	mb, msgs := st.index.Counts()
-	return statusNode{ID: peers.FormatID(st.index.Node()), Name: st.index.Name(), Listen: st.index.Listen(),
+	return statusNode{ID: peers.FormatID(st.index.Node()), Name: st.index.Name(), Listen: st.listenAddr(),
 		JournalSeq: st.index.Seq(), Mailboxes: mb, Messages: msgs, Maildir: st.maildir}
+}
+
+// peerStatus lists the paired peers. This version does not replicate yet:
+// no peer is connected or has acknowledged anything, so every journaled op
+// is lag.
+func peerStatus(st *openedStore) ([]statusPeer, error) {
+	ps, err := st.index.ListPeers()
+	if err != nil {
+		return nil, fmt.Errorf("list peers: %w", err)
+	}
+	seq := st.index.Seq()
+	out := make([]statusPeer, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address, LagOps: seq})
+	}
+	return out, nil
 }
 
 type controlServer struct {
@@ -102,6 +127,8 @@ type controlServer struct {
 	st         *openedStore
 	mountpoint string
 	log        *slog.Logger
+	ctx        context.Context // canceled by Close: ends a pair-join in flight
+	cancel     context.CancelFunc
 }
 
 func startControl(st *openedStore, mountpoint string, log *slog.Logger) (*controlServer, error) {
@@ -119,12 +146,14 @@ func startControl(st *openedStore, mountpoint string, log *slog.Logger) (*contro
 		ln.Close()
 		return nil, fmt.Errorf("control socket %s: %w", p, err)
 	}
-	cs := &controlServer{ln: ln, st: st, mountpoint: mountpoint, log: log}
+	ctx, cancel := context.WithCancel(context.Background())
+	cs := &controlServer{ln: ln, st: st, mountpoint: mountpoint, log: log, ctx: ctx, cancel: cancel}
 	go cs.serve()
 	return cs, nil
 }
 
 func (cs *controlServer) Close() {
+	cs.cancel()
 	cs.ln.Close()
 	os.Remove(cs.st.paths.socket())
 }
@@ -154,7 +183,27 @@ func (cs *controlServer) handle(c net.Conn) {
 	case "status":
 		n := nodeStatus(cs.st)
 		n.Mounted, n.Mountpoint = true, cs.mountpoint
-		enc.Encode(statusReply{Node: n, Peers: []statusPeer{}})
+		ps, err := peerStatus(cs.st)
+		if err != nil {
+			enc.Encode(controlError{Error: err.Error()})
+			return
+		}
+		enc.Encode(statusReply{Node: n, Peers: ps})
+	case "pair-join":
+		self := peers.PeerInfo{Name: cs.st.index.Name(), Address: cs.st.listenAddr()}
+		p, err := joinAndPin(cs.ctx, cs.st.ident, cs.st.index, self, req.Code)
+		if err != nil {
+			code := exitFailure
+			var ee *exitError
+			if errors.As(err, &ee) {
+				code = ee.code
+			}
+			cs.log.Warn("pair join failed", "component", "peers", "err", err)
+			enc.Encode(controlError{Error: err.Error(), Exit: code})
+			return
+		}
+		cs.log.Info("paired with node", "component", "peers", "peer_name", p.Name, "peer", p.ID, "address", p.Address)
+		enc.Encode(p)
 	case "journal":
 		err := cs.st.index.Ops(req.Since, func(op *journal.Op) error { return enc.Encode(opLine(op)) })
 		if err != nil {
@@ -194,6 +243,9 @@ func controlCall(ctx context.Context, paths storePaths, req controlRequest, fn f
 		return errNotRunning
 	}
 	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
 	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return fmt.Errorf("control socket %s: %w", paths.socket(), err)
 	}
@@ -206,11 +258,13 @@ func controlCall(ctx context.Context, paths storePaths, req controlRequest, fn f
 			}
 			return fmt.Errorf("control socket %s: %w", paths.socket(), err)
 		}
-		var e struct {
-			Error string `json:"error"`
-		}
+		var e controlError
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
-			return fmt.Errorf("mailfs daemon: %s", e.Error)
+			err := fmt.Errorf("mailfs daemon: %s", e.Error)
+			if e.Exit != 0 {
+				return &exitError{code: e.Exit, err: err}
+			}
+			return err
 		}
 		if err := fn(raw); err != nil {
 			return err

@@ -59,9 +59,20 @@ type openedStore struct {
 	maildir string
 	ident   *peers.Identity
 	index   *index.Store
+	// listen is the peer address in use while mounted (mount --listen
+	// overrides init's); empty: the one saved in the index.
+	listen string
 }
 
 func (s *openedStore) Close() error { return s.index.Close() }
+
+// listenAddr is the address peers dial this node at ("" for none).
+func (s *openedStore) listenAddr() string {
+	if s.listen != "" {
+		return s.listen
+	}
+	return s.index.Listen()
+}
 
 // initStore creates the store when needed, opens it and reconciles the
 // Maildir tree with the index.

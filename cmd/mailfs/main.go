@@ -47,6 +47,7 @@ func commands() []command {
 	return []command{
 		{"init", "create a store (and index an existing Maildir tree in place)", runInit},
 		{"mount", "mount the store's Maildir tree and serve it in the foreground", runMount},
+		{"pair", "pair with another node: 'pair invite' prints a code, 'pair join CODE' uses it", runPair},
 		{"status", "show this node's state (journal, mailboxes, messages, peers)", runStatus},
 		{"journal", "print journaled ops (for admins and tests)", runJournal},
 		{"bench", "benchmark the mount against the native filesystem and a go-fuse loopback", runBench},

@@ -21,7 +21,9 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] MOUNTPOINT",
 		"Mount the store's Maildir tree at MOUNTPOINT and serve it in the foreground until SIGINT or\n"+
 			"SIGTERM, which flush, unmount and exit 0. Logs go to stderr. An absent or empty store is\n"+
-			"initialised first. Changes made to the tree while unmounted are found and journaled at start.",
+			"initialised first. Changes made to the tree while unmounted are found and journaled at start.\n"+
+			"With --listen (or the address saved by init) it accepts other nodes there: pairing ('mailfs pair')\n"+
+			"and, from paired nodes only, replication (not in this version: such connections are closed).",
 		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
@@ -41,7 +43,6 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if *syncTimeout < 0 {
 		return usageErr("--sync-timeout must not be negative")
 	}
-	_ = listen // peers arrive with replication; the flag is part of the CLI contract
 	mountpoint, err := filepath.Abs(fs.Arg(0))
 	if err != nil {
 		return err
@@ -59,6 +60,17 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	defer closeStore(st, log)
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted before mounting")
+	}
+	if *listen == "" {
+		*listen = st.index.Listen()
+	}
+	if *listen != "" {
+		pl, advertised, err := startPeerListener(st, *listen, log)
+		if err != nil {
+			return err
+		}
+		defer pl.Close()
+		st.listen = advertised
 	}
 	// The bare mountpoint must not be writable: a Dovecot started while
 	// mailfs is down would otherwise create fresh empty mailboxes there.
@@ -78,7 +90,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	defer ctl.Close()
 	mb, msgs := st.index.Counts()
 	log.Info("mailfs ready", "mountpoint", mountpoint, "store", st.paths.Dir, "mailboxes", mb, "messages", msgs,
-		"journal_seq", st.index.Seq())
+		"journal_seq", st.index.Seq(), "listen", orDash(st.listenAddr()))
 	notifyReady(log)
 	served := make(chan struct{})
 	go func() {

@@ -40,10 +40,17 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		if oerr != nil {
 			return oerr
 		}
-		rep = statusReply{Node: nodeStatus(st), Peers: []statusPeer{}}
+		ps, perr := peerStatus(st)
+		rep = statusReply{Node: nodeStatus(st), Peers: ps}
 		st.Close()
+		if perr != nil {
+			return perr
+		}
 	} else if err != nil {
 		return err
+	}
+	if rep.Peers == nil {
+		rep.Peers = []statusPeer{}
 	}
 	if *asJSON {
 		_, err := stdout.Write(mustJSON(rep))
@@ -69,10 +76,10 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tCONNECTED\tACKED\tLAG OPS\tLAST SUCCESS\tLAST ERROR")
+	fmt.Fprintln(tw, "PEER\tID\tADDRESS\tCONNECTED\tACKED\tLAG OPS\tLAST SUCCESS\tLAST ERROR")
 	for _, p := range rep.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%s\t%s\n", p.Name, p.Address, p.Connected, p.AckedSeq, p.LagOps,
-			orDash(deref(p.LastSuccess)), orDash(p.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%s\t%s\n", orDash(p.Name), p.ID, orDash(p.Address), p.Connected,
+			p.AckedSeq, p.LagOps, orDash(deref(p.LastSuccess)), orDash(p.LastError))
 	}
 	return tw.Flush()
 }

@@ -346,6 +346,14 @@ func sameMessage(from, to string) bool {
 	return err1 == nil && err2 == nil && nf.Base == nt.Base
 }
 
+// deliveryInMailbox reports whether a rename from -> to moves a file from a
+// mailbox's tmp/ into its own new/ or cur/ (a Maildir delivery).
+func deliveryInMailbox(from, to string) bool {
+	cf, ct := maildir.Classify(from, false), maildir.Classify(to, false)
+	return cf.Kind == maildir.KindScratch && ct.Kind == maildir.KindMessage && cf.Mailbox == ct.Mailbox &&
+		path.Dir(from) == path.Join(cf.Mailbox, "tmp")
+}
+
 func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
@@ -421,11 +429,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	n.m.mu.Unlock()
 	if err == nil {
 		var dirs []string
-		if !sameMessage(from, to) {
+		if !sameMessage(from, to) && !deliveryInMailbox(from, to) {
 			dirs = []string{filepath.Dir(absFrom), filepath.Dir(absTo)}
 		}
-		// A flag rename (same mailbox, same key) needs no directory fsync:
-		// after an unclean stop, reconcile restores the journal's name.
+		// A flag rename (same mailbox, same key) and a delivery from the
+		// mailbox's own tmp/ need no directory fsync: after an unclean
+		// stop, reconcile restores the journal's name or redoes the
+		// delivery from tmp/. The delivering MDA fsyncs new/ itself.
 		err = n.m.waitDurable(p, dirs...)
 	}
 	if undo(err) {

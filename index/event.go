@@ -173,7 +173,7 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 	t.counts.Messages -= mb.Messages
 	// Message records of the deleted mailbox are swept later, in bounded
 	// transactions; a mailbox of 100k messages must not need one huge txn.
-	if err := t.txn.Set(orphanKey(mb.GUID), nil); err != nil {
+	if err := t.set(orphanKey(mb.GUID), nil); err != nil {
 		return err
 	}
 	op := journal.Op{Kind: journal.MailboxDelete, Mailbox: mb.GUID, Path: mb.Path,
@@ -326,7 +326,7 @@ func (t *tx) rekey(from, to []byte, exact bool) error {
 			return err
 		}
 		nk := append(append([]byte(nil), to...), k[len(from):]...)
-		if err := t.txn.Set(nk, v); err != nil {
+		if err := t.set(nk, v); err != nil {
 			return err
 		}
 		return t.del(k)

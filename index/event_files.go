@@ -128,6 +128,11 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 		return err
 	}
 	nrec := &messageRec{Name: c.Name, Sub: sub, Flags: flags, Mtime: ev.File.Mtime, Size: size, Content: content}
+	if ev.Kind == EvRename {
+		if cs := maildir.Classify(ev.Path, false); cs.Kind == maildir.KindScratch && cs.Mailbox == c.Mailbox {
+			nrec.Arrived = ev.Path
+		}
+	}
 	if err := t.putRec(messageKey(mb.GUID, name.Base), nrec); err != nil {
 		return err
 	}
@@ -398,7 +403,7 @@ func (t *tx) setSubscriptions(dir string, data []byte) error {
 			delete(have, name)
 			continue
 		}
-		if err := t.txn.Set(subKey(dir, name), nil); err != nil {
+		if err := t.set(subKey(dir, name), nil); err != nil {
 			return err
 		}
 		if err := t.journal(journal.Op{Kind: journal.Subscribe, Path: dir, Name: name}); err != nil {

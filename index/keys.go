@@ -30,7 +30,8 @@ const (
 	kHLC     = "meta/hlc"
 	kCounts  = "meta/counts"
 	kVersion = "meta/format"
-	kClean   = "meta/clean" // 1 after a clean Close, 0 while open
+	kClean   = "meta/clean"  // 1 after a clean Close, 0 while open
+	kCommit  = "meta/commit" // number of the last committed batch (WAL replay)
 )
 
 // formatVersion is the index's on-disk format. A store written by a newer
@@ -78,6 +79,10 @@ type messageRec struct {
 	Size    int64             `json:"size"`
 	Content journal.ContentID `json:"content"`
 	Missing bool              `json:"missing,omitempty"`
+	// Arrived is the tmp/ path the message was renamed from on delivery:
+	// after an unclean stop, a delivery rename that did not reach the disk
+	// is redone from there.
+	Arrived string `json:"arrived,omitempty"`
 }
 
 type fileRec struct {

@@ -42,6 +42,11 @@ func (s *Store) PutPeer(p peers.Peer) error {
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(peerKey(p.ID), v) }); err != nil {
 		return fmt.Errorf("index: put peer %s: %w", peers.FormatID(p.ID), err)
 	}
+	// badger runs without SyncWrites (the journal WAL covers the
+	// committer's writes, not these): a pinned peer must survive a crash.
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("index: put peer %s: %w", peers.FormatID(p.ID), err)
+	}
 	return nil
 }
 
@@ -109,7 +114,7 @@ func (s *Store) ListPeers() ([]peers.Peer, error) {
 
 // RemovePeer implements peers.PeerStore.
 func (s *Store) RemovePeer(id journal.NodeID) error {
-	return s.db.Update(func(txn *badger.Txn) error {
+	err := s.db.Update(func(txn *badger.Txn) error {
 		_, ok, err := get(txn, peerKey(id))
 		if err != nil {
 			return err
@@ -119,6 +124,10 @@ func (s *Store) RemovePeer(id journal.NodeID) error {
 		}
 		return txn.Delete(peerKey(id))
 	})
+	if err != nil {
+		return err
+	}
+	return s.db.Sync()
 }
 
 func decodePeer(id journal.NodeID, v []byte) (peers.Peer, error) {

@@ -102,6 +102,7 @@ type Message struct {
 	Size    int64
 	Content journal.ContentID
 	Missing bool
+	Arrived string
 }
 
 // Messages calls fn for every message of mailbox g, in key order.
@@ -119,7 +120,7 @@ func (s *Store) Messages(g journal.GUID, fn func(Message) error) error {
 			}
 			key := string(it.Item().Key()[len(prefix):])
 			if err := fn(Message{Key: key, Name: m.Name, Sub: m.Sub, Flags: m.Flags, Mtime: m.Mtime,
-				Size: m.Size, Content: m.Content, Missing: m.Missing}); err != nil {
+				Size: m.Size, Content: m.Content, Missing: m.Missing, Arrived: m.Arrived}); err != nil {
 				return err
 			}
 		}

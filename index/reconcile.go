@@ -269,10 +269,12 @@ func (r *reconciler) mailbox(rel string) error {
 		sub     journal.Sub
 		missing bool
 		seen    bool
+		arrived string
+		size    int64
 	}
 	index := map[string]*known{}
 	if err := r.s.Messages(mb.GUID, func(m Message) error {
-		index[m.Key] = &known{name: m.Name, sub: m.Sub, missing: m.Missing}
+		index[m.Key] = &known{name: m.Name, sub: m.Sub, missing: m.Missing, arrived: m.Arrived, size: m.Size}
 		return nil
 	}); err != nil {
 		return err
@@ -347,6 +349,16 @@ func (r *reconciler) mailbox(rel string) error {
 	for _, k := range index {
 		if k.seen || k.missing {
 			continue
+		}
+		if !r.s.wasClean && k.arrived != "" {
+			// An acknowledged delivery whose rename out of tmp/ did not
+			// reach the disk before a crash: redo it.
+			if fi, err := os.Lstat(r.abs(k.arrived)); err == nil && fi.Mode().IsRegular() && fi.Size() == k.size {
+				if _, err := r.redoRename(k.arrived, join(join(rel, k.sub.String()), k.name)); err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		r.rep.Missing++
 		r.s.log.Warn("reconcile: message vanished behind mailfs's back; marked missing, not expunged",

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -28,6 +29,10 @@ var (
 // errCommit marks an error of badger's Txn.Commit, after which the batch
 // may sit in badger's memtable although it is not durable.
 var errCommit = errors.New("badger commit")
+
+// errAfterWAL marks a badger failure after the batch was made durable in
+// the journal WAL.
+var errAfterWAL = errors.New("index write after the journal WAL")
 
 // Failed returns the error that stopped the store (wrapping ErrFailed), or
 // nil while it accepts changes.
@@ -89,6 +94,10 @@ type Store struct {
 	subsMu sync.Mutex
 	subs   []chan<- uint64
 
+	// wal makes group commits durable; commit numbers its batches.
+	wal    *wal
+	commit uint64
+
 	// wasClean says whether the previous run closed the index cleanly;
 	// after an unclean stop the journal is authoritative for the names of
 	// the messages it knows (see Reconcile).
@@ -112,7 +121,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		log = slog.Default()
 	}
 	bo := badger.DefaultOptions(dir).
-		WithSyncWrites(true).
+		WithSyncWrites(false). // durability comes from the journal WAL (wal.go)
 		WithLogger(badgerLogger{log.With("component", "badger")}).
 		WithMemTableSize(32 << 20).
 		WithNumMemtables(2).
@@ -137,7 +146,15 @@ func Open(dir string, opt Options) (*Store, error) {
 		close(s.stopped)
 		return s, nil
 	}
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kClean), []byte{0}) }); err != nil {
+	if err := s.openWAL(dir, opt); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open index %s: %w", dir, err)
+	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kClean), []byte{0}) }); err == nil {
+		err = db.Sync()
+	}
+	if err != nil {
+		s.wal.close()
 		db.Close()
 		return nil, fmt.Errorf("open index %s: %w", dir, err)
 	}
@@ -208,6 +225,9 @@ func (s *Store) loadMeta(opt Options) error {
 			last.Logical = binary.BigEndian.Uint32(h[8:])
 		}
 		s.clock = journal.NewClock(last)
+		if v := read(kCommit); len(v) == 8 {
+			s.commit = binary.BigEndian.Uint64(v)
+		}
 		c := read(kClean)
 		s.wasClean = c == nil || (len(c) == 1 && c[0] == 1)
 		if c := read(kCounts); c != nil {
@@ -217,6 +237,60 @@ func (s *Store) loadMeta(opt Options) error {
 		}
 		return err
 	})
+}
+
+// openWAL opens the journal WAL and applies to badger every record it holds
+// beyond badger's own commit number: batches acknowledged before a crash
+// whose badger write had not reached the disk.
+func (s *Store) openWAL(dir string, opt Options) error {
+	replayed := 0
+	w, err := openWAL(filepath.Join(dir, walName), func(commit uint64, muts []mutation) error {
+		if commit <= s.commit {
+			return nil
+		}
+		if commit != s.commit+1 {
+			return fmt.Errorf("journal WAL: batch %d follows %d: a batch is missing", commit, s.commit)
+		}
+		wb := s.db.NewWriteBatch()
+		defer wb.Cancel()
+		for _, m := range muts {
+			var err error
+			if m.del {
+				err = wb.Delete(m.key)
+			} else {
+				err = wb.Set(m.key, m.value)
+			}
+			if err != nil {
+				return fmt.Errorf("journal WAL replay: %w", err)
+			}
+		}
+		if err := wb.Flush(); err != nil {
+			return fmt.Errorf("journal WAL replay: %w", err)
+		}
+		s.commit = commit
+		replayed++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.wal = w
+	if replayed > 0 {
+		s.log.Warn("index: replayed acknowledged batches from the journal WAL after an unclean stop", "batches", replayed)
+		s.wasClean = false
+		if err := s.loadMeta(opt); err != nil {
+			return err
+		}
+	}
+	return s.checkpoint()
+}
+
+// checkpoint syncs badger and starts a new WAL generation.
+func (s *Store) checkpoint() error {
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("sync index: %w", err)
+	}
+	return s.wal.reset(s.wal.gen + 1)
 }
 
 // Close stops the committer and closes badger. Pending commits finish first.
@@ -242,6 +316,9 @@ func (s *Store) Close() error {
 		err = s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kClean), []byte{1}) })
 	}
 	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := s.wal.close(); err == nil {
 		err = cerr
 	}
 	return err
@@ -400,6 +477,14 @@ func (s *Store) runBatch(batch []*commitReq) {
 			s.runBatch(batch[:half])
 			batch = batch[half:]
 			continue
+		}
+		if errors.Is(err, errAfterWAL) {
+			// Durable in the WAL, so acknowledged; but badger refused it, so
+			// stop taking changes until a restart replays the WAL.
+			err = fmt.Errorf("commit to index: %w", err)
+			s.failed.CompareAndSwap(nil, &err)
+			s.log.Error("index commit failed after the journal WAL made it durable; no more changes until restart", "err", err)
+			err = nil
 		}
 		if err != nil {
 			err = fmt.Errorf("commit to index: %w", err)

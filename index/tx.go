@@ -19,6 +19,25 @@ type tx struct {
 	last   journal.HLC
 	counts counts
 	ops    []journal.Op
+	muts   []mutation // every write of the batch, for the journal WAL
+}
+
+// set and delete write through the batch's badger transaction and record
+// the mutation for the WAL. Every committer write goes through them.
+func (t *tx) set(key, value []byte) error {
+	if err := t.txn.Set(key, value); err != nil {
+		return err
+	}
+	t.muts = append(t.muts, mutation{key: key, value: value})
+	return nil
+}
+
+func (t *tx) delete(key []byte) error {
+	if err := t.txn.Delete(key); err != nil {
+		return err
+	}
+	t.muts = append(t.muts, mutation{del: true, key: key})
+	return nil
 }
 
 func (s *Store) newTx() *tx {
@@ -39,23 +58,28 @@ func (t *tx) journal(op journal.Op) error {
 	if t.last.Less(op.Time) {
 		t.last = op.Time
 	}
-	if err := t.txn.Set(journalKey(op.Seq), journal.Encode(nil, &op)); err != nil {
+	if err := t.set(journalKey(op.Seq), journal.Encode(nil, &op)); err != nil {
 		return err
 	}
 	t.ops = append(t.ops, op)
 	return nil
 }
 
+// finish makes the batch durable: its mutations go to the journal WAL with
+// one fdatasync, then to badger without a sync. A failure before the WAL
+// record is durable leaves nothing behind; a badger failure after it is
+// errAfterWAL: the batch is acknowledged (the WAL replays it at the next
+// open) and the store stops taking changes.
 func (t *tx) finish() error {
 	defer t.txn.Discard()
 	if len(t.ops) > 0 {
-		if err := t.txn.Set([]byte(kSeq), u64(t.seq)); err != nil {
+		if err := t.set([]byte(kSeq), u64(t.seq)); err != nil {
 			return err
 		}
 		h := make([]byte, 12)
 		binary.BigEndian.PutUint64(h, uint64(t.last.WallMs))
 		binary.BigEndian.PutUint32(h[8:], t.last.Logical)
-		if err := t.txn.Set([]byte(kHLC), h); err != nil {
+		if err := t.set([]byte(kHLC), h); err != nil {
 			return err
 		}
 	}
@@ -63,11 +87,37 @@ func (t *tx) finish() error {
 	if err != nil {
 		return err
 	}
-	if err := t.txn.Set([]byte(kCounts), c); err != nil {
+	if err := t.set([]byte(kCounts), c); err != nil {
 		return err
 	}
-	if err := t.txn.Commit(); err != nil {
+	s := t.s
+	commit := s.commit + 1
+	if err := t.set([]byte(kCommit), u64(commit)); err != nil {
+		return err
+	}
+	payload := encodeMutations(nil, t.muts)
+	if len(payload) > s.wal.maxPayload() {
+		// Larger than the whole WAL: commit and sync badger directly.
+		if err := t.txn.Commit(); err != nil {
+			return fmt.Errorf("%w: %w", errCommit, err)
+		}
+		if err := s.db.Sync(); err != nil {
+			return fmt.Errorf("%w: %w", errAfterWAL, err)
+		}
+		s.commit = commit
+		return nil
+	}
+	if !s.wal.fits(len(payload)) {
+		if err := s.checkpoint(); err != nil {
+			return fmt.Errorf("%w: %w", errCommit, err)
+		}
+	}
+	if err := s.wal.append(commit, payload); err != nil {
 		return fmt.Errorf("%w: %w", errCommit, err)
+	}
+	s.commit = commit
+	if err := t.txn.Commit(); err != nil {
+		return fmt.Errorf("%w: %w", errAfterWAL, err)
 	}
 	return nil
 }
@@ -85,10 +135,10 @@ func (t *tx) putRec(key []byte, v any) error {
 	if err != nil {
 		return err
 	}
-	return t.txn.Set(key, b)
+	return t.set(key, b)
 }
 
-func (t *tx) del(key []byte) error { return t.txn.Delete(key) }
+func (t *tx) del(key []byte) error { return t.delete(key) }
 
 func (t *tx) has(key []byte) (bool, error) {
 	_, err := t.txn.Get(key)
@@ -116,7 +166,7 @@ func (t *tx) putMailbox(mb *mailboxRec) error {
 	if err := t.putRec(mailboxKey(mb.GUID), mb); err != nil {
 		return err
 	}
-	return t.txn.Set(mailboxPathKey(mb.Path), mb.GUID[:])
+	return t.set(mailboxPathKey(mb.Path), mb.GUID[:])
 }
 
 func (t *tx) message(g journal.GUID, key string) (*messageRec, error) {

@@ -307,34 +307,50 @@ func (b *bench) flags(ctx context.Context, root string, lo, hi int) (int, time.D
 	return 2 * len(msgs), time.Since(start), 0, nil
 }
 
-// deliverSpread delivers messages [lo, hi) over spreadBoxes mailboxes, one
-// concurrent client per mailbox.
-func (b *bench) deliverSpread(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
-	var written atomic.Int64
-	errs := make(chan error, spreadBoxes)
+// concurrently runs step for every index of [lo, hi) on workers
+// goroutines, worker w taking indexes lo+w, lo+w+workers, ..., and returns
+// the wall time and the first error. Each worker checks ctx between steps.
+func concurrently(ctx context.Context, workers, lo, hi int, step func(w, i int) error) (time.Duration, error) {
+	errs := make(chan error, workers)
 	var wg sync.WaitGroup
 	start := time.Now()
-	for w := range spreadBoxes {
+	for w := range workers {
 		wg.Go(func() {
-			box := filepath.Join(root, spreadBox(w))
-			for i := lo + w; i < hi; i += spreadBoxes {
+			for i := lo + w; i < hi; i += workers {
 				if err := ctx.Err(); err != nil {
 					errs <- err
 					return
 				}
-				n, err := deliverOne(box, b.corp, i, &b.bufs[w%len(b.bufs)])
-				if err != nil {
+				if err := step(w, i); err != nil {
 					errs <- err
 					return
 				}
-				written.Add(n)
 			}
 		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	close(errs)
-	if err := <-errs; err != nil {
+	return elapsed, <-errs
+}
+
+func rename(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
+	}
+	return nil
+}
+
+// deliverSpread delivers messages [lo, hi) over spreadBoxes mailboxes, one
+// concurrent client per mailbox.
+func (b *bench) deliverSpread(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
+	var written atomic.Int64
+	elapsed, err := concurrently(ctx, spreadBoxes, lo, hi, func(w, i int) error {
+		n, err := deliverOne(filepath.Join(root, spreadBox(w)), b.corp, i, &b.bufs[w%len(b.bufs)])
+		written.Add(n)
+		return err
+	})
+	if err != nil {
 		return 0, 0, 0, err
 	}
 	return hi - lo, elapsed, written.Load(), nil
@@ -343,77 +359,44 @@ func (b *bench) deliverSpread(ctx context.Context, root string, lo, hi int) (int
 // flagsSpread renames the messages deliverSpread delivered, new/X ->
 // cur/X:2,S -> cur/X:2,FS, one concurrent client per mailbox.
 func (b *bench) flagsSpread(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
-	errs := make(chan error, spreadBoxes)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range spreadBoxes {
-		wg.Go(func() {
-			box := filepath.Join(root, spreadBox(w))
-			for pass := range 2 {
-				for i := lo + w; i < hi; i += spreadBoxes {
-					if err := ctx.Err(); err != nil {
-						errs <- err
-						return
-					}
-					name := b.corp.msgs[i].name
-					from, to := filepath.Join(box, "new", name), filepath.Join(box, "cur", name+":2,S")
-					if pass == 1 {
-						from, to = to, filepath.Join(box, "cur", name+":2,FS")
-					}
-					if err := os.Rename(from, to); err != nil {
-						errs <- fmt.Errorf("rename %s to %s: %w", from, to, err)
-						return
-					}
-				}
+	var total time.Duration
+	for pass := range 2 {
+		elapsed, err := concurrently(ctx, spreadBoxes, lo, hi, func(w, i int) error {
+			box, name := filepath.Join(root, spreadBox(w)), b.corp.msgs[i].name
+			if pass == 0 {
+				return rename(filepath.Join(box, "new", name), filepath.Join(box, "cur", name+":2,S"))
 			}
+			return rename(filepath.Join(box, "cur", name+":2,S"), filepath.Join(box, "cur", name+":2,FS"))
 		})
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		total += elapsed
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, 0, 0, err
-	}
-	return 2 * (hi - lo), elapsed, 0, nil
+	return 2 * (hi - lo), total, 0, nil
 }
 
 // flagsParallel renames messages [lo, hi) cur/X:2,FS -> cur/X:2,FRS and
 // back, split over cfg.Workers goroutines: concurrent IMAP sessions
-// changing flags, as a server sees them.
+// changing flags in one mailbox.
 func (b *bench) flagsParallel(ctx context.Context, root string, lo, hi int) (int, time.Duration, int64, error) {
 	cur := filepath.Join(root, benchBox, "cur")
-	msgs := b.corp.msgs[lo:hi]
-	workers := max(1, min(b.cfg.Workers, len(msgs)))
-	errs := make(chan error, workers)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for pass := range 2 {
-				for i := w; i < len(msgs); i += workers {
-					if err := ctx.Err(); err != nil {
-						errs <- err
-						return
-					}
-					from, to := filepath.Join(cur, msgs[i].name+":2,FS"), filepath.Join(cur, msgs[i].name+":2,FRS")
-					if pass == 1 {
-						from, to = to, from
-					}
-					if err := os.Rename(from, to); err != nil {
-						errs <- fmt.Errorf("rename %s to %s: %w", from, to, err)
-						return
-					}
-				}
+	workers := max(1, min(b.cfg.Workers, hi-lo))
+	var total time.Duration
+	for pass := range 2 {
+		elapsed, err := concurrently(ctx, workers, lo, hi, func(_, i int) error {
+			fs, frs := filepath.Join(cur, b.corp.msgs[i].name+":2,FS"), filepath.Join(cur, b.corp.msgs[i].name+":2,FRS")
+			if pass == 0 {
+				return rename(fs, frs)
 			}
+			return rename(frs, fs)
 		})
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		total += elapsed
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, 0, 0, err
-	}
-	return 2 * len(msgs), elapsed, 0, nil
+	return 2 * (hi - lo), total, 0, nil
 }
 
 // read reads messages [lo, hi) fully from cur/ and checks their sizes.

@@ -49,10 +49,10 @@ func WriteTable(w io.Writer, rs []Result) {
 		}
 	}
 
-	const rowFmt = "%-18s %-5s %12s %12s %12s %9s %9s %9s  %s\n"
+	const rowFmt = "%-20s %-5s %12s %12s %12s %9s %9s %9s  %s\n"
 	fmt.Fprintf(w, rowFmt, "workload", "unit", "native", "loopback", "mailfs",
 		"m/native", "m/loop", "l/native", "design §10 target")
-	fmt.Fprintln(w, strings.Repeat("-", 18+1+5+3*13+3*10+2+24))
+	fmt.Fprintln(w, strings.Repeat("-", 20+1+5+3*13+3*10+2+24))
 	for _, wl := range order {
 		found, hasBytes := false, false
 		for _, tn := range Targets {

@@ -282,9 +282,9 @@ func TestWriteTable(t *testing.T) {
 	out := b.String()
 	t.Logf("\n%s", out)
 	for _, want := range []string{
-		"deliver            ops/s          100           50           40     0.40x     0.80x     0.50x  mailfs/loopback>=0.90 MISS",
-		"deliver            MB/s           4.0          2.0          1.6     0.40x     0.80x     0.50x\n",
-		"flags              ops/s          100            -          100     1.00x         -         -  mailfs/loopback>=1.50\n",
+		"deliver              ops/s          100           50           40     0.40x     0.80x     0.50x  mailfs/loopback>=0.90 MISS",
+		"deliver              MB/s           4.0          2.0          1.6     0.40x     0.80x     0.50x\n",
+		"flags                ops/s          100            -          100     1.00x         -         -  mailfs/loopback>=1.50\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)

@@ -43,25 +43,9 @@ func LoadOrCreateIdentity(dir string) (*Identity, error) {
 		return nil, err
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	p := filepath.Join(dir, keyFile)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return nil, fmt.Errorf("write node key %s: %w", tmp, err)
-	}
-	f, err := os.Open(tmp)
-	if err == nil {
-		err = f.Sync()
-		f.Close()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("sync node key %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return nil, fmt.Errorf("install node key %s: %w", p, err)
-	}
 	// The key is the node's identity: a power cut must not lose it.
-	if err := syncDir(dir); err != nil {
-		return nil, fmt.Errorf("sync identity dir %s: %w", dir, err)
+	if err := writeDurably(dir, keyFile, data, 0o600); err != nil {
+		return nil, fmt.Errorf("install node key %s: %w", filepath.Join(dir, keyFile), err)
 	}
 	return newIdentity(priv), nil
 }

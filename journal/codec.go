@@ -53,6 +53,7 @@ const (
 	tagContent    = 19
 	tagSeen       = 20 // repeated: 32-byte node ID + uvarint seq
 	tagNewKey     = 21
+	tagChanged    = 22 // repeated: a flag whose presence this op changed
 )
 
 // Encode appends the binary form of op to dst.
@@ -106,6 +107,9 @@ func Encode(dst []byte, op *Op) []byte {
 	uintField(tagSub, uint64(op.Sub))
 	for _, f := range op.Flags {
 		bytesField(tagFlag, []byte(f))
+	}
+	for _, f := range op.Changed {
+		bytesField(tagChanged, []byte(f))
 	}
 	uintField(tagMode, uint64(op.Mode))
 	intField(tagMtime, op.Mtime)
@@ -249,6 +253,15 @@ func (op *Op) setField(tag byte, v []byte) error {
 			return err
 		}
 		op.Flags = append(op.Flags, f)
+	case tagChanged:
+		if len(op.Changed) >= MaxFlags {
+			return fmt.Errorf("%w: more than %d changed flags", ErrMalformed, MaxFlags)
+		}
+		var f string
+		if err := str(&f); err != nil {
+			return err
+		}
+		op.Changed = append(op.Changed, f)
 	case tagMode:
 		x, err = uvar()
 		if err == nil && x > 1<<32-1 {

@@ -17,6 +17,8 @@ func sampleOps() []Op {
 		{Kind: MailboxDelete, Origin: node, Seq: 3, Mailbox: g, Path: "a/.Bar", Seen: VersionVector{node: 2}},
 		{Kind: MessageAdd, Origin: node, Seq: 4, Mailbox: g, Path: "a", Key: "1700000000.M1P2.host,S=1234", Sub: SubNew,
 			Flags: []string{`\Seen`, "$Important"}, Mtime: 1700000000123456789, Size: 1234, Content: ContentID{9, 9, 9}},
+		{Kind: MessageFlags, Origin: node, Seq: 9, Mailbox: g, Path: "a", Key: "k", Sub: SubCur,
+			Flags: []string{`\Answered`, `\Seen`}, Changed: []string{`\Answered`, `\Flagged`}},
 		{Kind: MessageMove, Origin: node, Seq: 5, Mailbox: g, Target: GUID{7}, Key: "k", NewKey: "k2", Replaced: "k2", Sub: SubCur, Flags: []string{}},
 		{Kind: Subscribe, Origin: node, Seq: 6, Path: "a", Name: "Sent"},
 		{Kind: FileWrite, Origin: node, Seq: 7, Path: "a/sieve", From: "a/.temp", Mode: 0o644, LinkTarget: "x", Mtime: -5},

@@ -72,3 +72,22 @@ func (c *Clock) Last() HLC {
 	defer c.mu.Unlock()
 	return c.last
 }
+
+// Stamp is when and where a change was made: the total order of design §4
+// (HLC, then origin ID), used where the newest change wins.
+type Stamp struct {
+	Time   HLC    `json:"time"`
+	Origin NodeID `json:"origin"`
+}
+
+// Less orders stamps by time, ties broken by origin ID, so every node picks
+// the same winner.
+func (s Stamp) Less(o Stamp) bool {
+	if s.Time != o.Time {
+		return s.Time.Less(o.Time)
+	}
+	return string(s.Origin[:]) < string(o.Origin[:])
+}
+
+// StampOf returns the stamp of op.
+func StampOf(op *Op) Stamp { return Stamp{Time: op.Time, Origin: op.Origin} }

@@ -143,11 +143,15 @@ type Op struct {
 	LinkTarget string
 	Sub        Sub
 	Flags      []string
-	Mode       uint32
-	Mtime      int64 // nanoseconds since the Unix epoch
-	Size       int64
-	Content    ContentID
-	Seen       VersionVector
+	// Changed names the flags whose presence this op changed (MessageFlags):
+	// flags merge one by one, newest change wins (design §6 rule 6), so a
+	// peer must know which flags an op asserts and which it merely carries.
+	Changed []string
+	Mode    uint32
+	Mtime   int64 // nanoseconds since the Unix epoch
+	Size    int64
+	Content ContentID
+	Seen    VersionVector
 }
 
 // String renders the op on one line for logs and `mailfs journal`.
@@ -177,6 +181,9 @@ func (op *Op) String() string {
 	if op.Flags != nil {
 		fmt.Fprintf(&b, " flags=%q", op.Flags)
 	}
+	if op.Changed != nil {
+		fmt.Fprintf(&b, " changed=%q", op.Changed)
+	}
 	if op.Mtime != 0 {
 		add("mtime", time.Unix(0, op.Mtime).UTC().Format(time.RFC3339Nano))
 	}
@@ -205,4 +212,16 @@ func SortFlags(flags []string) []string {
 		}
 	}
 	return out[:w]
+}
+
+// MarshalText renders n in hex (JSON map keys and fields of index records).
+func (n NodeID) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
+
+// UnmarshalText parses the hex form of MarshalText.
+func (n *NodeID) UnmarshalText(b []byte) error {
+	if len(b) != 64 {
+		return fmt.Errorf("journal: node ID %q is not 64 hex digits", b)
+	}
+	_, err := hex.Decode(n[:], b)
+	return err
 }

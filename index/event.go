@@ -16,18 +16,22 @@ type EventKind uint8
 
 // Event kinds.
 const (
-	EvMkdir   EventKind = iota + 1 // a directory was created at Path
-	EvRmdir                        // the directory at Path was removed
-	EvRename                       // Path was renamed to NewPath
-	EvLink                         // NewPath was hard-linked to Path
-	EvUnlink                       // the file at Path was removed
-	EvWrite                        // the file at Path was created or its content changed
-	EvTouch                        // the file at Path got a new mtime (utimens)
-	EvRescan                       // reconcile found the file at Path as File describes
-	EvMissing                      // reconcile found Path gone: mark it missing, journal nothing
+	EvMkdir      EventKind = iota + 1 // a directory was created at Path
+	EvRmdir                           // the directory at Path was removed
+	EvRename                          // Path was renamed to NewPath
+	EvLink                            // NewPath was hard-linked to Path
+	EvUnlink                          // the file at Path was removed
+	EvWrite                           // the file at Path was created or its content changed
+	EvTouch                           // the file at Path got a new mtime (utimens)
+	EvRescan                          // reconcile found the file at Path as File describes
+	EvMissing                         // reconcile found Path gone: mark it missing, journal nothing
+	EvApplied                         // every op of Remote.Origin up to Remote.Seq is applied (cursor)
+	EvRemoteMeta                      // Remote changes index state only: stamps and tombstones
+	EvRekey                           // the mailbox GUID becomes NewGUID (rules 3 and 4)
 )
 
-var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing"}
+var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
+	"applied", "remote-meta", "rekey"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -59,13 +63,33 @@ type Event struct {
 	// GUID, for mkdir of <mailbox>/cur or a rescan of a mailbox, is the
 	// mailbox GUID found in an existing dovecot-uidlist.
 	GUID journal.GUID
+	// NewGUID is what EvRekey renames GUID to.
+	NewGUID journal.GUID
 	// Content computes the content ID of the file at the event's target
 	// when File.Content is unset and the index does not know it.
 	Content func() (journal.ContentID, int64, error)
+	// Remote is the peer's op this change carries out (the syncer's
+	// applier made it): index state follows as for a local change, but no
+	// op is journaled and stamps are the peer op's.
+	Remote *journal.Op
 }
 
 func (t *tx) apply(ev Event) error {
+	t.remote = ev.Remote
+	defer func() { t.remote = nil }()
+	if ev.Remote != nil {
+		t.s.clock.Observe(ev.Remote.Time)
+		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() {
+			ev.GUID = g
+		}
+	}
 	switch ev.Kind {
+	case EvApplied:
+		return t.setApplied(ev.Remote)
+	case EvRemoteMeta:
+		return t.remoteMeta(ev.Remote)
+	case EvRekey:
+		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -155,11 +179,12 @@ func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*ma
 		guid = journal.GUID(uuid.New())
 	}
 	mb := &mailboxRec{GUID: guid, Path: path, Keywords: maildir.ParseKeywords(keywords)}
-	if err := t.putMailbox(mb); err != nil {
+	if err := t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path}); err != nil {
 		return nil, err
 	}
+	mb.Renamed = journal.StampOf(&t.lastOp)
 	t.counts.Mailboxes++
-	return mb, t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path})
+	return mb, t.putMailbox(mb)
 }
 
 func (t *tx) deleteMailbox(mb *mailboxRec) error {
@@ -176,13 +201,17 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 	if err := t.set(orphanKey(mb.GUID), nil); err != nil {
 		return err
 	}
-	op := journal.Op{Kind: journal.MailboxDelete, Mailbox: mb.GUID, Path: mb.Path,
-		Seen: journal.VersionVector{t.s.node: t.seq}}
+	seen, err := t.versionVector()
+	if err != nil {
+		return err
+	}
+	op := journal.Op{Kind: journal.MailboxDelete, Mailbox: mb.GUID, Path: mb.Path, Seen: seen}
 	if err := t.journal(op); err != nil {
 		return err
 	}
-	last := t.ops[len(t.ops)-1]
-	return t.putRec(tombMailboxKey(mb.GUID), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
+	last := t.lastOp
+	return t.putRec(tombMailboxKey(mb.GUID), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
+		Path: mb.Path, Seen: op.Seen})
 }
 
 func (t *tx) rmdir(path string) error {
@@ -264,10 +293,11 @@ func (t *tx) renameDir(from, to string) error {
 			return err
 		}
 		mb.Path = to + strings.TrimPrefix(old, from)
-		if err := t.putMailbox(mb); err != nil {
+		if err := t.journal(journal.Op{Kind: journal.MailboxRename, Mailbox: mb.GUID, Path: old, NewPath: mb.Path}); err != nil {
 			return err
 		}
-		if err := t.journal(journal.Op{Kind: journal.MailboxRename, Mailbox: mb.GUID, Path: old, NewPath: mb.Path}); err != nil {
+		mb.Renamed = journal.StampOf(&t.lastOp)
+		if err := t.putMailbox(mb); err != nil {
 			return err
 		}
 	}

@@ -133,11 +133,16 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 			nrec.Arrived = ev.Path
 		}
 	}
-	if err := t.putRec(messageKey(mb.GUID, name.Base), nrec); err != nil {
+	if err := t.journal(journal.Op{Kind: journal.MessageAdd, Mailbox: mb.GUID, Path: mb.Path, Key: name.Base,
+		Sub: sub, Flags: flags, Mtime: nrec.Mtime, Size: size, Content: content}); err != nil {
 		return err
 	}
-	return t.journal(journal.Op{Kind: journal.MessageAdd, Mailbox: mb.GUID, Path: mb.Path, Key: name.Base,
-		Sub: sub, Flags: flags, Mtime: nrec.Mtime, Size: size, Content: content})
+	nrec.Added, nrec.AddedSeq = journal.StampOf(&t.lastOp), t.lastOp.Seq
+	if rec != nil {
+		nrec.FlagStamps = rec.FlagStamps
+	}
+	stampFlags(nrec, flags, nrec.Added)
+	return t.putRec(messageKey(mb.GUID, name.Base), nrec)
 }
 
 // messageAt returns the record of the message file c names, if that exact
@@ -155,12 +160,48 @@ func (t *tx) messageAt(c maildir.Class) (*messageRec, error) {
 }
 
 func (t *tx) setFlags(mb *mailboxRec, key string, rec *messageRec, name string, sub journal.Sub, flags []string, mtime int64) error {
+	changed := flagDiff(rec.Flags, flags)
 	rec.Name, rec.Sub, rec.Flags, rec.Mtime, rec.Missing = name, sub, flags, mtime, false
-	if err := t.putRec(messageKey(mb.GUID, key), rec); err != nil {
+	if err := t.journal(journal.Op{Kind: journal.MessageFlags, Mailbox: mb.GUID, Path: mb.Path, Key: key,
+		Sub: sub, Flags: flags, Changed: changed, Mtime: mtime}); err != nil {
 		return err
 	}
-	return t.journal(journal.Op{Kind: journal.MessageFlags, Mailbox: mb.GUID, Path: mb.Path, Key: key,
-		Sub: sub, Flags: flags, Mtime: mtime})
+	stampFlags(rec, changed, journal.StampOf(&t.lastOp))
+	return t.putRec(messageKey(mb.GUID, key), rec)
+}
+
+// flagDiff lists the flags present in exactly one of a and b, sorted.
+func flagDiff(a, b []string) []string {
+	in := map[string]int{}
+	for _, f := range a {
+		in[f] |= 1
+	}
+	for _, f := range b {
+		in[f] |= 2
+	}
+	out := []string{}
+	for f, v := range in {
+		if v != 3 {
+			out = append(out, f)
+		}
+	}
+	sortStrings(out)
+	return out
+}
+
+// stampFlags records st as the newest change of each named flag.
+func stampFlags(rec *messageRec, names []string, st journal.Stamp) {
+	if len(names) == 0 {
+		return
+	}
+	if rec.FlagStamps == nil {
+		rec.FlagStamps = map[string]journal.Stamp{}
+	}
+	for _, f := range names {
+		if old, ok := rec.FlagStamps[f]; !ok || old.Less(st) {
+			rec.FlagStamps[f] = st
+		}
+	}
 }
 
 func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
@@ -226,20 +267,24 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	if err := t.del(tombMessageKey(mbT.GUID, nt.Base)); err != nil {
 		return err
 	}
-	moved := &messageRec{Name: ct.Name, Sub: sub, Flags: flags, Mtime: recF.Mtime, Size: recF.Size, Content: recF.Content}
-	if err := t.putRec(messageKey(mbT.GUID, nt.Base), moved); err != nil {
-		return err
-	}
+	moved := &messageRec{Name: ct.Name, Sub: sub, Flags: flags, Mtime: recF.Mtime, Size: recF.Size, Content: recF.Content,
+		FlagStamps: recF.FlagStamps}
 	op := journal.Op{Kind: journal.MessageMove, Mailbox: mbF.GUID, Path: mbF.Path, Target: mbT.GUID,
 		NewPath: mbT.Path, Key: nf.Base, Sub: sub, Flags: flags, Mtime: moved.Mtime, Size: moved.Size,
 		Content: moved.Content, Replaced: replaced}
 	if nt.Base != nf.Base {
 		op.NewKey = nt.Base
 	}
+	op.Changed = flagDiff(recF.Flags, flags)
 	if err := t.journal(op); err != nil {
 		return err
 	}
-	last := t.ops[len(t.ops)-1]
+	last := t.lastOp
+	moved.Added, moved.AddedSeq = journal.StampOf(&last), last.Seq
+	stampFlags(moved, op.Changed, moved.Added)
+	if err := t.putRec(messageKey(mbT.GUID, nt.Base), moved); err != nil {
+		return err
+	}
 	return t.putRec(tombMessageKey(mbF.GUID, nf.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
 }
 
@@ -271,7 +316,7 @@ func (t *tx) depart(path string) error {
 		if err := t.journal(journal.Op{Kind: journal.MessageExpunge, Mailbox: mb.GUID, Path: mb.Path, Key: name.Base}); err != nil {
 			return err
 		}
-		last := t.ops[len(t.ops)-1]
+		last := t.lastOp
 		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
 	case maildir.KindPlainFile:
 		ok, err := t.has(fileKey(path))
@@ -317,11 +362,12 @@ func (t *tx) writePlain(path string, ev Event, from string, rescan bool) error {
 	if from == "" && had && !old.Missing && old.Content == rec.Content && old.LinkTarget == rec.LinkTarget && old.Mode == rec.Mode {
 		return nil
 	}
-	if err := t.putRec(fileKey(path), &rec); err != nil {
+	if err := t.journal(journal.Op{Kind: journal.FileWrite, Path: path, From: from, Mode: rec.Mode,
+		Mtime: rec.Mtime, Size: rec.Size, Content: rec.Content, LinkTarget: rec.LinkTarget}); err != nil {
 		return err
 	}
-	return t.journal(journal.Op{Kind: journal.FileWrite, Path: path, From: from, Mode: rec.Mode,
-		Mtime: rec.Mtime, Size: rec.Size, Content: rec.Content, LinkTarget: rec.LinkTarget})
+	rec.Stamp = journal.StampOf(&t.lastOp)
+	return t.putRec(fileKey(path), &rec)
 }
 
 func (t *tx) touch(path string, mtime int64) error {
@@ -409,6 +455,9 @@ func (t *tx) setSubscriptions(dir string, data []byte) error {
 		if err := t.journal(journal.Op{Kind: journal.Subscribe, Path: dir, Name: name}); err != nil {
 			return err
 		}
+		if err := t.stampSubscription(dir, name, true, journal.StampOf(&t.lastOp)); err != nil {
+			return err
+		}
 	}
 	gone := make([]string, 0, len(have))
 	for name := range have {
@@ -420,6 +469,9 @@ func (t *tx) setSubscriptions(dir string, data []byte) error {
 			return err
 		}
 		if err := t.journal(journal.Op{Kind: journal.Unsubscribe, Path: dir, Name: name}); err != nil {
+			return err
+		}
+		if err := t.stampSubscription(dir, name, false, journal.StampOf(&t.lastOp)); err != nil {
 			return err
 		}
 	}

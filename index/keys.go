@@ -21,6 +21,9 @@ const (
 	pJournal     = "j/"  // + seq (8 bytes big endian) → encoded op
 	pOrphans     = "or/" // + GUID: messages of a deleted mailbox left to sweep
 	pPeer        = "pe/" // + node ID: paired peer (node-local, never journaled) → peerRec
+	pApplied     = "ap/" // + origin node ID → appliedRec: how far that origin's ops are applied
+	pSubStamp    = "ss/" // + dir + "\x00" + name → subStampRec: the newest (un)subscribe
+	pAlias       = "al/" // + GUID → GUID: a mailbox GUID merged into another (rule 3, 4)
 
 	kNode    = "meta/node"
 	kName    = "meta/name"
@@ -69,6 +72,9 @@ type mailboxRec struct {
 	Keywords []string     `json:"keywords,omitempty"`
 	Messages int64        `json:"messages"`
 	Missing  bool         `json:"missing,omitempty"`
+	// Renamed is the stamp of the op that gave the mailbox its path: the
+	// newest rename wins (design §6 rule 2).
+	Renamed journal.Stamp `json:"renamed,omitempty"`
 }
 
 type messageRec struct {
@@ -83,7 +89,28 @@ type messageRec struct {
 	// after an unclean stop, a delivery rename that did not reach the disk
 	// is redone from there.
 	Arrived string `json:"arrived,omitempty"`
+	// Added is the op that added the message here (a mailbox delete
+	// removes only what its deleter had seen, design §6 rule 4).
+	Added    journal.Stamp `json:"added,omitempty"`
+	AddedSeq uint64        `json:"added_seq,omitempty"`
+	// FlagStamps holds, per flag name, the op that last set or cleared it:
+	// flags merge one by one, newest change wins (design §6 rule 6).
+	FlagStamps map[string]journal.Stamp `json:"flag_stamps,omitempty"`
 }
+
+type appliedRec struct {
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+}
+
+type subStampRec struct {
+	Subscribed bool          `json:"subscribed"`
+	Stamp      journal.Stamp `json:"stamp"`
+}
+
+func appliedKey(origin journal.NodeID) []byte { return append([]byte(pApplied), origin[:]...) }
+func subStampKey(dir, name string) []byte     { return []byte(pSubStamp + dir + "\x00" + name) }
+func aliasKey(g journal.GUID) []byte          { return append([]byte(pAlias), g[:]...) }
 
 type fileRec struct {
 	Mode       uint32            `json:"mode"`
@@ -92,6 +119,8 @@ type fileRec struct {
 	Content    journal.ContentID `json:"content"`
 	LinkTarget string            `json:"link,omitempty"`
 	Missing    bool              `json:"missing,omitempty"`
+	// Stamp is the op that wrote this version: newest wins (rule 10).
+	Stamp journal.Stamp `json:"stamp,omitempty"`
 }
 
 type dirRec struct {
@@ -103,6 +132,10 @@ type tombstone struct {
 	Time   journal.HLC    `json:"time"`
 	Origin journal.NodeID `json:"origin"`
 	Seq    uint64         `json:"seq"`
+	// Path and Seen, for a mailbox: where it was and what its deleter had
+	// applied (mail it had not seen survives the delete, design §6 rule 4).
+	Path string                `json:"path,omitempty"`
+	Seen journal.VersionVector `json:"seen,omitempty"`
 }
 
 type counts struct {

@@ -53,6 +53,7 @@ type Mailbox struct {
 	Messages int64
 	Missing  bool
 	Keywords []string
+	Renamed  journal.Stamp
 }
 
 // Mailboxes calls fn for every live mailbox.
@@ -94,15 +95,18 @@ func (s *Store) MailboxByPath(path string) (Mailbox, bool, error) {
 
 // Message is a message as the index knows it.
 type Message struct {
-	Key     string
-	Name    string
-	Sub     journal.Sub
-	Flags   []string
-	Mtime   int64
-	Size    int64
-	Content journal.ContentID
-	Missing bool
-	Arrived string
+	Key        string
+	Name       string
+	Sub        journal.Sub
+	Flags      []string
+	Mtime      int64
+	Size       int64
+	Content    journal.ContentID
+	Missing    bool
+	Arrived    string
+	Added      journal.Stamp
+	AddedSeq   uint64
+	FlagStamps map[string]journal.Stamp
 }
 
 // Messages calls fn for every message of mailbox g, in key order.

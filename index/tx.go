@@ -20,6 +20,12 @@ type tx struct {
 	counts counts
 	ops    []journal.Op
 	muts   []mutation // every write of the batch, for the journal WAL
+	// remote is the peer op the event being applied carries out (see
+	// Event.Remote): the state changes are recorded as that op's, and
+	// nothing is journaled (design §6 rule 11, echo suppression).
+	remote *journal.Op
+	// lastOp is the op most recently journaled or applied for a peer.
+	lastOp journal.Op
 }
 
 // set and delete write through the batch's badger transaction and record
@@ -49,6 +55,11 @@ func (s *Store) newTx() *tx {
 
 // journal stamps op with origin, seq and time and adds it to the batch.
 func (t *tx) journal(op journal.Op) error {
+	if t.remote != nil {
+		op.Origin, op.Seq, op.Time = t.remote.Origin, t.remote.Seq, t.remote.Time
+		t.lastOp = op
+		return nil
+	}
 	if op.Origin.IsZero() {
 		op.Origin = t.s.node
 		t.seq++
@@ -62,6 +73,7 @@ func (t *tx) journal(op journal.Op) error {
 		return err
 	}
 	t.ops = append(t.ops, op)
+	t.lastOp = op
 	return nil
 }
 

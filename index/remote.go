@@ -1,0 +1,313 @@
+package index
+
+import (
+	"crypto/sha256"
+	"fmt"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"mailfs/journal"
+)
+
+// This file holds what the syncer's applier needs from the index: the
+// cursors of applied peer ops, index-only effects of peer ops (stamps,
+// tombstones, GUID merges), and the reads its merge decisions are made on.
+
+// remoteMailboxGUID is the mailbox GUID a peer op creates a mailbox with
+// when carrying it out creates one.
+func remoteMailboxGUID(op *journal.Op) journal.GUID {
+	switch op.Kind {
+	case journal.MessageMove:
+		return op.Target
+	case journal.MailboxCreate, journal.MailboxRename, journal.MessageAdd:
+		return op.Mailbox
+	}
+	return journal.GUID{}
+}
+
+// RecreatedGUID is the GUID of the mailbox that keeps, at the path of
+// deleted mailbox g, the mail its deleter had not seen (design §6 rule 4).
+// Every node derives the same one.
+func RecreatedGUID(g journal.GUID) journal.GUID {
+	h := sha256.Sum256(append([]byte("mailfs recreated mailbox\x00"), g[:]...))
+	var out journal.GUID
+	copy(out[:], h[:16])
+	out[6] = out[6]&0x0f | 0x40 // a version 4 UUID, like the others
+	out[8] = out[8]&0x3f | 0x80
+	return out
+}
+
+func (t *tx) setApplied(op *journal.Op) error {
+	if op == nil || op.Origin.IsZero() {
+		return fmt.Errorf("index: applied cursor without an origin")
+	}
+	return t.putRec(appliedKey(op.Origin), &appliedRec{Epoch: uint64(op.Mtime), Seq: op.Seq})
+}
+
+// AppliedOp builds the event that records every op of origin up to seq (of
+// journal epoch epoch) as applied.
+func AppliedOp(origin journal.NodeID, epoch, seq uint64) Event {
+	return Event{Kind: EvApplied, Remote: &journal.Op{Origin: origin, Seq: seq, Mtime: int64(epoch)}}
+}
+
+// versionVector is what this node has applied: its own journal and every
+// peer's cursor.
+func (t *tx) versionVector() (journal.VersionVector, error) {
+	vv := journal.VersionVector{t.s.node: t.seq}
+	if t.remote != nil {
+		vv = journal.VersionVector{}
+	}
+	err := t.scanKeys([]byte(pApplied), func(k []byte) error {
+		var a appliedRec
+		if ok, err := t.getRec(k, &a); err != nil || !ok {
+			return err
+		}
+		vv[journal.NodeID(k[len(pApplied):])] = a.Seq
+		return nil
+	})
+	if t.remote != nil {
+		vv = t.remote.Seen
+	}
+	return vv, err
+}
+
+func (t *tx) stampSubscription(dir, name string, subscribed bool, st journal.Stamp) error {
+	var old subStampRec
+	ok, err := t.getRec(subStampKey(dir, name), &old)
+	if err != nil {
+		return err
+	}
+	if ok && st.Less(old.Stamp) {
+		return nil
+	}
+	return t.putRec(subStampKey(dir, name), &subStampRec{Subscribed: subscribed, Stamp: st})
+}
+
+// remoteMeta records what a peer op means for the index when nothing on
+// disk changes: the stamps of flags it set to values they already had, the
+// tombstone of a message or mailbox this node never had, a subscription
+// change that lost.
+func (t *tx) remoteMeta(op *journal.Op) error {
+	if op == nil {
+		return fmt.Errorf("index: remote-meta event without an op")
+	}
+	st := journal.StampOf(op)
+	switch op.Kind {
+	case journal.MessageAdd, journal.MessageFlags, journal.MessageMove:
+		g, key := op.Mailbox, op.Key
+		if op.Kind == journal.MessageMove {
+			g = op.Target
+			if op.NewKey != "" {
+				key = op.NewKey
+			}
+			if err := t.tombMessage(op.Mailbox, op.Key, op); err != nil {
+				return err
+			}
+		}
+		g = t.resolve(g)
+		rec, err := t.message(g, key)
+		if err != nil || rec == nil {
+			return err
+		}
+		changed := op.Changed
+		if op.Kind == journal.MessageAdd {
+			changed = op.Flags
+		}
+		stampFlags(rec, changed, st)
+		return t.putRec(messageKey(g, key), rec)
+	case journal.MessageExpunge:
+		return t.tombMessage(t.resolve(op.Mailbox), op.Key, op)
+	case journal.MailboxDelete:
+		if ok, err := t.has(mailboxKey(op.Mailbox)); err != nil || ok {
+			return err
+		}
+		return t.putRec(tombMailboxKey(op.Mailbox), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
+			Path: op.Path, Seen: op.Seen})
+	case journal.Subscribe, journal.Unsubscribe:
+		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
+	}
+	return nil
+}
+
+func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
+	if rec, err := t.message(g, key); err != nil || rec != nil {
+		return err
+	}
+	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+		return err
+	}
+	return t.putRec(tombMessageKey(g, key), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq})
+}
+
+// resolve follows the alias of a mailbox GUID merged into another.
+func (t *tx) resolve(g journal.GUID) journal.GUID {
+	for i := 0; i < 8; i++ {
+		b, ok, err := get(t.txn, aliasKey(g))
+		if err != nil || !ok || len(b) != 16 {
+			return g
+		}
+		g = journal.GUID(b)
+	}
+	return g
+}
+
+// rekeyMailbox gives mailbox from the GUID to: its record, its messages
+// and their tombstones move, and from becomes an alias of to, so peer ops
+// that name from still find it.
+func (t *tx) rekeyMailbox(from, to journal.GUID) error {
+	if from == to {
+		return nil
+	}
+	var mb mailboxRec
+	ok, err := t.getRec(mailboxKey(from), &mb)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Nothing here by that GUID: it only becomes a name of to.
+		return t.set(aliasKey(from), to[:])
+	}
+	if ok, err := t.has(mailboxKey(to)); err != nil || ok {
+		if err == nil {
+			err = fmt.Errorf("index: rekey mailbox %s: %s is in use", from, to)
+		}
+		return err
+	}
+	for _, p := range [][2][]byte{{messagePrefix(from), messagePrefix(to)},
+		{append([]byte(pTombMessage), from[:]...), append([]byte(pTombMessage), to[:]...)}} {
+		if err := t.rekey(p[0], p[1], false); err != nil {
+			return err
+		}
+	}
+	if err := t.del(mailboxKey(from)); err != nil {
+		return err
+	}
+	mb.GUID = to
+	if err := t.putMailbox(&mb); err != nil {
+		return err
+	}
+	return t.set(aliasKey(from), to[:])
+}
+
+// Applied returns how far the ops of origin are applied here: the journal
+// epoch of origin they came from and the highest seq.
+func (s *Store) Applied(origin journal.NodeID) (epoch, seq uint64, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		t := &tx{s: s, txn: txn}
+		var a appliedRec
+		ok, err := t.getRec(appliedKey(origin), &a)
+		if ok {
+			epoch, seq = a.Epoch, a.Seq
+		}
+		return err
+	})
+	return epoch, seq, err
+}
+
+// Tombstone is a delete record.
+type Tombstone struct {
+	Stamp journal.Stamp
+	Seq   uint64
+	Path  string
+	Seen  journal.VersionVector
+}
+
+// PeerView is a read-only snapshot of the index for the syncer's merge
+// decisions.
+type PeerView struct{ t *tx }
+
+// View runs fn on a consistent snapshot of the index.
+func (s *Store) View(fn func(v PeerView) error) error {
+	return s.db.View(func(txn *badger.Txn) error { return fn(PeerView{t: &tx{s: s, txn: txn}}) })
+}
+
+// Resolve follows the alias of a mailbox GUID merged into another.
+func (v PeerView) Resolve(g journal.GUID) journal.GUID { return v.t.resolve(g) }
+
+// Mailbox returns the live mailbox g (after aliases).
+func (v PeerView) Mailbox(g journal.GUID) (Mailbox, bool, error) {
+	var mb mailboxRec
+	ok, err := v.t.getRec(mailboxKey(v.t.resolve(g)), &mb)
+	if err != nil || !ok {
+		return Mailbox{}, false, err
+	}
+	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
+		Renamed: mb.Renamed}, true, nil
+}
+
+// MailboxAt returns the live mailbox at path.
+func (v PeerView) MailboxAt(path string) (Mailbox, bool, error) {
+	mb, err := v.t.mailboxAt(path)
+	if err != nil || mb == nil {
+		return Mailbox{}, false, err
+	}
+	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
+		Renamed: mb.Renamed}, true, nil
+}
+
+// MailboxTombstone returns the delete record of mailbox g.
+func (v PeerView) MailboxTombstone(g journal.GUID) (Tombstone, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMailboxKey(g), &ts)
+	return Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen}, ok, err
+}
+
+// Message returns message key of mailbox g (after aliases).
+func (v PeerView) Message(g journal.GUID, key string) (Message, bool, error) {
+	rec, err := v.t.message(v.t.resolve(g), key)
+	if err != nil || rec == nil {
+		return Message{}, false, err
+	}
+	return Message{Key: key, Name: rec.Name, Sub: rec.Sub, Flags: rec.Flags, Mtime: rec.Mtime, Size: rec.Size,
+		Content: rec.Content, Missing: rec.Missing, Arrived: rec.Arrived, Added: rec.Added, AddedSeq: rec.AddedSeq,
+		FlagStamps: rec.FlagStamps}, true, nil
+}
+
+// MessageExpunged reports whether message key of mailbox g has a tombstone.
+func (v PeerView) MessageExpunged(g journal.GUID, key string) (bool, error) {
+	return v.t.has(tombMessageKey(v.t.resolve(g), key))
+}
+
+// Messages calls fn for every message of mailbox g.
+func (v PeerView) Messages(g journal.GUID, fn func(Message) error) error {
+	g = v.t.resolve(g)
+	prefix := messagePrefix(g)
+	return v.t.scanKeys(prefix, func(k []byte) error {
+		m, ok, err := v.Message(g, string(k[len(prefix):]))
+		if err != nil || !ok {
+			return err
+		}
+		return fn(m)
+	})
+}
+
+// Subscription returns the newest subscribe or unsubscribe of name in the
+// subscriptions file of dir.
+func (v PeerView) Subscription(dir, name string) (subscribed bool, st journal.Stamp, ok bool, err error) {
+	var r subStampRec
+	ok, err = v.t.getRec(subStampKey(dir, name), &r)
+	return r.Subscribed, r.Stamp, ok, err
+}
+
+// File is a plain file as the index knows it.
+type File struct {
+	Mode       uint32
+	Mtime      int64
+	Size       int64
+	Content    journal.ContentID
+	LinkTarget string
+	Stamp      journal.Stamp
+}
+
+// File returns the plain file at path.
+func (v PeerView) File(path string) (File, bool, error) {
+	var f fileRec
+	ok, err := v.t.getRec(fileKey(path), &f)
+	if err != nil || !ok || f.Missing {
+		return File{}, false, err
+	}
+	return File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}, true, nil
+}
+
+// DirKnown reports whether the plain directory path is in the index.
+func (v PeerView) DirKnown(path string) (bool, error) { return v.t.has(dirKey(path)) }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"mailfs/index"
+	"mailfs/journal"
 )
 
 // Options configure a mount.
@@ -39,7 +41,27 @@ type Server struct {
 	Passthrough bool
 	Direct      bool
 	mountpoint  string
+	m           *mailFS
+	unmountMu   sync.Mutex
+	unmounted   bool
 }
+
+// Apply runs fn, which carries out the peer's op through the mountpoint
+// with ordinary syscalls, so that the kernel's caches and inotify (Dovecot's
+// IDLE) see an ordinary change. The changes fn makes from this process are
+// recorded in the index as op's, not journaled as new local ops (design §6
+// rule 11); changes other processes make meanwhile are journaled as usual.
+// fn must not hold a lock a FUSE handler needs.
+func (s *Server) Apply(op *journal.Op, fn func() error) error {
+	s.m.applyMu.Lock()
+	defer s.m.applyMu.Unlock()
+	s.m.remote.Store(op)
+	defer s.m.remote.Store(nil)
+	return fn()
+}
+
+// Mountpoint is where the tree is mounted.
+func (s *Server) Mountpoint() string { return s.mountpoint }
 
 type mailFS struct {
 	store *index.Store
@@ -49,6 +71,11 @@ type mailFS struct {
 	// under it, so the journal order equals the order on disk. The wait for
 	// durability happens outside it, so many changes share one fsync.
 	mu sync.Mutex
+	// remote is the peer op the syncer's applier is carrying out through
+	// the mount, if any (see Server.Apply).
+	remote atomic.Pointer[journal.Op]
+	// applyMu lets one peer op at a time be applied.
+	applyMu sync.Mutex
 }
 
 // Mount mounts the backing tree at mountpoint and serves it until
@@ -108,7 +135,7 @@ func Mount(mountpoint string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
 	}
-	s := &Server{Server: srv, Direct: direct, mountpoint: mountpoint}
+	s := &Server{Server: srv, Direct: direct, mountpoint: mountpoint, m: m}
 	s.Passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && direct
 	log.Info("mounted", "mountpoint", mountpoint, "backing", root, "direct_mount", direct,
 		"passthrough", s.Passthrough, "cache_timeout", timeout)
@@ -118,6 +145,12 @@ func Mount(mountpoint string, o Options) (*Server, error) {
 // Unmount unmounts, retrying while the mount is busy, and falls back to a
 // lazy unmount so a signal always leaves no mount behind.
 func (s *Server) Unmount() error {
+	s.unmountMu.Lock()
+	defer s.unmountMu.Unlock()
+	if s.unmounted {
+		return nil
+	}
+	s.unmounted = true
 	var err error
 	for i := 0; i < 5; i++ {
 		if err = s.Server.Unmount(); err == nil {

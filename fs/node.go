@@ -143,9 +143,26 @@ func containsNoSpace(s string) bool {
 	return false
 }
 
-// submit queues ev; it must be called with m.mu held.
-func (m *mailFS) submit(ev index.Event) (*index.Pending, error) {
+// submit queues ev; it must be called with m.mu held. A change made by the
+// syncer's applier (a thread of this process, while it is applying a peer's
+// op) is submitted as that op's, so it is not journaled again.
+func (m *mailFS) submit(ctx context.Context, ev index.Event) (*index.Pending, error) {
+	if r := m.remote.Load(); r != nil && fromSelf(ctx) {
+		ev.Remote = r
+	}
 	return m.store.Submit(ev)
+}
+
+// fromSelf reports whether the FUSE request came from a thread of this
+// process: the kernel reports the calling thread's ID, and /proc/self/task
+// lists only this process's threads.
+func fromSelf(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return false
+	}
+	var st syscall.Stat_t
+	return syscall.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid), &st) == nil
 }
 
 // waitDurable waits for p's group commit and, at the same time, fsyncs
@@ -218,7 +235,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		n.m.mu.Unlock()
 		return nil, errno
 	}
-	p, err := n.m.submit(ev)
+	p, err := n.m.submit(ctx, ev)
 	n.m.mu.Unlock()
 	if err == nil {
 		err = n.m.waitDurable(p, filepath.Dir(n.m.abs(rel)))
@@ -244,7 +261,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		n.m.mu.Unlock()
 		return errno
 	}
-	p, err := n.m.submit(index.Event{Kind: index.EvRmdir, Path: rel, IsDir: true})
+	p, err := n.m.submit(ctx, index.Event{Kind: index.EvRmdir, Path: rel, IsDir: true})
 	n.m.mu.Unlock()
 	if err == nil {
 		err = n.m.waitDurable(p, filepath.Dir(n.m.abs(rel)))
@@ -284,14 +301,14 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		}
 	}
 	if len(filepath.Base(staged)) > 255 {
-		return n.m.unlinkUnstaged(rel, abs)
+		return n.m.unlinkUnstaged(ctx, rel, abs)
 	}
 	n.m.mu.Lock()
 	if err := syscall.Rename(abs, staged); err != nil {
 		n.m.mu.Unlock()
 		return fusefs.ToErrno(err)
 	}
-	p, err := n.m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
+	p, err := n.m.submit(ctx, index.Event{Kind: index.EvUnlink, Path: rel})
 	n.m.mu.Unlock()
 	if err == nil {
 		// No directory fsync: an expunge that a power loss undoes on disk
@@ -317,13 +334,13 @@ const StagedUnlinkPrefix = index.StagedUnlinkPrefix
 
 // unlinkUnstaged unlinks first and journals after, for names too long to
 // stage: a failed commit is then reported but cannot be undone.
-func (m *mailFS) unlinkUnstaged(rel, abs string) syscall.Errno {
+func (m *mailFS) unlinkUnstaged(ctx context.Context, rel, abs string) syscall.Errno {
 	m.mu.Lock()
 	if err := syscall.Unlink(abs); err != nil {
 		m.mu.Unlock()
 		return fusefs.ToErrno(err)
 	}
-	p, err := m.submit(index.Event{Kind: index.EvUnlink, Path: rel})
+	p, err := m.submit(ctx, index.Event{Kind: index.EvUnlink, Path: rel})
 	m.mu.Unlock()
 	if err == nil {
 		err = m.waitDurable(p)
@@ -425,7 +442,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 			ev.Data, _ = os.ReadFile(absTo)
 		}
 	}
-	p, err := n.m.submit(ev)
+	p, err := n.m.submit(ctx, ev)
 	n.m.mu.Unlock()
 	if err == nil {
 		var dirs []string
@@ -497,7 +514,7 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	if needsData(to) {
 		ev.Data, _ = os.ReadFile(absTo)
 	}
-	p, err := n.m.submit(ev)
+	p, err := n.m.submit(ctx, ev)
 	n.m.mu.Unlock()
 	if err == nil {
 		err = n.m.waitDurable(p, filepath.Dir(absTo))
@@ -529,7 +546,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if fi, _, err := statInfo(n.m.abs(rel)); err == nil {
 		ev.File.Mode, ev.File.Mtime, ev.File.Size = fi.Mode, fi.Mtime, fi.Size
 	}
-	p, err := n.m.submit(ev)
+	p, err := n.m.submit(ctx, ev)
 	n.m.mu.Unlock()
 	if err == nil {
 		_, err = p.Wait()
@@ -550,7 +567,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 }
 
 // commitWrite journals the current content of the file at rel.
-func (m *mailFS) commitWrite(rel string) syscall.Errno {
+func (m *mailFS) commitWrite(ctx context.Context, rel string) syscall.Errno {
 	abs := m.abs(rel)
 	ev := index.Event{Kind: index.EvWrite, Path: rel}
 	m.mu.Lock()
@@ -569,7 +586,7 @@ func (m *mailFS) commitWrite(rel string) syscall.Errno {
 		m.mu.Unlock()
 		return fusefs.ToErrno(errors.Unwrap(err))
 	}
-	p, err := m.submit(ev)
+	p, err := m.submit(ctx, ev)
 	m.mu.Unlock()
 	if err == nil {
 		_, err = p.Wait()
@@ -621,12 +638,12 @@ func (n *node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	_, sizeSet := in.GetSize()
 	if sizeSet && f == nil {
-		return n.m.commitWrite(rel)
+		return n.m.commitWrite(ctx, rel)
 	}
 	// A plain file's mode is replicated with it (dovecot-shared's mode
 	// decides who shares a mailbox): a chmod journals the file again.
 	if _, ok := in.GetMode(); ok && maildir.Classify(rel, false).Kind == maildir.KindPlainFile {
-		return n.m.commitWrite(rel)
+		return n.m.commitWrite(ctx, rel)
 	}
 	if _, ok := in.GetMTime(); ok && maildir.Classify(rel, false).Kind == maildir.KindMessage {
 		fi, _, err := statInfo(n.m.abs(rel))
@@ -634,7 +651,7 @@ func (n *node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 			return fusefs.ToErrno(err)
 		}
 		n.m.mu.Lock()
-		p, err := n.m.submit(index.Event{Kind: index.EvTouch, Path: rel, File: fi})
+		p, err := n.m.submit(ctx, index.Event{Kind: index.EvTouch, Path: rel, File: fi})
 		n.m.mu.Unlock()
 		if err == nil {
 			_, err = p.Wait()
@@ -700,22 +717,22 @@ func (h *trackedFile) Flush(ctx context.Context) syscall.Errno {
 	if errno := h.LoopbackFile.Flush(ctx); errno != 0 {
 		return errno
 	}
-	return h.commit()
+	return h.commit(ctx)
 }
 
 func (h *trackedFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
 		return errno
 	}
-	return h.commit()
+	return h.commit(ctx)
 }
 
-func (h *trackedFile) commit() syscall.Errno {
+func (h *trackedFile) commit(ctx context.Context) syscall.Errno {
 	rel := h.node.Path(nil)
 	if !replicatedFile(rel) {
 		return 0 // renamed to a scratch name meanwhile
 	}
-	return h.m.commitWrite(rel)
+	return h.m.commitWrite(ctx, rel)
 }
 
 func (m *mailFS) String() string { return fmt.Sprintf("mailfs(%s)", m.root) }

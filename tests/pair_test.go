@@ -57,7 +57,7 @@ func statusPeers(t *testing.T, st map[string]any) []map[string]any {
 }
 
 // checkPeer checks that status lists exactly one peer, the given one, as
-// a node that does not replicate yet must: not connected, nothing acked.
+// a node that is not mounted sees it: not connected, nothing acked.
 func checkPeer(t *testing.T, who string, st map[string]any, id, name, addr string) {
 	t.Helper()
 	if ps := statusPeers(t, st); len(ps) != 1 {
@@ -135,8 +135,8 @@ func TestPairEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "alpha") || !strings.Contains(out, idA) {
 		t.Fatalf("pair join printed %q, want the inviter's name and ID", out)
 	}
-	checkPeer(t, "A", statusJSON(t, storeA), idB, "beta", addrB)
-	checkPeer(t, "B", statusJSON(t, storeB), idA, "alpha", addrA)
+	waitConnected(t, "A", storeA, idB, "beta", addrB)
+	waitConnected(t, "B", storeB, idA, "alpha", addrA)
 	waitLog(t, a, 5*time.Second, "paired with node", "peer_name=beta", idB)
 
 	// The code works once.
@@ -178,17 +178,17 @@ func TestPairEndToEnd(t *testing.T) {
 	}
 	waitLog(t, a, 5*time.Second, "unpaired node", peers.FormatID(identC.ID))
 
-	// The paired node gets past TLS; replication is not in this version,
-	// so A says so and closes the connection.
+	// The paired node gets past TLS; a hello that is not the protocol's is
+	// refused with a logged reason and the connection closed.
 	identB, err := peers.LoadIdentity(filepath.Join(storeB, "identity"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := dialSync(addrA, identB, pinA); !errors.Is(err, io.EOF) {
-		t.Fatalf("paired node's replication connection: %v, want a clean close (EOF)", err)
+		t.Fatalf("paired node's replication connection with a bad hello: %v, want a close (EOF)", err)
 	}
-	waitLog(t, a, 5*time.Second, "replication is not implemented")
-	checkPeer(t, "A after the refusals", statusJSON(t, storeA), idB, "beta", addrB)
+	waitLog(t, a, 5*time.Second, "refused a peer's replication data", "bad hello")
+	waitConnected(t, "A after the refusals", storeA, idB, "beta", addrB)
 
 	// A node that is not mounted joins by opening its store itself; it
 	// has no listen address, so A pins it without one.
@@ -219,8 +219,9 @@ func TestPairEndToEnd(t *testing.T) {
 }
 
 // dialSync opens a replication connection (ALPN mailfs/1) as id to the
-// node pinned at addr and reads from it: TLS 1.3 reports a refused client
-// certificate on the first read.
+// node pinned at addr, sends a hello that is not the protocol's and reads:
+// TLS 1.3 reports a refused client certificate on the first read, and a
+// paired node closes the connection on the bad hello.
 func dialSync(addr string, id *peers.Identity, pin [32]byte) error {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", addr, peers.ClientConfig(id, pin))
@@ -229,6 +230,29 @@ func dialSync(addr string, id *peers.Identity, pin [32]byte) error {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.Read(make([]byte, 1))
+	c.Write([]byte("GET / HTTP/1.0\r\nHost: mailfs\r\n\r\n"))
+	_, err = io.ReadAll(c)
+	if err == nil {
+		err = io.EOF
+	}
 	return err
+}
+
+// waitConnected waits until status (of a mounted node) shows the peer
+// connected with nothing left to send.
+func waitConnected(t *testing.T, who, store, id, name, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := statusJSON(t, store)
+		for _, p := range statusPeers(t, st) {
+			if p["id"] == id && p["name"] == name && p["address"] == addr && p["connected"] == true && p["lag_ops"] == float64(0) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: peer %s (%s) not connected and caught up after 20s: %v", who, name, id, st["peers"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -23,6 +23,11 @@ import (
 type controlRequest struct {
 	Cmd   string `json:"cmd"`
 	Since uint64 `json:"since,omitempty"`
+	// Address is what pair-join tells the inviter to dial (empty: the
+	// listen address).
+	Address string `json:"address,omitempty"`
+	// TimeoutMs bounds a sync request.
+	TimeoutMs int64 `json:"timeout_ms,omitempty"`
 	// Code is the invite code of pair-join (a secret: never logged).
 	Code string `json:"code,omitempty"`
 }
@@ -54,6 +59,21 @@ type statusPeer struct {
 	LastSuccess *string `json:"last_success"`
 	LastFailure *string `json:"last_failure"`
 	LastError   string  `json:"last_error"`
+	// Inbound: the peer is connected to push its own journal here.
+	Inbound         bool  `json:"inbound"`
+	BytesSent       int64 `json:"bytes_sent"`
+	BytesReceived   int64 `json:"bytes_received"`
+	OpsSent         int64 `json:"ops_sent"`
+	OpsApplied      int64 `json:"ops_applied"`
+	SegmentsRefused int64 `json:"segments_refused"`
+}
+
+func rfc3339(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339Nano)
+	return &s
 }
 
 type statusReply struct {
@@ -106,10 +126,20 @@ func nodeStatus(st *openedStore) statusNode {
 		JournalSeq: st.index.Seq(), Mailboxes: mb, Messages: msgs, Maildir: st.maildir}
 }
 
-// peerStatus lists the paired peers. This version does not replicate yet:
-// no peer is connected or has acknowledged anything, so every journaled op
-// is lag.
+// peerStatus lists the paired peers: live replication state from the
+// syncer when mounted; otherwise what the store says (nothing is connected,
+// and what each peer has acknowledged is learned only when it connects).
 func peerStatus(st *openedStore) ([]statusPeer, error) {
+	if st.sync != nil {
+		var out []statusPeer
+		for _, p := range st.sync.Status() {
+			out = append(out, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address, Connected: p.Connected,
+				AckedSeq: p.AckedSeq, LagOps: p.LagOps, LastSuccess: rfc3339(p.LastSuccess), LastFailure: rfc3339(p.LastFailure),
+				LastError: p.LastError, Inbound: p.Inbound, BytesSent: p.BytesSent, BytesReceived: p.BytesRecv,
+				OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused})
+		}
+		return out, nil
+	}
 	ps, err := st.index.ListPeers()
 	if err != nil {
 		return nil, fmt.Errorf("list peers: %w", err)
@@ -191,7 +221,14 @@ func (cs *controlServer) handle(c net.Conn) {
 		enc.Encode(statusReply{Node: n, Peers: ps})
 	case "pair-join":
 		self := peers.PeerInfo{Name: cs.st.index.Name(), Address: cs.st.listenAddr()}
-		p, err := joinAndPin(cs.ctx, cs.st.ident, cs.st.index, self, req.Code)
+		if req.Address != "" {
+			self.Address = req.Address
+		}
+		p, err := joinAndPin(cs.ctx, cs.st.ident, cs.st.index, self, req.Code, func(p peers.Peer) {
+			if cs.st.sync != nil {
+				cs.st.sync.AddPeer(p)
+			}
+		})
 		if err != nil {
 			code := exitFailure
 			var ee *exitError
@@ -204,6 +241,28 @@ func (cs *controlServer) handle(c net.Conn) {
 		}
 		cs.log.Info("paired with node", "component", "peers", "peer_name", p.Name, "peer", p.ID, "address", p.Address)
 		enc.Encode(p)
+	case "sync":
+		seq := cs.st.index.Seq()
+		ctx, cancel := context.WithTimeout(cs.ctx, time.Duration(req.TimeoutMs)*time.Millisecond)
+		defer cancel()
+		if err := cs.st.sync.WaitSynced(ctx, seq); err != nil {
+			code := exitTemporary
+			if cs.ctx.Err() != nil {
+				code = exitFailure
+			}
+			msg := fmt.Sprintf("not every peer acknowledged journal seq %d within %s", seq, time.Duration(req.TimeoutMs)*time.Millisecond)
+			for _, p := range cs.st.sync.Status() {
+				if p.AckedSeq < seq {
+					msg += fmt.Sprintf("; peer %s (%s) acknowledged %d", orDash(p.Name), peers.FormatID(p.ID), p.AckedSeq)
+					if p.LastError != "" {
+						msg += ", last error: " + p.LastError
+					}
+				}
+			}
+			enc.Encode(controlError{Error: msg, Exit: code})
+			return
+		}
+		enc.Encode(map[string]uint64{"synced_seq": seq})
 	case "journal":
 		err := cs.st.index.Ops(req.Since, func(op *journal.Op) error { return enc.Encode(opLine(op)) })
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"mailfs/index"
 	"mailfs/peers"
+	"mailfs/syncer"
 )
 
 type initOptions struct {
@@ -62,6 +63,8 @@ type openedStore struct {
 	// listen is the peer address in use while mounted (mount --listen
 	// overrides init's); empty: the one saved in the index.
 	listen string
+	// sync replicates while mounted; nil otherwise.
+	sync *syncer.Syncer
 }
 
 func (s *openedStore) Close() error { return s.index.Close() }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	mfs "mailfs/fs"
+	"mailfs/syncer"
 )
 
 func runMount(args []string, stdout, stderr io.Writer) error {
@@ -23,7 +24,8 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 			"SIGTERM, which flush, unmount and exit 0. Logs go to stderr. An absent or empty store is\n"+
 			"initialised first. Changes made to the tree while unmounted are found and journaled at start.\n"+
 			"With --listen (or the address saved by init) it accepts other nodes there: pairing ('mailfs pair')\n"+
-			"and, from paired nodes only, replication (not in this version: such connections are closed).",
+			"and, from paired nodes only, replication: each node pushes its journal to every peer and applies\n"+
+			"what they push, through this mount.",
 		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
@@ -64,8 +66,10 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if *listen == "" {
 		*listen = st.index.Listen()
 	}
+	var pl *peerListener
 	if *listen != "" {
-		pl, advertised, err := startPeerListener(st, *listen, log)
+		var advertised string
+		pl, advertised, err = startPeerListener(st, *listen, log)
 		if err != nil {
 			return err
 		}
@@ -82,9 +86,21 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	st.sync = syncer.New(syncer.Config{Store: st.index, Identity: st.ident, Mount: srv, Root: st.maildir,
+		StagingDir: st.paths.staging(), Logger: log})
+	if err := st.sync.Start(); err != nil {
+		srv.Unmount()
+		return err
+	}
+	if pl != nil {
+		pl.setSync(st.sync)
+	}
+	// The syncer applies peer ops through the mount: it stops before the
+	// unmount (defers run last in, first out).
+	defer srv.Unmount()
+	defer st.sync.Close()
 	ctl, err := startControl(st, mountpoint, log)
 	if err != nil {
-		srv.Unmount()
 		return err
 	}
 	defer ctl.Close()
@@ -100,6 +116,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	select {
 	case <-ctx.Done():
 		log.Info("signal received: unmounting", "mountpoint", mountpoint)
+		st.sync.Close()
 		if err := srv.Unmount(); err != nil {
 			return err
 		}

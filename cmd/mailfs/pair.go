@@ -52,15 +52,17 @@ func runPair(args []string, stdout, stderr io.Writer) error {
 }
 
 func runPairInvite(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("pair invite [--store DIR] [--ttl DUR]",
+	fs := newFlags("pair invite [--store DIR] [--ttl DUR] [--address HOST:PORT]",
 		"Print a one-line invite code for another node to join with 'mailfs pair join CODE'. The code holds\n"+
 			"this node's listen address (mount --listen, else init --listen), its key fingerprint and a\n"+
 			"one-time secret; it works once, until --ttl passes. Treat it like a password. The node must be\n"+
 			"mounted (listening) when the other node joins; the invite may be made before or while it runs.\n"+
 			"A node without a listen address another machine can dial is refused: give init or mount\n"+
-			"--listen HOST:PORT with a host the other node can reach.",
+			"--listen HOST:PORT with a host the other node can reach. When the other node reaches this one\n"+
+			"at another address (NAT, a proxy), give that with --address.",
 		"mailfs pair invite --store /var/lib/mailfs --ttl 30m", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
+	address := fs.String("address", "", "HOST:PORT the other node dials to reach this one (default: the listen address)")
 	ttl := fs.Duration("ttl", defaultInviteTTL, fmt.Sprintf("how long the code works (at most %v)", peers.MaxInviteTTL))
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -99,6 +101,9 @@ func runPairInvite(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("store %s: index belongs to node %s but the identity is %s", paths.Dir, rep.Node.ID, peers.FormatID(ident.ID))
 	}
 	listen := rep.Node.Listen
+	if *address != "" {
+		listen = *address
+	}
 	if listen == "" {
 		return fmt.Errorf("this node has no listen address, so no other node can reach it to join: " +
 			"pass --listen HOST:PORT (a host the other node can reach) to 'mailfs init' or 'mailfs mount'")
@@ -126,7 +131,7 @@ func runPairInvite(args []string, stdout, stderr io.Writer) error {
 }
 
 func runPairJoin(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("pair join [--store DIR] CODE",
+	fs := newFlags("pair join [--store DIR] [--address HOST:PORT] CODE",
 		"Join the node that printed CODE ('mailfs pair invite' there): connect to it, check its key\n"+
 			"against the fingerprint in the code, prove the code's secret, and pin each other. Works whether\n"+
 			"this node is mounted or not (a running daemon does it). Exit 0 paired; 75 the inviter could not\n"+
@@ -134,6 +139,7 @@ func runPairJoin(args []string, stdout, stderr io.Writer) error {
 			"already used, wrong secret, wrong key) or another failure.",
 		"mailfs pair join --store /var/lib/mailfs mailfs1:AbC...", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
+	address := fs.String("address", "", "HOST:PORT the inviter dials to reach this node (default: the listen address)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -152,11 +158,11 @@ func runPairJoin(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout+10*time.Second)
 	defer cancel()
 	var got pairedPeer
-	err = controlCall(ctx, paths, controlRequest{Cmd: "pair-join", Code: code}, func(raw json.RawMessage) error {
+	err = controlCall(ctx, paths, controlRequest{Cmd: "pair-join", Code: code, Address: *address}, func(raw json.RawMessage) error {
 		return json.Unmarshal(raw, &got)
 	})
 	if errors.Is(err, errNotRunning) {
-		got, err = joinOffline(ctx, paths, ident, code, newLogger(stderr))
+		got, err = joinOffline(ctx, paths, ident, code, *address, newLogger(stderr))
 	}
 	if err != nil {
 		return err
@@ -196,18 +202,21 @@ func openIdentity(store string) (storePaths, *peers.Identity, error) {
 
 // joinOffline pairs a store that is not mounted: it opens the index for
 // configuration only (no journal, clean-stop marker untouched).
-func joinOffline(ctx context.Context, paths storePaths, ident *peers.Identity, code string, log *slog.Logger) (pairedPeer, error) {
+func joinOffline(ctx context.Context, paths storePaths, ident *peers.Identity, code, address string, log *slog.Logger) (pairedPeer, error) {
 	ix, err := index.Open(paths.index(), index.Options{Node: ident.ID, Config: true, Logger: log})
 	if err != nil {
 		return pairedPeer{}, explainIndexOpen(err, paths.Dir)
 	}
 	defer ix.Close()
-	return joinAndPin(ctx, ident, ix, peers.PeerInfo{Name: ix.Name(), Address: ix.Listen()}, code)
+	if address == "" {
+		address = ix.Listen()
+	}
+	return joinAndPin(ctx, ident, ix, peers.PeerInfo{Name: ix.Name(), Address: address}, code, nil)
 }
 
 // joinAndPin runs the joiner's side of pairing and pins the inviter in ix.
 // Its errors carry the exit code of design §9.
-func joinAndPin(ctx context.Context, ident *peers.Identity, ix *index.Store, self peers.PeerInfo, code string) (pairedPeer, error) {
+func joinAndPin(ctx context.Context, ident *peers.Identity, ix *index.Store, self peers.PeerInfo, code string, pinned func(peers.Peer)) (pairedPeer, error) {
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	p, err := peers.JoinPairing(ctx, code, ident, self, nil)
@@ -217,6 +226,9 @@ func joinAndPin(ctx context.Context, ident *peers.Identity, ix *index.Store, sel
 	if err := ix.PutPeer(p.Peer(time.Now())); err != nil {
 		return pairedPeer{}, fmt.Errorf("node %s (%s) accepted the pairing, but pinning it here failed: %w; "+
 			"ask for a new invite and join again", p.Name, peers.FormatID(p.ID), err)
+	}
+	if pinned != nil {
+		pinned(p.Peer(time.Now()))
 	}
 	return pairedPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address}, nil
 }

@@ -10,10 +10,12 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailfs/journal"
 	"mailfs/peers"
+	"mailfs/syncer"
 )
 
 // maxPeerConns bounds the peer connections served at once (handshakes
@@ -24,8 +26,8 @@ const maxPeerConns = 64
 // TLS 1.3 with pinned keys (peers.ListenerConfig). A pairing connection
 // (ALPN peers.ProtoPair) is served with peers.ServePairing against the
 // invites in STORE/identity/invites, pinning the joiner in the index; a
-// replication connection (peers.ProtoSync) from a paired node is closed,
-// since replication is not in this version. Certificates of unpaired nodes
+// replication connection (peers.ProtoSync) from a paired node is handed to
+// the syncer. Certificates of unpaired nodes
 // are refused by the TLS config and logged with their fingerprint.
 type peerListener struct {
 	ln     net.Listener
@@ -37,7 +39,11 @@ type peerListener struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	sem    chan struct{}
+	// sync receives replication connections once the mount is up.
+	sync atomic.Pointer[syncer.Syncer]
 }
+
+func (pl *peerListener) setSync(s *syncer.Syncer) { pl.sync.Store(s) }
 
 // invitesDir is where `pair invite` leaves the invites the daemon accepts.
 func (s storePaths) invites() string { return filepath.Join(s.identity(), "invites") }
@@ -139,7 +145,16 @@ func (pl *peerListener) serveConn(conn *tls.Conn) {
 	}
 	switch cs.NegotiatedProtocol {
 	case peers.ProtoPair:
-		accept := func(p peers.PeerInfo) error { return pl.st.index.PutPeer(p.Peer(time.Now())) }
+		accept := func(p peers.PeerInfo) error {
+			peer := p.Peer(time.Now())
+			if err := pl.st.index.PutPeer(peer); err != nil {
+				return err
+			}
+			if s := pl.sync.Load(); s != nil {
+				s.AddPeer(peer)
+			}
+			return nil
+		}
 		p, err := peers.ServePairing(pl.ctx, conn, pl.inv, pl.self, accept)
 		if err != nil {
 			pl.log.Warn("pairing refused", "peer", peers.FormatID(id), "remote", remote, "err", err)
@@ -149,8 +164,12 @@ func (pl *peerListener) serveConn(conn *tls.Conn) {
 			"remote", remote)
 	case peers.ProtoSync:
 		// The TLS config let it in: it is a paired node.
-		pl.log.Info("replication is not implemented in this version: closing the connection of a paired node",
-			"peer", peers.FormatID(id), "remote", remote)
+		s := pl.sync.Load()
+		if s == nil {
+			pl.log.Info("replication connection before the mount is ready: closed", "peer", peers.FormatID(id), "remote", remote)
+			return
+		}
+		s.ServeConn(pl.ctx, conn, id)
 	default:
 		pl.log.Warn("peer connection with an unknown protocol refused", "peer", peers.FormatID(id), "remote", remote,
 			"protocol", cs.NegotiatedProtocol)

@@ -34,6 +34,9 @@ func (s storePaths) index() string    { return filepath.Join(s.Dir, "index") }
 func (s storePaths) identity() string { return filepath.Join(s.Dir, "identity") }
 func (s storePaths) socket() string   { return filepath.Join(s.Dir, "mailfs.sock") }
 
+// staging holds the bodies of a segment being received from a peer.
+func (s storePaths) staging() string { return filepath.Join(s.Dir, "incoming") }
+
 func (s storePaths) maildir(m *marker) string {
 	if m != nil && m.Maildir != "" {
 		return m.Maildir

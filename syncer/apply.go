@@ -1,0 +1,1082 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"mailfs/index"
+	"mailfs/journal"
+	"mailfs/maildir"
+)
+
+// Mount is what the applier needs of the FUSE mount: where it is, and a way
+// to have changes made through it recorded as a peer's op (fs.Server).
+type Mount interface {
+	Mountpoint() string
+	Apply(op *journal.Op, fn func() error) error
+}
+
+// Bodies finds a staged body by content ID.
+type Bodies interface {
+	Body(c journal.ContentID) (path string, ok bool)
+}
+
+// applier merges peer ops into this node (design §6) and carries them out
+// with ordinary syscalls on the mountpoint.
+type applier struct {
+	store *index.Store
+	mnt   Mount
+	log   *slog.Logger
+	// locks holds the dovecot-uidlist.lock dotlocks taken while applying a
+	// segment, by mailbox path; released when the segment is done.
+	locks map[string]string
+}
+
+func newApplier(store *index.Store, mnt Mount, log *slog.Logger) *applier {
+	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}}
+}
+
+// errRace is a local change that raced the applier (a file renamed or
+// removed between the decision and the syscall): the op is decided again.
+var errRace = errors.New("a local change raced the applier")
+
+func (a *applier) abs(rel string) string {
+	return filepath.Join(a.mnt.Mountpoint(), filepath.FromSlash(rel))
+}
+
+// apply merges one peer op. It is idempotent: applying an op again after a
+// crash changes nothing.
+func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = a.applyOnce(ctx, op, bodies)
+		if err == nil || !(errors.Is(err, errRace) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST)) {
+			break
+		}
+		a.log.Debug("applying a peer op raced a local change; deciding again", "op", op.String(), "err", err)
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
+	}
+	return nil
+}
+
+func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	switch op.Kind {
+	case journal.MailboxCreate:
+		_, err := a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
+		if errors.Is(err, errSkip) {
+			return nil
+		}
+		return err
+	case journal.MailboxRename:
+		return a.renameMailbox(ctx, op)
+	case journal.MailboxDelete:
+		return a.deleteMailbox(ctx, op)
+	case journal.MessageAdd:
+		return a.addMessage(ctx, op, bodies)
+	case journal.MessageFlags:
+		return a.flagMessage(ctx, op)
+	case journal.MessageMove:
+		return a.moveMessage(ctx, op, bodies)
+	case journal.MessageExpunge:
+		return a.expungeMessage(ctx, op)
+	case journal.Subscribe, journal.Unsubscribe:
+		return a.subscription(ctx, op)
+	case journal.DirCreate:
+		return a.dirCreate(op)
+	case journal.DirDelete:
+		return a.dirDelete(op)
+	case journal.FileWrite:
+		return a.fileWrite(ctx, op, bodies)
+	case journal.FileDelete:
+		return a.fileDelete(op)
+	}
+	return fmt.Errorf("%w: kind %s", ErrBadOp, op.Kind)
+}
+
+// meta records the index-only effects of op (stamps, tombstones).
+func (a *applier) meta(ctx context.Context, op *journal.Op) error {
+	_, err := a.store.Commit(ctx, index.Event{Kind: index.EvRemoteMeta, Remote: op})
+	return err
+}
+
+// errSkip: the op has nothing left to do here (its target was deleted).
+var errSkip = errors.New("nothing to apply")
+
+func (a *applier) view(fn func(v index.PeerView) error) error { return a.store.View(fn) }
+
+// ensureMailbox returns the live mailbox g, creating it at p when this node
+// never had it (rule 1), merging it with a different mailbox already at p
+// (rule 3: the higher GUID is adopted), and sending the mail of a deleted
+// mailbox that its deleter had not seen to the mailbox recreated in its
+// place (rule 4). errSkip: g was deleted, and op was seen by the deleter.
+func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, op *journal.Op) (index.Mailbox, error) {
+	for depth := 0; depth < 4; depth++ {
+		var (
+			mb, at      index.Mailbox
+			have, taken bool
+			tomb        index.Tombstone
+			dead        bool
+		)
+		err := a.view(func(v index.PeerView) error {
+			var err error
+			if mb, have, err = v.Mailbox(g); err != nil || have {
+				return err
+			}
+			if tomb, dead, err = v.MailboxTombstone(v.Resolve(g)); err != nil || dead {
+				return err
+			}
+			at, taken, err = v.MailboxAt(p)
+			return err
+		})
+		if err != nil || have {
+			return mb, err
+		}
+		if dead {
+			if tomb.Seen[op.Origin] >= op.Seq || op.Kind == journal.MailboxCreate || op.Kind == journal.MailboxRename {
+				return index.Mailbox{}, errSkip
+			}
+			// Mail the deleter had not seen survives in a mailbox recreated
+			// where the deleted one was.
+			var deleted journal.GUID
+			if err := a.view(func(v index.PeerView) error { deleted = v.Resolve(g); return nil }); err != nil {
+				return index.Mailbox{}, err
+			}
+			g, p = index.RecreatedGUID(deleted), tomb.Path
+			if tomb.Path == "" && op.Path != "" {
+				p = op.Path
+			}
+			continue
+		}
+		if taken {
+			winner, loser := at.GUID, g
+			if string(g[:]) > string(at.GUID[:]) {
+				winner, loser = g, at.GUID
+			}
+			a.log.Info("merging two mailboxes created at the same path (the higher GUID is kept)", "path", p,
+				"kept", winner.String(), "merged", loser.String())
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner}); err != nil {
+				return index.Mailbox{}, err
+			}
+			continue
+		}
+		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
+		if err := a.mnt.Apply(create, func() error { return a.mkdirMailbox(p) }); err != nil {
+			return index.Mailbox{}, fmt.Errorf("create mailbox %s at %q: %w", g, p, err)
+		}
+	}
+	return index.Mailbox{}, fmt.Errorf("mailbox %s at %q: could not be created", g, p)
+}
+
+// mkdirMailbox makes p/tmp, p/new and p/cur (cur last: it makes the
+// mailbox), and any missing parent, owned like the nearest existing parent.
+func (a *applier) mkdirMailbox(p string) error {
+	for _, d := range []string{p, path.Join(p, "tmp"), path.Join(p, "new"), path.Join(p, "cur")} {
+		if err := a.mkdirAll(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mkdirAll creates the directory rel and its missing parents through the
+// mount, each owned like its parent.
+func (a *applier) mkdirAll(rel string) error {
+	if rel == "" || rel == "." {
+		return nil
+	}
+	abs := a.abs(rel)
+	if fi, err := os.Lstat(abs); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", abs)
+		}
+		return nil
+	}
+	if err := a.mkdirAll(path.Dir(rel)); err != nil {
+		return err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Dir(abs), &st); err != nil {
+		return err
+	}
+	if err := syscall.Mkdir(abs, st.Mode&0o7777); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("mkdir %s: %w", abs, err)
+	}
+	return os.Lchown(abs, int(st.Uid), int(st.Gid))
+}
+
+// owner is the owner and mode of the directory holding rel.
+func (a *applier) owner(dirRel string) (uid, gid int, mode uint32) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(a.abs(dirRel), &st); err != nil {
+		return -1, -1, 0o700
+	}
+	return int(st.Uid), int(st.Gid), st.Mode & 0o777
+}
+
+func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
+	var mb index.Mailbox
+	var have bool
+	err := a.view(func(v index.PeerView) error {
+		var err error
+		mb, have, err = v.Mailbox(op.Mailbox)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !have {
+		// Never created here (or deleted): create it where it now is.
+		_, err := a.ensureMailbox(ctx, op.Mailbox, op.NewPath, op)
+		if errors.Is(err, errSkip) {
+			return nil
+		}
+		return err
+	}
+	if !mb.Renamed.Less(journal.StampOf(op)) || mb.Path == op.NewPath {
+		return nil // a newer rename (or this one) decided the path
+	}
+	target := op.NewPath
+	if _, err := os.Lstat(a.abs(target)); err == nil {
+		// A clash left by renames: the loser gets its GUID appended (T14).
+		target = op.NewPath + "-" + mb.GUID.String()
+		if _, err := os.Lstat(a.abs(target)); err == nil {
+			return nil
+		}
+	}
+	if err := a.mkdirAll(path.Dir(target)); err != nil {
+		return err
+	}
+	return a.mnt.Apply(op, func() error {
+		if err := os.Rename(a.abs(mb.Path), a.abs(target)); err != nil {
+			return fmt.Errorf("rename mailbox: %w", err)
+		}
+		return nil
+	})
+}
+
+func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
+	var (
+		mb        index.Mailbox
+		have      bool
+		seen      []index.Message
+		unseen    int
+		hasNested bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		var err error
+		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
+			return err
+		}
+		return v.Messages(mb.GUID, func(m index.Message) error {
+			if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
+				unseen++
+				return nil
+			}
+			seen = append(seen, m)
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if !have {
+		return a.meta(ctx, op)
+	}
+	err = a.store.Mailboxes(func(o index.Mailbox) error {
+		if o.GUID != mb.GUID && (mb.Path == "" || strings.HasPrefix(o.Path, mb.Path+"/")) {
+			hasNested = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if unseen > 0 || hasNested {
+		// Remove only what the deleter had seen; the mailbox stays (for
+		// unseen mail, under the GUID every node derives for it).
+		for _, m := range seen {
+			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return err
+			}
+		}
+		if unseen > 0 {
+			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
+				"mailbox", mb.GUID.String(), "kept", unseen)
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
+				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
+				return err
+			}
+			return a.meta(ctx, op)
+		}
+		return a.mnt.Apply(op, func() error {
+			for _, sub := range []string{"cur", "new", "tmp"} {
+				d := a.abs(path.Join(mb.Path, sub))
+				if sub == "tmp" {
+					clearDir(d)
+				}
+				if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
+					return fmt.Errorf("rmdir %s: %w", d, err)
+				}
+			}
+			return nil
+		})
+	}
+	// Like Dovecot: rename the mailbox into its trash name, then remove it.
+	trash := path.Join(path.Dir(mb.Path), "..DOVECOT-TRASHED-mailfs-"+mb.GUID.String())
+	if path.Dir(mb.Path) == "." {
+		trash = "..DOVECOT-TRASHED-mailfs-" + mb.GUID.String()
+	}
+	return a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(mb.Path); err != nil {
+			return err
+		}
+		delete(a.locks, mb.Path) // the lock goes with the directory
+		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
+			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
+		}
+		if err := os.RemoveAll(a.abs(trash)); err != nil {
+			a.log.Warn("removing a deleted mailbox's files failed", "path", a.abs(trash), "err", err)
+		}
+		return nil
+	})
+}
+
+func clearDir(d string) {
+	ents, _ := os.ReadDir(d)
+	for _, e := range ents {
+		os.RemoveAll(filepath.Join(d, e.Name()))
+	}
+}
+
+// messageTarget resolves where a peer's message op lands here: the live
+// mailbox (created if needed) and whether the key is expunged there.
+func (a *applier) messageTarget(ctx context.Context, g journal.GUID, p, key string, op *journal.Op) (mb index.Mailbox, expunged bool, err error) {
+	mb, err = a.ensureMailbox(ctx, g, p, op)
+	if err != nil {
+		return mb, false, err
+	}
+	err = a.view(func(v index.PeerView) error {
+		expunged, err = v.MessageExpunged(mb.GUID, key)
+		return err
+	})
+	return mb, expunged, err
+}
+
+func (a *applier) message(g journal.GUID, key string) (m index.Message, ok bool, err error) {
+	err = a.view(func(v index.PeerView) error {
+		m, ok, err = v.Message(g, key)
+		return err
+	})
+	return m, ok, err
+}
+
+func (a *applier) addMessage(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	var expunged bool
+	err := a.view(func(v index.PeerView) error {
+		var err error
+		expunged, err = v.MessageExpunged(op.Mailbox, op.Key)
+		return err
+	})
+	if err != nil || expunged {
+		return err // an expunge wins: nothing resurrects (rule 5)
+	}
+	mb, expunged, err := a.messageTarget(ctx, op.Mailbox, op.Path, op.Key, op)
+	if errors.Is(err, errSkip) || expunged {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return a.place(ctx, op, mb, op.Key, op.Flags, bodies)
+}
+
+// place puts the message op describes into mailbox mb under key: a new
+// file from the staged body, a flag merge with the same message already
+// there, or, for a different message under the same key, both kept (rule 9).
+func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, key string, asserted []string, bodies Bodies) error {
+	local, have, err := a.message(mb.GUID, key)
+	if err != nil {
+		return err
+	}
+	if have && local.Content == op.Content {
+		return a.mergeFlags(ctx, op, mb, local, asserted)
+	}
+	if have {
+		return a.conflict(ctx, op, mb, local, key, bodies)
+	}
+	body, ok := bodies.Body(op.Content)
+	if !ok {
+		// The peer no longer had the body when it sent the op: the message
+		// moved or went away there since, and a later op says where.
+		a.log.Debug("peer op without its body; a later op carries the message", "op", op.String())
+		return nil
+	}
+	name, err := a.fileName(ctx, op, mb, key, op.Sub, op.Flags)
+	if err != nil {
+		return err
+	}
+	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, op.Sub, name, body, op.Mtime) })
+}
+
+// conflict keeps both messages that claim one key (rule 9): the older one
+// (by its add's stamp) takes a name every node derives the same way.
+func (a *applier) conflict(ctx context.Context, op *journal.Op, mb index.Mailbox, local index.Message, key string, bodies Bodies) error {
+	remote := journal.StampOf(op)
+	localOrigin, localSeq := local.Added.Origin, local.AddedSeq
+	if localSeq == 0 {
+		localOrigin = a.store.Node()
+	}
+	if remote.Less(local.Added) {
+		ckey := conflictKey(key, op.Origin, op.Seq)
+		if _, have, err := a.message(mb.GUID, ckey); err != nil || have {
+			return err
+		}
+		body, ok := bodies.Body(op.Content)
+		if !ok {
+			return nil
+		}
+		a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
+			"key", key, "peer_copy", ckey)
+		name, err := a.fileName(ctx, op, mb, ckey, op.Sub, op.Flags)
+		if err != nil {
+			return err
+		}
+		return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, op.Sub, name, body, op.Mtime) })
+	}
+	// The local message is older: it moves to the conflict name and the
+	// peer's takes the key.
+	ckey := conflictKey(key, localOrigin, localSeq)
+	n, err := maildir.ParseName(local.Name)
+	if err != nil {
+		return err
+	}
+	cname := ckey
+	if n.HasInfo {
+		cname += ":" + n.Info
+	}
+	a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
+		"key", key, "local_copy", ckey)
+	sub := subName(local.Sub)
+	if err := a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(mb.Path); err != nil {
+			return err
+		}
+		return os.Rename(a.abs(path.Join(mb.Path, sub, local.Name)), a.abs(path.Join(mb.Path, sub, cname)))
+	}); err != nil {
+		return err
+	}
+	body, ok := bodies.Body(op.Content)
+	if !ok {
+		return nil
+	}
+	name, err := a.fileName(ctx, op, mb, key, op.Sub, op.Flags)
+	if err != nil {
+		return err
+	}
+	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, op.Sub, name, body, op.Mtime) })
+}
+
+func conflictKey(key string, origin journal.NodeID, seq uint64) string {
+	return fmt.Sprintf("%s.mailfs-conflict-%s-%d", key, origin.Short(), seq)
+}
+
+func subName(s journal.Sub) string {
+	if s == journal.SubNew {
+		return "new"
+	}
+	return "cur"
+}
+
+// mergeFlags merges op's flags into the local message one flag at a time,
+// the newest change of each winning (rule 6); cur/ beats new/.
+func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailbox, local index.Message, changed []string) error {
+	st := journal.StampOf(op)
+	want := map[string]bool{}
+	for _, f := range op.Flags {
+		want[f] = true
+	}
+	have := map[string]bool{}
+	for _, f := range local.Flags {
+		have[f] = true
+	}
+	for _, f := range changed {
+		if ls, ok := local.FlagStamps[f]; ok && st.Less(ls) {
+			continue
+		}
+		if want[f] {
+			have[f] = true
+		} else {
+			delete(have, f)
+		}
+	}
+	flags := make([]string, 0, len(have))
+	for f := range have {
+		flags = append(flags, f)
+	}
+	flags = journal.SortFlags(flags)
+	sub := local.Sub
+	if op.Sub == journal.SubCur {
+		sub = journal.SubCur
+	}
+	if slices.Equal(flags, journal.SortFlags(local.Flags)) && sub == local.Sub {
+		return a.meta(ctx, op)
+	}
+	name, err := a.fileName(ctx, op, mb, local.Key, sub, flags)
+	if err != nil {
+		return err
+	}
+	from := path.Join(mb.Path, subName(local.Sub), local.Name)
+	to := path.Join(mb.Path, subName(sub), name)
+	if err := a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(mb.Path); err != nil {
+			return err
+		}
+		return os.Rename(a.abs(from), a.abs(to))
+	}); err != nil {
+		return err
+	}
+	return a.meta(ctx, op)
+}
+
+func (a *applier) flagMessage(ctx context.Context, op *journal.Op) error {
+	local, have, err := a.message(op.Mailbox, op.Key)
+	if err != nil {
+		return err
+	}
+	if !have {
+		return a.meta(ctx, op) // expunged here: expunge beats flags (rule 7)
+	}
+	var mb index.Mailbox
+	err = a.view(func(v index.PeerView) error {
+		mb, have, err = v.Mailbox(op.Mailbox)
+		return err
+	})
+	if err != nil || !have {
+		return err
+	}
+	if err := a.mergeFlags(ctx, op, mb, local, op.Changed); err != nil {
+		return err
+	}
+	if op.Mtime != 0 && op.Mtime != local.Mtime {
+		// A flag op carries the message's mtime (utimens on a message).
+		m, have, err := a.message(op.Mailbox, op.Key)
+		if err != nil || !have {
+			return err
+		}
+		p := a.abs(path.Join(mb.Path, subName(m.Sub), m.Name))
+		return a.mnt.Apply(op, func() error {
+			t := time.Unix(0, op.Mtime)
+			return os.Chtimes(p, t, t)
+		})
+	}
+	return nil
+}
+
+func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	newKey := op.Key
+	if op.NewKey != "" {
+		newKey = op.NewKey
+	}
+	src, have, err := a.message(op.Mailbox, op.Key)
+	if err != nil {
+		return err
+	}
+	var srcMb index.Mailbox
+	if have {
+		err = a.view(func(v index.PeerView) error {
+			var ok bool
+			srcMb, ok, err = v.Mailbox(op.Mailbox)
+			if err == nil && !ok {
+				have = false
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	dst, expunged, err := a.messageTarget(ctx, op.Target, op.NewPath, newKey, op)
+	if errors.Is(err, errSkip) || (err == nil && expunged) {
+		// The target is gone (or the key expunged there): the source goes.
+		if have {
+			return a.unlinkMessage(op, srcMb, src)
+		}
+		return a.meta(ctx, op)
+	}
+	if err != nil {
+		return err
+	}
+	if !have || src.Content != op.Content {
+		// Not here (expunged concurrently, or never received): the move
+		// is an add in the target, with the body it carries.
+		if err := a.place(ctx, op, dst, newKey, op.Flags, bodies); err != nil {
+			return err
+		}
+		return a.meta(ctx, op)
+	}
+	if _, there, err := a.message(dst.GUID, newKey); err != nil {
+		return err
+	} else if there && dst.GUID != srcMb.GUID {
+		// Already in the target (a replayed op): the source goes.
+		return a.unlinkMessage(op, srcMb, src)
+	}
+	flags := mergedFlags(src, op)
+	name, err := a.fileName(ctx, op, dst, newKey, op.Sub, flags)
+	if err != nil {
+		return err
+	}
+	from := path.Join(srcMb.Path, subName(src.Sub), src.Name)
+	to := path.Join(dst.Path, subName(op.Sub), name)
+	if err := a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(srcMb.Path); err != nil {
+			return err
+		}
+		if err := a.lockMailbox(dst.Path); err != nil {
+			return err
+		}
+		return os.Rename(a.abs(from), a.abs(to))
+	}); err != nil {
+		return err
+	}
+	return a.meta(ctx, op)
+}
+
+// mergedFlags is the flag set a moved message gets: the local flags with
+// op's changes applied where they are newer.
+func mergedFlags(local index.Message, op *journal.Op) []string {
+	st := journal.StampOf(op)
+	have := map[string]bool{}
+	for _, f := range local.Flags {
+		have[f] = true
+	}
+	for _, f := range op.Changed {
+		if ls, ok := local.FlagStamps[f]; ok && st.Less(ls) {
+			continue
+		}
+		if slices.Contains(op.Flags, f) {
+			have[f] = true
+		} else {
+			delete(have, f)
+		}
+	}
+	out := make([]string, 0, len(have))
+	for f := range have {
+		out = append(out, f)
+	}
+	return journal.SortFlags(out)
+}
+
+func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
+	local, have, err := a.message(op.Mailbox, op.Key)
+	if err != nil {
+		return err
+	}
+	if !have {
+		return a.meta(ctx, op)
+	}
+	var mb index.Mailbox
+	err = a.view(func(v index.PeerView) error {
+		mb, have, err = v.Mailbox(op.Mailbox)
+		return err
+	})
+	if err != nil || !have {
+		return err
+	}
+	return a.unlinkMessage(op, mb, local)
+}
+
+func (a *applier) unlinkMessage(op *journal.Op, mb index.Mailbox, m index.Message) error {
+	p := a.abs(path.Join(mb.Path, subName(m.Sub), m.Name))
+	return a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(mb.Path); err != nil {
+			return err
+		}
+		return os.Remove(p)
+	})
+}
+
+// fileName is the name a message with flags gets in mailbox mb: its key
+// plus the flag letters of this node (keywords are added to the mailbox's
+// dovecot-keywords first when they have no letter here yet).
+func (a *applier) fileName(ctx context.Context, op *journal.Op, mb index.Mailbox, key string, sub journal.Sub, flags []string) (string, error) {
+	letters, missing := maildir.FlagLetters(flags, mb.Keywords)
+	if len(missing) > 0 {
+		kw, err := a.addKeywords(op, mb, missing)
+		if err != nil {
+			return "", err
+		}
+		letters, missing = maildir.FlagLetters(flags, kw)
+		if len(missing) > 0 {
+			a.log.Warn("flags not representable here (all 26 keyword letters in use)", "mailbox", mb.Path, "flags", missing)
+		}
+	}
+	if sub == journal.SubNew && letters == "" {
+		return key, nil
+	}
+	return key + ":2," + letters, nil
+}
+
+// addKeywords gives names letters in mb's dovecot-keywords, written the way
+// Dovecot writes it (dotlock, then rename over the file).
+func (a *applier) addKeywords(op *journal.Op, mb index.Mailbox, names []string) (maildir.Keywords, error) {
+	cur, _ := os.ReadFile(a.abs(path.Join(mb.Path, "dovecot-keywords")))
+	kw := maildir.ParseKeywords(cur)
+	for _, n := range names {
+		if kw.Index(n) >= 0 {
+			continue
+		}
+		slot := -1
+		for i := 0; i < 26; i++ {
+			if i >= len(kw) || kw[i] == "" {
+				slot = i
+				break
+			}
+		}
+		if slot < 0 {
+			break
+		}
+		for len(kw) <= slot {
+			kw = append(kw, "")
+		}
+		kw[slot] = n
+	}
+	err := a.mnt.Apply(op, func() error {
+		return a.replaceFile(path.Join(mb.Path, "dovecot-keywords"), maildir.FormatKeywords(kw), mb.Path)
+	})
+	return kw, err
+}
+
+// replaceFile writes data to rel through a dotlock (rel.lock, created
+// exclusively, then renamed over rel), as Dovecot replaces its small files.
+func (a *applier) replaceFile(rel string, data []byte, ownerDir string) error {
+	lock := a.abs(rel + ".lock")
+	var f *os.File
+	var err error
+	for i := 0; i < 200; i++ {
+		f, err = os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil || !errors.Is(err, os.ErrExist) {
+			break
+		}
+		if fi, serr := os.Stat(lock); serr == nil && time.Since(fi.ModTime()) > 2*time.Minute {
+			os.Remove(lock) // stale, as Dovecot's dotlocks count it
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", lock, err)
+	}
+	uid, gid, mode := a.owner(ownerDir)
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Chmod(os.FileMode(mode & 0o666))
+	}
+	if werr == nil && uid >= 0 {
+		werr = f.Chown(uid, gid)
+	}
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(lock, a.abs(rel))
+	}
+	if werr != nil {
+		os.Remove(lock)
+		return fmt.Errorf("write %s: %w", a.abs(rel), werr)
+	}
+	return nil
+}
+
+// deliver writes a message as an MDA does: the body into tmp/, fsync, the
+// original mtime, then one rename into new/ or cur/. Readers never see a
+// partial message.
+func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mtime int64) error {
+	if err := a.lockMailbox(mbPath); err != nil {
+		return err
+	}
+	src, err := os.Open(body)
+	if err != nil {
+		return fmt.Errorf("staged body: %w", err)
+	}
+	defer src.Close()
+	base := name
+	if i := strings.IndexByte(base, ':'); i >= 0 {
+		base = base[:i]
+	}
+	tmp := a.abs(path.Join(mbPath, "tmp", base))
+	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
+	if errors.Is(err, os.ErrExist) {
+		tmp += ".mailfs"
+		os.Remove(tmp)
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
+	}
+	if err != nil {
+		return fmt.Errorf("deliver into %s: %w", mbPath, err)
+	}
+	_, err = io.Copy(f, src)
+	if err == nil && uid >= 0 {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && mtime != 0 {
+		t := time.Unix(0, mtime)
+		err = os.Chtimes(tmp, t, t)
+	}
+	if err == nil {
+		err = os.Rename(tmp, a.abs(path.Join(mbPath, subName(sub), name)))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
+	}
+	return nil
+}
+
+// lockMailbox takes Dovecot's dovecot-uidlist.lock of the mailbox (same
+// dotlock protocol: exclusive create, stale after 2 minutes), held until
+// the segment is applied, so Dovecot never scans a mailbox mid-change.
+func (a *applier) lockMailbox(mbPath string) error {
+	if _, held := a.locks[mbPath]; held {
+		return nil
+	}
+	lock := a.abs(path.Join(mbPath, "dovecot-uidlist.lock"))
+	host, _ := os.Hostname()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			fmt.Fprintf(f, "%d:%s", os.Getpid(), host)
+			f.Close()
+			a.locks[mbPath] = lock
+			return nil
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // no such mailbox directory (yet): nothing to guard
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("lock %s: %w", lock, err)
+		}
+		if fi, serr := os.Stat(lock); serr == nil && time.Since(fi.ModTime()) > 2*time.Minute {
+			a.log.Warn("removing a stale dovecot-uidlist.lock", "path", lock, "age", time.Since(fi.ModTime()))
+			os.Remove(lock)
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lock %s: held by another process for 30s", lock)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// unlockAll releases the dotlocks taken for a segment.
+func (a *applier) unlockAll() {
+	for mb, lock := range a.locks {
+		if err := os.Remove(lock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("releasing dovecot-uidlist.lock failed", "path", lock, "err", err)
+		}
+		delete(a.locks, mb)
+	}
+}
+
+func (a *applier) subscription(ctx context.Context, op *journal.Op) error {
+	var (
+		st  journal.Stamp
+		ok  bool
+		err error
+	)
+	err = a.view(func(v index.PeerView) error {
+		_, st, ok, err = v.Subscription(op.Path, op.Name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if ok && journal.StampOf(op).Less(st) {
+		return nil // a newer (un)subscribe decided (rule 8)
+	}
+	names, err := a.store.Subscriptions(op.Path)
+	if err != nil {
+		return err
+	}
+	want := op.Kind == journal.Subscribe
+	if slices.Contains(names, op.Name) == want {
+		return a.meta(ctx, op)
+	}
+	rel := path.Join(op.Path, "subscriptions")
+	data, err := os.ReadFile(a.abs(rel))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	cur := maildir.ParseSubscriptions(data)
+	var out []string
+	for _, n := range cur {
+		if n != op.Name {
+			out = append(out, n)
+		}
+	}
+	if want {
+		out = append(out, op.Name)
+	}
+	var b strings.Builder
+	b.WriteString("V\t2\n\n")
+	for _, n := range out {
+		b.WriteString(n)
+		b.WriteByte('\n')
+	}
+	if err := a.mkdirAll(op.Path); err != nil {
+		return err
+	}
+	if err := a.mnt.Apply(op, func() error { return a.replaceFile(rel, []byte(b.String()), op.Path) }); err != nil {
+		return err
+	}
+	return a.meta(ctx, op)
+}
+
+func (a *applier) dirCreate(op *journal.Op) error {
+	if op.From != "" {
+		if fi, err := os.Lstat(a.abs(op.From)); err == nil && fi.IsDir() {
+			if _, err := os.Lstat(a.abs(op.Path)); errors.Is(err, os.ErrNotExist) {
+				if err := a.mkdirAll(path.Dir(op.Path)); err != nil {
+					return err
+				}
+				return a.mnt.Apply(op, func() error { return os.Rename(a.abs(op.From), a.abs(op.Path)) })
+			}
+		}
+	}
+	return a.mnt.Apply(op, func() error { return a.mkdirAll(op.Path) })
+}
+
+func (a *applier) dirDelete(op *journal.Op) error {
+	return a.mnt.Apply(op, func() error {
+		err := syscall.Rmdir(a.abs(op.Path))
+		switch {
+		case err == nil, errors.Is(err, syscall.ENOENT):
+			return nil
+		case errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.EEXIST):
+			a.log.Info("a directory deleted on a peer still has files here; kept", "path", a.abs(op.Path))
+			return nil
+		}
+		return err
+	})
+}
+
+func (a *applier) fileWrite(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	var (
+		f    index.File
+		have bool
+		err  error
+	)
+	err = a.view(func(v index.PeerView) error {
+		f, have, err = v.File(op.Path)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if have && journal.StampOf(op).Less(f.Stamp) {
+		return nil // a newer write decided (rule 10)
+	}
+	if have && f.Content == op.Content && f.LinkTarget == op.LinkTarget && f.Mode == op.Mode {
+		return nil
+	}
+	if err := a.mkdirAll(path.Dir(op.Path)); err != nil {
+		return err
+	}
+	dir := path.Dir(op.Path)
+	tmp := a.abs(path.Join(dir, ".mailfs-in-"+path.Base(op.Path)))
+	os.Remove(tmp)
+	if op.From != "" {
+		var src index.File
+		var ok bool
+		if err := a.view(func(v index.PeerView) error {
+			src, ok, err = v.File(op.From)
+			return err
+		}); err != nil {
+			return err
+		}
+		if ok && src.Content == op.Content && src.LinkTarget == op.LinkTarget {
+			return a.mnt.Apply(op, func() error { return os.Rename(a.abs(op.From), a.abs(op.Path)) })
+		}
+	}
+	return a.mnt.Apply(op, func() error {
+		if op.LinkTarget != "" {
+			if err := os.Symlink(op.LinkTarget, tmp); err != nil {
+				return err
+			}
+			return os.Rename(tmp, a.abs(op.Path))
+		}
+		body, ok := bodies.Body(op.Content)
+		if !ok {
+			if op.Size == 0 {
+				body = os.DevNull
+			} else {
+				a.log.Debug("peer file write without its body; a later op carries it", "op", op.String())
+				return nil
+			}
+		}
+		src, err := os.Open(body)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		uid, gid, _ := a.owner(dir)
+		out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(op.Mode&0o7777))
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, src)
+		if err == nil {
+			err = out.Chmod(os.FileMode(op.Mode & 0o7777))
+		}
+		if err == nil && uid >= 0 {
+			err = out.Chown(uid, gid)
+		}
+		if err == nil {
+			err = out.Sync()
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil && op.Mtime != 0 {
+			t := time.Unix(0, op.Mtime)
+			err = os.Chtimes(tmp, t, t)
+		}
+		if err == nil {
+			err = os.Rename(tmp, a.abs(op.Path))
+		}
+		if err != nil {
+			os.Remove(tmp)
+		}
+		return err
+	})
+}
+
+func (a *applier) fileDelete(op *journal.Op) error {
+	return a.mnt.Apply(op, func() error {
+		if err := os.Remove(a.abs(op.Path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+}

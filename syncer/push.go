@@ -1,0 +1,315 @@
+package syncer
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"mailfs/index"
+	"mailfs/journal"
+	"mailfs/peers"
+)
+
+// pushLoop keeps a push connection to p up, reconnecting with backoff.
+func (s *Syncer) pushLoop(p peers.Peer, st *peerState) {
+	defer s.wg.Done()
+	log := s.log.With("peer", peers.FormatID(p.ID), "peer_name", p.Name, "address", p.Address)
+	backoff := s.cfg.RetryMin
+	for s.ctx.Err() == nil {
+		started := time.Now()
+		err := s.pushSession(s.ctx, p, st)
+		s.update(p.ID, func(st *peerState) { st.connected = false })
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.update(p.ID, func(st *peerState) {
+			st.lastFailure = time.Now()
+			st.lastError = err.Error()
+		})
+		if time.Since(started) > 10*time.Second {
+			backoff = s.cfg.RetryMin
+		}
+		log.Warn("pushing to peer failed; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+		if backoff > s.cfg.RetryMax {
+			backoff = s.cfg.RetryMax
+		}
+	}
+}
+
+// countingWriter counts the bytes sent.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// pushSession connects to p, learns its cursor and streams segments until
+// the connection fails or the syncer stops.
+func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) error {
+	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", p.Address)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", p.Address, err)
+	}
+	conn := tls.Client(raw, peers.ClientConfig(s.cfg.Identity, p.ID))
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = conn.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("TLS handshake with %s: %w", p.Address, err)
+	}
+	epoch := s.cfg.Store.Epoch()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := writeHello(conn, helloMagic, ProtocolVersion, epoch, s.cfg.Store.Seq()); err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	_, peerEpoch, from, err := readHello(br, replyMagic)
+	if err != nil {
+		return fmt.Errorf("hello reply: %w", err)
+	}
+	conn.SetDeadline(time.Time{})
+	if peerEpoch != epoch || from > s.cfg.Store.Seq() {
+		if from != 0 || peerEpoch != 0 {
+			s.log.Warn("peer's cursor is from another journal epoch or ahead of this journal: resending everything",
+				"peer", peers.FormatID(p.ID), "peer_cursor_epoch", peerEpoch, "peer_cursor_seq", from, "epoch", epoch)
+		}
+		from = 0
+	}
+	s.update(p.ID, func(st *peerState) {
+		st.connected = true
+		st.acked, st.ackedEpoch = from, epoch
+		st.lastError = ""
+	})
+	s.log.Info("pushing to peer", "peer", peers.FormatID(p.ID), "peer_name", p.Name, "from_seq", from+1,
+		"journal_seq", s.cfg.Store.Seq())
+
+	acks := make(chan uint64, s.cfg.Window+1)
+	ackErr := make(chan error, 1)
+	go func() {
+		for {
+			seq, err := readAck(br)
+			if err != nil {
+				ackErr <- err
+				return
+			}
+			acks <- seq
+		}
+	}()
+
+	cw := &countingWriter{w: conn}
+	bw := bufio.NewWriterSize(cw, 64<<10)
+	sent := from
+	var inflight []uint64
+	heartbeat := time.NewTicker(s.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	ackTimeout := time.NewTimer(time.Hour)
+	defer ackTimeout.Stop()
+	armAck := func() { ackTimeout.Reset(4*s.cfg.Heartbeat + time.Minute) }
+	for {
+		if len(inflight) < s.cfg.Window && sent < s.cfg.Store.Seq() {
+			conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+			before := cw.n
+			last, n, err := s.writeSegment(bw, sent, epoch)
+			if err == nil {
+				err = bw.Flush()
+			}
+			s.update(p.ID, func(st *peerState) {
+				st.bytesSent += cw.n - before
+				st.opsSent += int64(n)
+			})
+			if err != nil {
+				return fmt.Errorf("send segment after seq %d: %w", sent, err)
+			}
+			if len(inflight) == 0 {
+				armAck()
+			}
+			inflight = append(inflight, last)
+			sent = last
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case seq := <-acks:
+			if len(inflight) == 0 || seq != inflight[0] {
+				return fmt.Errorf("%w: ack for seq %d, expected %v", ErrProtocol, seq, inflight)
+			}
+			inflight = inflight[1:]
+			if len(inflight) > 0 {
+				armAck()
+			}
+			s.update(p.ID, func(st *peerState) {
+				st.acked = seq
+				st.lastSuccess = time.Now()
+			})
+		case err := <-ackErr:
+			var re *RefusedError
+			if errors.As(err, &re) {
+				return err
+			}
+			return fmt.Errorf("reading acks: %w", err)
+		case <-st.kick:
+		case <-heartbeat.C:
+			if len(inflight) > 0 {
+				continue
+			}
+			conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+			if _, _, err := s.writeSegment(bw, sent, epoch); err != nil {
+				return fmt.Errorf("heartbeat: %w", err)
+			}
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("heartbeat: %w", err)
+			}
+			armAck()
+			inflight = append(inflight, sent)
+		case <-ackTimeout.C:
+			if len(inflight) > 0 {
+				return fmt.Errorf("no ack for %d segments", len(inflight))
+			}
+		}
+	}
+}
+
+var errSegmentFull = errors.New("segment full")
+
+// segmentBytes bounds the encoded ops of one segment.
+const segmentBytes = 4 << 20
+
+// writeSegment writes the ops after seq after (up to MaxSegmentOps) with the
+// bodies the peer needs, and returns the last seq written. With no ops
+// after it, it writes an empty segment (a heartbeat).
+func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64) (last uint64, n int, err error) {
+	var ops []journal.Op
+	size := 0
+	err = s.cfg.Store.Ops(after+1, func(op *journal.Op) error {
+		if len(ops) >= s.cfg.MaxSegmentOps || size > segmentBytes {
+			return errSegmentFull
+		}
+		ops = append(ops, *op)
+		size += 128 + len(op.Path) + len(op.NewPath) + len(op.Key)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errSegmentFull) {
+		return after, 0, fmt.Errorf("read journal: %w", err)
+	}
+	bodies, files := s.openBodies(ops)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	last = after + uint64(len(ops))
+	sw := journal.NewSegmentWriter(w)
+	h := journal.SegmentHeader{Origin: s.cfg.Store.Node(), Epoch: epoch, Prev: after, Last: last, Bodies: uint32(len(bodies))}
+	if err := sw.WriteHeader(h, ops); err != nil {
+		return after, 0, err
+	}
+	for i, b := range bodies {
+		if err := sw.WriteBody(b, files[i]); err != nil {
+			return after, 0, fmt.Errorf("body %s: %w", b.Content.String()[:16], err)
+		}
+	}
+	return last, len(ops), sw.Close()
+}
+
+// openBodies opens the files whose content the ops add, once per content.
+// A file that is gone (moved or expunged since the op) is left out: a later
+// op in the journal says where the message went.
+func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
+	var bodies []journal.Body
+	var files []*os.File
+	seen := map[journal.ContentID]bool{}
+	for i := range ops {
+		op := &ops[i]
+		if op.Content.IsZero() || seen[op.Content] || op.LinkTarget != "" {
+			continue
+		}
+		var rel string
+		_ = s.cfg.Store.View(func(v index.PeerView) error {
+			rel = currentPath(v, op)
+			return nil
+		})
+		if rel == "" {
+			continue
+		}
+		f, err := os.Open(filepath.Join(s.cfg.Root, filepath.FromSlash(rel)))
+		if err != nil {
+			continue
+		}
+		fi, err := f.Stat()
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() != op.Size {
+			f.Close()
+			continue
+		}
+		seen[op.Content] = true
+		bodies = append(bodies, journal.Body{Content: op.Content, Size: op.Size})
+		files = append(files, f)
+	}
+	return bodies, files
+}
+
+// currentPath is where the content op added lives now, if still there.
+func currentPath(v index.PeerView, op *journal.Op) string {
+	switch op.Kind {
+	case journal.MessageAdd, journal.MessageMove:
+		g, key := op.Mailbox, op.Key
+		if op.Kind == journal.MessageMove {
+			g = op.Target
+			if op.NewKey != "" {
+				key = op.NewKey
+			}
+		}
+		m, ok, err := v.Message(g, key)
+		if err != nil || !ok || m.Content != op.Content || m.Missing {
+			return ""
+		}
+		mb, ok, err := v.Mailbox(g)
+		if err != nil || !ok {
+			return ""
+		}
+		return joinRel(mb.Path, subName(m.Sub), m.Name)
+	case journal.FileWrite:
+		f, ok, err := v.File(op.Path)
+		if err != nil || !ok || f.Content != op.Content {
+			return ""
+		}
+		return op.Path
+	}
+	return ""
+}
+
+func joinRel(parts ...string) string {
+	out := ""
+	for _, p := range parts {
+		if p == "" {
+			continue
+		}
+		if out != "" {
+			out += "/"
+		}
+		out += p
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package syncer
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"mailfs/index"
+	"mailfs/journal"
+)
+
+// receiver serves one push connection from a peer.
+type receiver struct {
+	s    *Syncer
+	conn *tls.Conn
+	peer journal.NodeID
+	log  *slog.Logger
+}
+
+// staged is the bodies of one segment, on disk.
+type staged map[journal.ContentID]string
+
+func (b staged) Body(c journal.ContentID) (string, bool) {
+	p, ok := b[c]
+	return p, ok
+}
+
+func (b staged) remove() {
+	for _, p := range b {
+		os.Remove(p)
+	}
+}
+
+// countingReader counts the bytes received.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (r *receiver) serve(ctx context.Context) {
+	s := r.s
+	conn := r.conn
+	context.AfterFunc(ctx, func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	cr := &countingReader{r: conn}
+	br := bufio.NewReaderSize(cr, 64<<10)
+	_, epoch, seq, err := readHello(br, helloMagic)
+	if err != nil {
+		if errors.Is(err, ErrVersion) {
+			writeNack(conn, err.Error())
+		}
+		r.refuse("bad hello", err)
+		return
+	}
+	curEpoch, curSeq, err := s.cfg.Store.Applied(r.peer)
+	if err != nil {
+		r.log.Error("reading the peer's cursor failed", "err", err)
+		return
+	}
+	if err := writeHello(conn, replyMagic, ProtocolVersion, curEpoch, curSeq); err != nil {
+		r.log.Info("peer connection ended", "err", err)
+		return
+	}
+	r.log.Info("peer connected to push its journal", "peer_epoch", epoch, "peer_seq", seq, "applied_seq", curSeq,
+		"same_epoch", curEpoch == epoch)
+	for {
+		conn.SetReadDeadline(time.Now().Add(4 * s.cfg.Heartbeat))
+		before := cr.n
+		h, ops, bodies, err := r.readSegment(br, curEpoch, curSeq)
+		s.update(r.peer, func(st *peerState) { st.bytesRecv += cr.n - before })
+		if err != nil {
+			bodies.remove()
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				r.log.Info("peer push connection closed")
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				r.log.Warn("peer push connection silent too long; dropped", "timeout", 4*s.cfg.Heartbeat)
+				return
+			}
+			writeNack(conn, err.Error())
+			r.refuse("segment refused", err)
+			return
+		}
+		conn.SetReadDeadline(time.Time{})
+		if err := r.applySegment(ctx, h, ops, bodies); err != nil {
+			bodies.remove()
+			writeNack(conn, "the receiver could not apply the segment; it will be retried")
+			r.log.Error("applying a peer's segment failed; nothing acknowledged, the peer will resend", "first_seq", h.Prev+1,
+				"last_seq", h.Last, "err", err)
+			s.update(r.peer, func(st *peerState) {
+				st.lastFailure, st.lastError = time.Now(), err.Error()
+			})
+			return
+		}
+		bodies.remove()
+		curEpoch, curSeq = h.Epoch, h.Last
+		conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+		if err := writeAck(conn, h.Last); err != nil {
+			r.log.Info("peer push connection ended before the ack", "err", err)
+			return
+		}
+		s.update(r.peer, func(st *peerState) {
+			st.lastReceive = time.Now()
+			st.opsApplied += int64(len(ops))
+		})
+	}
+}
+
+func (r *receiver) refuse(what string, err error) {
+	r.log.Warn("refused a peer's replication data; connection dropped, nothing applied", "what", what, "err", err)
+	r.s.update(r.peer, func(st *peerState) {
+		st.refused++
+		st.lastFailure, st.lastError = time.Now(), fmt.Sprintf("%s: %v", what, err)
+	})
+}
+
+// readSegment reads and checks one whole segment, staging its bodies. The
+// segment must continue the cursor exactly (a replayed or skipped range is
+// refused), name this peer as its origin, and hold only valid ops whose
+// bodies it carries.
+func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journal.SegmentHeader, []journal.Op, staged, error) {
+	bodies := staged{}
+	lim := r.s.cfg.Limits
+	if lim.MaxBodySize <= 0 {
+		lim = journal.DefaultLimits()
+	}
+	if _, err := br.Peek(1); err != nil {
+		return journal.SegmentHeader{}, nil, bodies, err
+	}
+	sr, err := journal.NewSegmentReader(br, lim)
+	if err != nil {
+		return journal.SegmentHeader{}, nil, bodies, err
+	}
+	h := sr.Header()
+	if h.Origin != r.peer {
+		return h, nil, bodies, fmt.Errorf("%w: segment of node %s on the connection of node %s", ErrProtocol,
+			h.Origin.Short(), r.peer.Short())
+	}
+	switch {
+	case h.Epoch == curEpoch && h.Prev != curSeq:
+		return h, nil, bodies, fmt.Errorf("%w: segment follows seq %d, this node has applied up to %d (replayed or missing ops)",
+			ErrProtocol, h.Prev, curSeq)
+	case h.Epoch != curEpoch && h.Prev != 0:
+		return h, nil, bodies, fmt.Errorf("%w: segment of a new journal epoch must start at seq 1, starts after %d",
+			ErrProtocol, h.Prev)
+	}
+	ops, err := sr.Ops()
+	if err != nil {
+		return h, nil, bodies, err
+	}
+	want := map[journal.ContentID]bool{}
+	for i := range ops {
+		op := &ops[i]
+		if op.Origin != r.peer || op.Seq != h.Prev+uint64(i)+1 {
+			return h, nil, bodies, fmt.Errorf("%w: op %d of the segment is not seq %d of node %s", ErrBadOp, i, h.Prev+uint64(i)+1, r.peer.Short())
+		}
+		if err := validateOp(op, lim); err != nil {
+			return h, nil, bodies, err
+		}
+		if !op.Content.IsZero() {
+			want[op.Content] = true
+		}
+	}
+	for {
+		b, body, err := sr.NextBody()
+		if errors.Is(err, io.EOF) {
+			return h, ops, bodies, nil
+		}
+		if err != nil {
+			return h, nil, bodies, err
+		}
+		if !want[b.Content] {
+			return h, nil, bodies, fmt.Errorf("%w: body %s is not named by any op of the segment", ErrProtocol, b.Content.String()[:16])
+		}
+		if _, dup := bodies[b.Content]; dup {
+			return h, nil, bodies, fmt.Errorf("%w: body %s sent twice", ErrProtocol, b.Content.String()[:16])
+		}
+		p := filepath.Join(r.s.cfg.StagingDir, b.Content.String())
+		if err := stageBody(p, body); err != nil {
+			return h, nil, bodies, err
+		}
+		bodies[b.Content] = p
+	}
+}
+
+func stageBody(p string, body io.Reader) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("stage body: %w", err)
+	}
+	_, err = io.Copy(f, body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(p)
+		return fmt.Errorf("stage body %s: %w", p, err)
+	}
+	return nil
+}
+
+// applySegment merges the ops into this node, then makes the new cursor
+// durable: only then is the segment acknowledged.
+func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, ops []journal.Op, bodies staged) error {
+	s := r.s
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	defer s.applier.unlockAll()
+	for i := range ops {
+		if err := s.applier.apply(ctx, &ops[i], bodies); err != nil {
+			return err
+		}
+	}
+	s.applier.unlockAll()
+	_, err := s.cfg.Store.Commit(ctx, index.AppliedOp(r.peer, h.Epoch, h.Last))
+	return err
+}

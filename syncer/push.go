@@ -41,6 +41,8 @@ func (s *Syncer) pushLoop(p peers.Peer, st *peerState) {
 		case <-s.ctx.Done():
 			return
 		case <-time.After(backoff):
+		case <-st.retry:
+			backoff = s.cfg.RetryMin
 		}
 		backoff *= 2
 		if backoff > s.cfg.RetryMax {

@@ -63,6 +63,7 @@ type Syncer struct {
 type peerState struct {
 	peer    peers.Peer
 	kick    chan struct{}
+	retry   chan struct{} // ends a reconnect backoff early
 	started bool
 
 	connected   bool
@@ -198,7 +199,7 @@ func (s *Syncer) AddPeer(p peers.Peer) {
 func (s *Syncer) state(id journal.NodeID) *peerState {
 	st := s.peers[id]
 	if st == nil {
-		st = &peerState{peer: peers.Peer{ID: id}, kick: make(chan struct{}, 1)}
+		st = &peerState{peer: peers.Peer{ID: id}, kick: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
 		s.peers[id] = st
 	}
 	return st
@@ -251,8 +252,17 @@ func (s *Syncer) Status() []PeerStatus {
 }
 
 // WaitSynced returns once every paired peer has acknowledged the ops up to
-// seq, or ctx's error.
+// seq, or ctx's error. A peer waiting out a reconnect backoff is retried at
+// once: whoever waits for a sync wants it now.
 func (s *Syncer) WaitSynced(ctx context.Context, seq uint64) error {
+	s.mu.Lock()
+	for _, st := range s.peers {
+		select {
+		case st.retry <- struct{}{}:
+		default:
+		}
+	}
+	s.mu.Unlock()
 	for {
 		list, err := s.cfg.Store.ListPeers()
 		if err != nil {

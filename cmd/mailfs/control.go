@@ -120,6 +120,18 @@ func opLine(op *journal.Op) journalLine {
 	return l
 }
 
+// mailboxLine is one mailbox as `mailfs mailboxes --json` prints it.
+type mailboxLine struct {
+	GUID     string `json:"guid"`
+	Path     string `json:"path"`
+	Messages int64  `json:"messages"`
+	Missing  bool   `json:"missing,omitempty"`
+}
+
+func mailboxLineOf(mb index.Mailbox) mailboxLine {
+	return mailboxLine{GUID: mb.GUID.String(), Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing}
+}
+
 func nodeStatus(st *openedStore) statusNode {
 	mb, msgs := st.index.Counts()
 	return statusNode{ID: peers.FormatID(st.index.Node()), Name: st.index.Name(), Listen: st.listenAddr(),
@@ -263,6 +275,11 @@ func (cs *controlServer) handle(c net.Conn) {
 			return
 		}
 		enc.Encode(map[string]uint64{"synced_seq": seq})
+	case "mailboxes":
+		err := cs.st.index.Mailboxes(func(mb index.Mailbox) error { return enc.Encode(mailboxLineOf(mb)) })
+		if err != nil {
+			enc.Encode(controlError{Error: err.Error()})
+		}
 	case "journal":
 		err := cs.st.index.Ops(req.Since, func(op *journal.Op) error { return enc.Encode(opLine(op)) })
 		if err != nil {

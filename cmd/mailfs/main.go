@@ -50,6 +50,7 @@ func commands() []command {
 		{"pair", "pair with another node: 'pair invite' prints a code, 'pair join CODE' uses it", runPair},
 		{"status", "show this node's state (journal, mailboxes, messages, peers)", runStatus},
 		{"sync", "wait until every peer has acknowledged what was journaled (exit 75 on timeout)", runSync},
+		{"mailboxes", "list mailboxes with their GUIDs and message counts", runMailboxes},
 		{"journal", "print journaled ops (for admins and tests)", runJournal},
 		{"bench", "benchmark the mount against the native filesystem and a go-fuse loopback", runBench},
 	}

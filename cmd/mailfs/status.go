@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"text/tabwriter"
 	"time"
+
+	"mailfs/index"
 )
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
@@ -142,4 +145,61 @@ func runJournal(args []string, stdout, stderr io.Writer) error {
 	}
 	defer st.Close()
 	return st.index.Ops(*since, func(op *journalOp) error { return print(opLine(op)) })
+}
+
+func runMailboxes(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("mailboxes [--store DIR] [--json]",
+		"List the mailboxes this node knows: GUID (the same on every node of a replicated pair), path under\n"+
+			"the Maildir tree, and message count. Asks the running daemon when mounted, else reads the store.",
+		"mailfs mailboxes --json", stderr)
+	store := fs.String("store", defaultStore(), "store directory")
+	asJSON := fs.Bool("json", false, "one JSON object per line")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	dir, err := filepath.Abs(*store)
+	if err != nil {
+		return err
+	}
+	paths := storePaths{Dir: dir}
+	var lines []mailboxLine
+	err = controlCall(context.Background(), paths, controlRequest{Cmd: "mailboxes"}, func(raw json.RawMessage) error {
+		var l mailboxLine
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return err
+		}
+		lines = append(lines, l)
+		return nil
+	})
+	if errors.Is(err, errNotRunning) {
+		st, oerr := openForQuery(paths, newLogger(stderr))
+		if oerr != nil {
+			return oerr
+		}
+		err = st.index.Mailboxes(func(mb index.Mailbox) error {
+			lines = append(lines, mailboxLineOf(mb))
+			return nil
+		})
+		st.Close()
+	}
+	if err != nil {
+		return err
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i].Path < lines[j].Path })
+	if *asJSON {
+		for _, l := range lines {
+			b, _ := json.Marshal(l)
+			fmt.Fprintf(stdout, "%s\n", b)
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GUID\tMESSAGES\tPATH")
+	for _, l := range lines {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", l.GUID, l.Messages, orDash(l.Path))
+	}
+	return tw.Flush()
 }

@@ -179,10 +179,15 @@ func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*ma
 		guid = journal.GUID(uuid.New())
 	}
 	mb := &mailboxRec{GUID: guid, Path: path, Keywords: maildir.ParseKeywords(keywords)}
-	if err := t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path}); err != nil {
+	seen, err := t.versionVector()
+	if err != nil {
+		return nil, err
+	}
+	if err := t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path, Seen: seen}); err != nil {
 		return nil, err
 	}
 	mb.Renamed = journal.StampOf(&t.lastOp)
+	mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedGUID = mb.Renamed, t.lastOp.Seq, path, guid
 	t.counts.Mailboxes++
 	return mb, t.putMailbox(mb)
 }

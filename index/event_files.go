@@ -142,6 +142,9 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 		nrec.FlagStamps = rec.FlagStamps
 	}
 	stampFlags(nrec, flags, nrec.Added)
+	if err := t.takeEarlyFlags(mb.GUID, name.Base, nrec); err != nil {
+		return err
+	}
 	return t.putRec(messageKey(mb.GUID, name.Base), nrec)
 }
 
@@ -282,10 +285,15 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	last := t.lastOp
 	moved.Added, moved.AddedSeq = journal.StampOf(&last), last.Seq
 	stampFlags(moved, op.Changed, moved.Added)
+	if err := t.takeEarlyFlags(mbT.GUID, nt.Base, moved); err != nil {
+		return err
+	}
 	if err := t.putRec(messageKey(mbT.GUID, nt.Base), moved); err != nil {
 		return err
 	}
-	return t.putRec(tombMessageKey(mbF.GUID, nf.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
+	to := mbT.GUID
+	return t.putRec(tombMessageKey(mbF.GUID, nf.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
+		MovedTo: &to, MovedKey: nt.Base})
 }
 
 // depart records that the file at path is gone (unlinked or renamed away).

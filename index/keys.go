@@ -24,6 +24,7 @@ const (
 	pApplied     = "ap/" // + origin node ID → appliedRec: how far that origin's ops are applied
 	pSubStamp    = "ss/" // + dir + "\x00" + name → subStampRec: the newest (un)subscribe
 	pAlias       = "al/" // + GUID → GUID: a mailbox GUID merged into another (rule 3, 4)
+	pEarlyFlags  = "ef/" // + GUID + key → earlyFlagsRec: flag changes that arrived before their message
 
 	kNode    = "meta/node"
 	kName    = "meta/name"
@@ -75,6 +76,16 @@ type mailboxRec struct {
 	// Renamed is the stamp of the op that gave the mailbox its path: the
 	// newest rename wins (design §6 rule 2).
 	Renamed journal.Stamp `json:"renamed,omitempty"`
+	// Created, CreatedSeq and CreatedPath name the op that created the
+	// mailbox and where: two mailboxes created at one path by nodes that
+	// had not seen each other's create are one mailbox (rule 3), wherever
+	// renames have taken them since.
+	Created     journal.Stamp `json:"created,omitempty"`
+	CreatedSeq  uint64        `json:"created_seq,omitempty"`
+	CreatedPath string        `json:"created_path,omitempty"`
+	// CreatedGUID is the GUID it was created with (rule 3 may have given
+	// it another since).
+	CreatedGUID journal.GUID `json:"created_guid,omitempty"`
 }
 
 type messageRec struct {
@@ -111,6 +122,22 @@ type subStampRec struct {
 func appliedKey(origin journal.NodeID) []byte { return append([]byte(pApplied), origin[:]...) }
 func subStampKey(dir, name string) []byte     { return []byte(pSubStamp + dir + "\x00" + name) }
 func aliasKey(g journal.GUID) []byte          { return append([]byte(pAlias), g[:]...) }
+func earlyFlagsKey(g journal.GUID, key string) []byte {
+	return append(append([]byte(pEarlyFlags), g[:]...), key...)
+}
+
+// FlagChange is one flag set or cleared by an op.
+type FlagChange struct {
+	Present bool          `json:"present"`
+	Stamp   journal.Stamp `json:"stamp"`
+}
+
+// earlyFlagsRec holds, per flag, the newest change of a message this node
+// does not have yet: with three or more nodes a flag change can overtake
+// the add it follows, and must still win over it.
+type earlyFlagsRec struct {
+	Flags map[string]FlagChange `json:"flags"`
+}
 
 type fileRec struct {
 	Mode       uint32            `json:"mode"`
@@ -136,6 +163,10 @@ type tombstone struct {
 	// applied (mail it had not seen survives the delete, design §6 rule 4).
 	Path string                `json:"path,omitempty"`
 	Seen journal.VersionVector `json:"seen,omitempty"`
+	// MovedTo and MovedKey, for a message moved away: where it went, so a
+	// peer's flag change to it there still finds it.
+	MovedTo  *journal.GUID `json:"moved_to,omitempty"`
+	MovedKey string        `json:"moved_key,omitempty"`
 }
 
 type counts struct {

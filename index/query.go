@@ -54,6 +54,11 @@ type Mailbox struct {
 	Missing  bool
 	Keywords []string
 	Renamed  journal.Stamp
+	// Created, CreatedSeq and CreatedPath: the op that created the mailbox.
+	Created     journal.Stamp
+	CreatedSeq  uint64
+	CreatedPath string
+	CreatedGUID journal.GUID
 }
 
 // Mailboxes calls fn for every live mailbox.

@@ -106,8 +106,17 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		}
 		g = t.resolve(g)
 		rec, err := t.message(g, key)
-		if err != nil || rec == nil {
+		if err != nil {
 			return err
+		}
+		if rec == nil {
+			if op.Kind != journal.MessageFlags {
+				return nil
+			}
+			if dead, err := t.has(tombMessageKey(g, key)); err != nil || dead {
+				return err
+			}
+			return t.noteEarlyFlags(g, key, op)
 		}
 		changed := op.Changed
 		if op.Kind == journal.MessageAdd {
@@ -129,6 +138,51 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 	return nil
 }
 
+// noteEarlyFlags keeps the flag changes of op for a message not here yet.
+func (t *tx) noteEarlyFlags(g journal.GUID, key string, op *journal.Op) error {
+	var ef earlyFlagsRec
+	if _, err := t.getRec(earlyFlagsKey(g, key), &ef); err != nil {
+		return err
+	}
+	if ef.Flags == nil {
+		ef.Flags = map[string]FlagChange{}
+	}
+	st := journal.StampOf(op)
+	for _, f := range op.Changed {
+		if old, ok := ef.Flags[f]; ok && st.Less(old.Stamp) {
+			continue
+		}
+		present := false
+		for _, g := range op.Flags {
+			present = present || g == f
+		}
+		ef.Flags[f] = FlagChange{Present: present, Stamp: st}
+	}
+	return t.putRec(earlyFlagsKey(g, key), &ef)
+}
+
+// takeEarlyFlags merges the early flag changes of a message that just
+// arrived into its stamps, and forgets them.
+func (t *tx) takeEarlyFlags(g journal.GUID, key string, rec *messageRec) error {
+	var ef earlyFlagsRec
+	ok, err := t.getRec(earlyFlagsKey(g, key), &ef)
+	if err != nil || !ok {
+		return err
+	}
+	for f, c := range ef.Flags {
+		stampFlags(rec, []string{f}, c.Stamp)
+	}
+	return t.del(earlyFlagsKey(g, key))
+}
+
+// EarlyFlags returns the flag changes that arrived before message key of
+// mailbox g.
+func (v PeerView) EarlyFlags(g journal.GUID, key string) (map[string]FlagChange, error) {
+	var ef earlyFlagsRec
+	_, err := v.t.getRec(earlyFlagsKey(v.t.resolve(g), key), &ef)
+	return ef.Flags, err
+}
+
 func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	if rec, err := t.message(g, key); err != nil || rec != nil {
 		return err
@@ -136,7 +190,15 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
 		return err
 	}
-	return t.putRec(tombMessageKey(g, key), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq})
+	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
+	if op.Kind == journal.MessageMove {
+		to := t.resolve(op.Target)
+		ts.MovedTo, ts.MovedKey = &to, op.Key
+		if op.NewKey != "" {
+			ts.MovedKey = op.NewKey
+		}
+	}
+	return t.putRec(tombMessageKey(g, key), ts)
 }
 
 // resolve follows the alias of a mailbox GUID merged into another.
@@ -180,6 +242,9 @@ func (t *tx) rekeyMailbox(from, to journal.GUID) error {
 		}
 	}
 	if err := t.del(mailboxKey(from)); err != nil {
+		return err
+	}
+	if err := t.del(aliasKey(to)); err != nil { // to is a name of its own again
 		return err
 	}
 	mb.GUID = to
@@ -231,8 +296,7 @@ func (v PeerView) Mailbox(g journal.GUID) (Mailbox, bool, error) {
 	if err != nil || !ok {
 		return Mailbox{}, false, err
 	}
-	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
-		Renamed: mb.Renamed}, true, nil
+	return mailboxOf(&mb), true, nil
 }
 
 // MailboxAt returns the live mailbox at path.
@@ -241,8 +305,7 @@ func (v PeerView) MailboxAt(path string) (Mailbox, bool, error) {
 	if err != nil || mb == nil {
 		return Mailbox{}, false, err
 	}
-	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
-		Renamed: mb.Renamed}, true, nil
+	return mailboxOf(mb), true, nil
 }
 
 // MailboxTombstone returns the delete record of mailbox g.
@@ -264,6 +327,16 @@ func (v PeerView) Message(g journal.GUID, key string) (Message, bool, error) {
 }
 
 // MessageExpunged reports whether message key of mailbox g has a tombstone.
+// MovedTo says where message key of mailbox g went when it was moved away.
+func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	if err != nil || !ok || ts.MovedTo == nil {
+		return journal.GUID{}, "", false, err
+	}
+	return v.t.resolve(*ts.MovedTo), ts.MovedKey, true, nil
+}
+
 func (v PeerView) MessageExpunged(g journal.GUID, key string) (bool, error) {
 	return v.t.has(tombMessageKey(v.t.resolve(g), key))
 }
@@ -311,3 +384,25 @@ func (v PeerView) File(path string) (File, bool, error) {
 
 // DirKnown reports whether the plain directory path is in the index.
 func (v PeerView) DirKnown(path string) (bool, error) { return v.t.has(dirKey(path)) }
+
+func mailboxOf(mb *mailboxRec) Mailbox {
+	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
+		Renamed: mb.Renamed, Created: mb.Created, CreatedSeq: mb.CreatedSeq, CreatedPath: mb.CreatedPath,
+		CreatedGUID: mb.CreatedGUID}
+}
+
+// CreatedAt lists the live mailboxes created at path (wherever they are now).
+func (v PeerView) CreatedAt(path string) ([]Mailbox, error) {
+	var out []Mailbox
+	err := v.t.scanKeys([]byte(pMailbox), func(k []byte) error {
+		var mb mailboxRec
+		if ok, err := v.t.getRec(k, &mb); err != nil || !ok {
+			return err
+		}
+		if mb.CreatedPath == path {
+			out = append(out, mailboxOf(&mb))
+		}
+		return nil
+	})
+	return out, err
+}

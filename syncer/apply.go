@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -73,6 +74,10 @@ func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) erro
 }
 
 func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	// A keyword letter the peer could not name (Dovecot renames a message
+	// to a new letter before it writes dovecot-keywords; a later op names
+	// it) means nothing here, where letters are assigned differently.
+	op.Flags, op.Changed = dropUnknownLetters(op.Flags), dropUnknownLetters(op.Changed)
 	switch op.Kind {
 	case journal.MailboxCreate:
 		_, err := a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
@@ -137,6 +142,20 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			if tomb, dead, err = v.MailboxTombstone(v.Resolve(g)); err != nil || dead {
 				return err
+			}
+			if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g {
+				// Created here too, at the same path, by a create the peer
+				// had not seen: the same mailbox, wherever it is now.
+				same, err := v.CreatedAt(p)
+				if err != nil {
+					return err
+				}
+				for _, m := range same {
+					if m.GUID != g && op.Seen[m.Created.Origin] < m.CreatedSeq {
+						at, taken = m, true
+						return nil
+					}
+				}
 			}
 			at, taken, err = v.MailboxAt(p)
 			return err
@@ -238,12 +257,16 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 		return err
 	}
 	if !have {
-		// Never created here (or deleted): create it where it now is.
-		_, err := a.ensureMailbox(ctx, op.Mailbox, op.NewPath, op)
+		// Never known here: it is where the peer had it before the rename
+		// (merged with a mailbox created here at that path, rule 3), and
+		// then it is renamed like any other.
+		mb, err = a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
 		if errors.Is(err, errSkip) {
 			return nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
 	}
 	if !mb.Renamed.Less(journal.StampOf(op)) || mb.Path == op.NewPath {
 		return nil // a newer rename (or this one) decided the path
@@ -259,6 +282,9 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 	if err := a.mkdirAll(path.Dir(target)); err != nil {
 		return err
 	}
+	// A dotlock held in the directory would move with it and never be
+	// released: let go of them first.
+	a.unlockAll()
 	return a.mnt.Apply(op, func() error {
 		if err := os.Rename(a.abs(mb.Path), a.abs(target)); err != nil {
 			return fmt.Errorf("rename mailbox: %w", err)
@@ -295,6 +321,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	if !have {
 		return a.meta(ctx, op)
 	}
+	a.unlockAll() // the dotlocks go with the directories
 	err = a.store.Mailboxes(func(o index.Mailbox) error {
 		if o.GUID != mb.GUID && (mb.Path == "" || strings.HasPrefix(o.Path, mb.Path+"/")) {
 			hasNested = true
@@ -303,6 +330,25 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	})
 	if err != nil {
 		return err
+	}
+	// A mailbox the deleter never saw created (another node's, merged
+	// with the deleted one by rule 3) is not what it deleted: only the
+	// mail the deleter had seen goes, and the mailbox stays as it is.
+	creationUnseen := mb.CreatedSeq != 0 && op.Seen[mb.Created.Origin] < mb.CreatedSeq
+	if creationUnseen {
+		for _, m := range seen {
+			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return err
+			}
+		}
+		if mb.GUID == op.Mailbox && !mb.CreatedGUID.IsZero() && mb.CreatedGUID != mb.GUID {
+			// The deleted GUID had won the merge: the mailbox goes back to
+			// the GUID it was created with, as on the deleter's side.
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: mb.CreatedGUID}); err != nil {
+				return err
+			}
+		}
+		return a.meta(ctx, op)
 	}
 	if unseen > 0 || hasNested {
 		// Remove only what the deleter had seen; the mailbox stays (for
@@ -340,10 +386,6 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		trash = "..DOVECOT-TRASHED-mailfs-" + mb.GUID.String()
 	}
 	return a.mnt.Apply(op, func() error {
-		if err := a.lockMailbox(mb.Path); err != nil {
-			return err
-		}
-		delete(a.locks, mb.Path) // the lock goes with the directory
 		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
 			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
 		}
@@ -424,11 +466,45 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 		a.log.Debug("peer op without its body; a later op carries the message", "op", op.String())
 		return nil
 	}
-	name, err := a.fileName(ctx, op, mb, key, op.Sub, op.Flags)
+	flags, err := a.withEarlyFlags(mb.GUID, key, op)
+	if err != nil {
+		return err
+	}
+	name, err := a.fileName(ctx, op, mb, key, op.Sub, flags)
 	if err != nil {
 		return err
 	}
 	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, op.Sub, name, body, op.Mtime) })
+}
+
+// withEarlyFlags is the flags op adds a message with, after the flag
+// changes that overtook the add (from a third node) and are newer.
+func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]string, error) {
+	var early map[string]index.FlagChange
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		early, err = v.EarlyFlags(g, key)
+		return err
+	}); err != nil || len(early) == 0 {
+		return op.Flags, err
+	}
+	st := journal.StampOf(op)
+	have := map[string]bool{}
+	for _, f := range op.Flags {
+		have[f] = true
+	}
+	for f, c := range early {
+		if st.Less(c.Stamp) {
+			have[f] = c.Present
+		}
+	}
+	var out []string
+	for f, p := range have {
+		if p {
+			out = append(out, f)
+		}
+	}
+	return journal.SortFlags(out), nil
 }
 
 // conflict keeps both messages that claim one key (rule 9): the older one
@@ -551,21 +627,44 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 	return a.meta(ctx, op)
 }
 
+// locate finds message key of mailbox g, following it where it was moved
+// since (a flag change made concurrently with a move applies to the moved
+// message).
+func (a *applier) locate(g journal.GUID, key string) (mb index.Mailbox, m index.Message, found bool, err error) {
+	err = a.view(func(v index.PeerView) error {
+		for hop := 0; hop < 8; hop++ {
+			var err error
+			if m, found, err = v.Message(g, key); err != nil {
+				return err
+			}
+			if found {
+				mb, found, err = v.Mailbox(g)
+				return err
+			}
+			to, tk, moved, err := v.MovedTo(g, key)
+			if err != nil || !moved {
+				return err
+			}
+			g, key = to, tk
+		}
+		return nil
+	})
+	return mb, m, found, err
+}
+
 func (a *applier) flagMessage(ctx context.Context, op *journal.Op) error {
-	local, have, err := a.message(op.Mailbox, op.Key)
+	mb, local, have, err := a.locate(op.Mailbox, op.Key)
 	if err != nil {
 		return err
 	}
 	if !have {
 		return a.meta(ctx, op) // expunged here: expunge beats flags (rule 7)
 	}
-	var mb index.Mailbox
-	err = a.view(func(v index.PeerView) error {
-		mb, have, err = v.Mailbox(op.Mailbox)
-		return err
-	})
-	if err != nil || !have {
-		return err
+	if mb.GUID != op.Mailbox || local.Key != op.Key {
+		// Moved here meanwhile: the change applies to it where it is.
+		moved := *op
+		moved.Mailbox, moved.Key = mb.GUID, local.Key
+		op = &moved
 	}
 	if err := a.mergeFlags(ctx, op, mb, local, op.Changed); err != nil {
 		return err
@@ -634,12 +733,16 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		return a.unlinkMessage(op, srcMb, src)
 	}
 	flags := mergedFlags(src, op)
-	name, err := a.fileName(ctx, op, dst, newKey, op.Sub, flags)
+	sub := op.Sub
+	if src.Sub == journal.SubCur {
+		sub = journal.SubCur // cur/ beats new/
+	}
+	name, err := a.fileName(ctx, op, dst, newKey, sub, flags)
 	if err != nil {
 		return err
 	}
 	from := path.Join(srcMb.Path, subName(src.Sub), src.Name)
-	to := path.Join(dst.Path, subName(op.Sub), name)
+	to := path.Join(dst.Path, subName(sub), name)
 	if err := a.mnt.Apply(op, func() error {
 		if err := a.lockMailbox(srcMb.Path); err != nil {
 			return err
@@ -712,7 +815,15 @@ func (a *applier) unlinkMessage(op *journal.Op, mb index.Mailbox, m index.Messag
 // plus the flag letters of this node (keywords are added to the mailbox's
 // dovecot-keywords first when they have no letter here yet).
 func (a *applier) fileName(ctx context.Context, op *journal.Op, mb index.Mailbox, key string, sub journal.Sub, flags []string) (string, error) {
-	letters, missing := maildir.FlagLetters(flags, mb.Keywords)
+	// Dovecot assigns keyword letters and rewrites dovecot-keywords only
+	// while it holds dovecot-uidlist.lock (and unlinks any
+	// dovecot-keywords.lock it finds): so does the applier, and it reads
+	// the letters under that lock.
+	if err := a.lockMailbox(mb.Path); err != nil {
+		return "", err
+	}
+	data, _ := os.ReadFile(a.abs(path.Join(mb.Path, "dovecot-keywords")))
+	letters, missing := maildir.FlagLetters(flags, maildir.ParseKeywords(data))
 	if len(missing) > 0 {
 		kw, err := a.addKeywords(op, mb, missing)
 		if err != nil {
@@ -732,8 +843,18 @@ func (a *applier) fileName(ctx context.Context, op *journal.Op, mb index.Mailbox
 // addKeywords gives names letters in mb's dovecot-keywords, written the way
 // Dovecot writes it (dotlock, then rename over the file).
 func (a *applier) addKeywords(op *journal.Op, mb index.Mailbox, names []string) (maildir.Keywords, error) {
-	cur, _ := os.ReadFile(a.abs(path.Join(mb.Path, "dovecot-keywords")))
-	kw := maildir.ParseKeywords(cur)
+	var kw maildir.Keywords
+	err := a.mnt.Apply(op, func() error {
+		return a.replaceFile(path.Join(mb.Path, "dovecot-keywords"), mb.Path, func(cur []byte) []byte {
+			kw = addKeywordNames(maildir.ParseKeywords(cur), names)
+			return maildir.FormatKeywords(kw)
+		})
+	})
+	return kw, err
+}
+
+// addKeywordNames gives each name a free letter (of 26) in kw.
+func addKeywordNames(kw maildir.Keywords, names []string) maildir.Keywords {
 	for _, n := range names {
 		if kw.Index(n) >= 0 {
 			continue
@@ -753,15 +874,15 @@ func (a *applier) addKeywords(op *journal.Op, mb index.Mailbox, names []string) 
 		}
 		kw[slot] = n
 	}
-	err := a.mnt.Apply(op, func() error {
-		return a.replaceFile(path.Join(mb.Path, "dovecot-keywords"), maildir.FormatKeywords(kw), mb.Path)
-	})
-	return kw, err
+	return kw
 }
 
-// replaceFile writes data to rel through a dotlock (rel.lock, created
-// exclusively, then renamed over rel), as Dovecot replaces its small files.
-func (a *applier) replaceFile(rel string, data []byte, ownerDir string) error {
+// replaceFile rewrites rel as Dovecot replaces its small files: take the
+// dotlock (rel.lock, created exclusively), read the current content, write
+// what build makes of it into the lock, rename the lock over rel. Reading
+// under the lock keeps a concurrent writer's change from being overwritten
+// (and then recorded as the peer's).
+func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byte) error {
 	lock := a.abs(rel + ".lock")
 	var f *os.File
 	var err error
@@ -778,6 +899,13 @@ func (a *applier) replaceFile(rel string, data []byte, ownerDir string) error {
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", lock, err)
 	}
+	cur, rerr := os.ReadFile(a.abs(rel))
+	if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		f.Close()
+		os.Remove(lock)
+		return fmt.Errorf("read %s: %w", a.abs(rel), rerr)
+	}
+	data := build(cur)
 	uid, gid, mode := a.owner(ownerDir)
 	_, werr := f.Write(data)
 	if werr == nil {
@@ -862,23 +990,58 @@ func (a *applier) lockMailbox(mbPath string) error {
 	}
 	lock := a.abs(path.Join(mbPath, "dovecot-uidlist.lock"))
 	host, _ := os.Hostname()
+	// As Dovecot makes its dotlocks: a temp file holding pid:host, owned
+	// like the mailbox from the start, linked to the lock name. A Dovecot
+	// waiting for the lock watches it with inotify, which needs read
+	// access: a lock owned by root with mode 0600 makes it log an error.
+	tmp := a.abs(path.Join(mbPath, fmt.Sprintf(".mailfs-lock.%d", os.Getpid())))
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no such mailbox directory (yet): nothing to guard
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", lock, err)
+	}
+	defer os.Remove(tmp)
+	if uid, gid, _ := a.owner(mbPath); uid >= 0 {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		_, err = fmt.Fprintf(f, "%d:%s", os.Getpid(), host)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", lock, err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		err := os.Link(tmp, lock)
 		if err == nil {
-			fmt.Fprintf(f, "%d:%s", os.Getpid(), host)
-			f.Close()
 			a.locks[mbPath] = lock
 			return nil
-		}
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // no such mailbox directory (yet): nothing to guard
 		}
 		if !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("lock %s: %w", lock, err)
 		}
 		if fi, serr := os.Stat(lock); serr == nil && time.Since(fi.ModTime()) > 2*time.Minute {
 			a.log.Warn("removing a stale dovecot-uidlist.lock", "path", lock, "age", time.Since(fi.ModTime()))
+			os.Remove(lock)
+			continue
+		}
+		if deadHolder(lock, host) {
+			// As Dovecot decides: a lock of this host whose process is gone
+			// is stale at once (a daemon killed while holding it).
+			a.log.Warn("removing a dovecot-uidlist.lock whose process is gone", "path", lock)
+			os.Remove(lock)
+			continue
+		}
+		if owner, _ := os.ReadFile(lock); string(owner) == fmt.Sprintf("%d:%s", os.Getpid(), host) {
+			// Ours, but not held: its directory was renamed while this
+			// process held it. Nobody else can remove it.
+			a.log.Info("removing a dovecot-uidlist.lock of this process left by a mailbox rename", "path", lock)
 			os.Remove(lock)
 			continue
 		}
@@ -924,30 +1087,36 @@ func (a *applier) subscription(ctx context.Context, op *journal.Op) error {
 		return a.meta(ctx, op)
 	}
 	rel := path.Join(op.Path, "subscriptions")
-	data, err := os.ReadFile(a.abs(rel))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	cur := maildir.ParseSubscriptions(data)
-	var out []string
-	for _, n := range cur {
-		if n != op.Name {
-			out = append(out, n)
-		}
-	}
-	if want {
-		out = append(out, op.Name)
-	}
-	var b strings.Builder
-	b.WriteString("V\t2\n\n")
-	for _, n := range out {
-		b.WriteString(n)
-		b.WriteByte('\n')
-	}
 	if err := a.mkdirAll(op.Path); err != nil {
 		return err
 	}
-	if err := a.mnt.Apply(op, func() error { return a.replaceFile(rel, []byte(b.String()), op.Path) }); err != nil {
+	build := func(data []byte) []byte {
+		// Decided again under the lock: a local (un)subscribe made since
+		// the check above is newer than op and must stay.
+		var newer bool
+		a.view(func(v index.PeerView) error {
+			_, st, ok, err := v.Subscription(op.Path, op.Name)
+			newer = err == nil && ok && journal.StampOf(op).Less(st)
+			return err
+		})
+		if newer {
+			return data
+		}
+		var b strings.Builder
+		b.WriteString("V\t2\n\n")
+		for _, n := range maildir.ParseSubscriptions(data) {
+			if n != op.Name {
+				b.WriteString(n)
+				b.WriteByte('\n')
+			}
+		}
+		if want {
+			b.WriteString(op.Name)
+			b.WriteByte('\n')
+		}
+		return []byte(b.String())
+	}
+	if err := a.mnt.Apply(op, func() error { return a.replaceFile(rel, op.Path, build) }); err != nil {
 		return err
 	}
 	return a.meta(ctx, op)
@@ -960,6 +1129,7 @@ func (a *applier) dirCreate(op *journal.Op) error {
 				if err := a.mkdirAll(path.Dir(op.Path)); err != nil {
 					return err
 				}
+				a.unlockAll()
 				return a.mnt.Apply(op, func() error { return os.Rename(a.abs(op.From), a.abs(op.Path)) })
 			}
 		}
@@ -1079,4 +1249,34 @@ func (a *applier) fileDelete(op *journal.Op) error {
 		}
 		return nil
 	})
+}
+
+// dropUnknownLetters returns flags without the untranslated letters
+// (maildir.UnknownLetterPrefix).
+func dropUnknownLetters(flags []string) []string {
+	var out []string
+	for _, f := range flags {
+		if !strings.HasPrefix(f, maildir.UnknownLetterPrefix) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// deadHolder reports whether the dotlock at p names a process of this host
+// ("pid:host", as Dovecot writes them) that no longer exists.
+func deadHolder(p, host string) bool {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return false
+	}
+	pidStr, h, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
+	if !ok || h != host {
+		return false
+	}
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

@@ -100,6 +100,11 @@ func (r *receiver) serve(ctx context.Context) {
 		conn.SetReadDeadline(time.Time{})
 		if err := r.applySegment(ctx, h, ops, bodies); err != nil {
 			bodies.remove()
+			if errors.Is(err, ErrProtocol) {
+				writeNack(conn, err.Error())
+				r.refuse("segment refused", err)
+				return
+			}
 			writeNack(conn, "the receiver could not apply the segment; it will be retried")
 			r.log.Error("applying a peer's segment failed; nothing acknowledged, the peer will resend", "first_seq", h.Prev+1,
 				"last_seq", h.Last, "err", err)
@@ -152,13 +157,8 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 		return h, nil, bodies, fmt.Errorf("%w: segment of node %s on the connection of node %s", ErrProtocol,
 			h.Origin.Short(), r.peer.Short())
 	}
-	switch {
-	case h.Epoch == curEpoch && h.Prev != curSeq:
-		return h, nil, bodies, fmt.Errorf("%w: segment follows seq %d, this node has applied up to %d (replayed or missing ops)",
-			ErrProtocol, h.Prev, curSeq)
-	case h.Epoch != curEpoch && h.Prev != 0:
-		return h, nil, bodies, fmt.Errorf("%w: segment of a new journal epoch must start at seq 1, starts after %d",
-			ErrProtocol, h.Prev)
+	if err := checkCursor(h, curEpoch, curSeq); err != nil {
+		return h, nil, bodies, err
 	}
 	ops, err := sr.Ops()
 	if err != nil {
@@ -199,6 +199,21 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 	}
 }
 
+// checkCursor refuses a segment that does not continue the cursor (epoch,
+// seq) exactly: a replayed or skipped range, or a new epoch that does not
+// start at seq 1.
+func checkCursor(h journal.SegmentHeader, epoch, seq uint64) error {
+	switch {
+	case h.Epoch == epoch && h.Prev != seq:
+		return fmt.Errorf("%w: segment follows seq %d, this node has applied up to %d (replayed or missing ops)",
+			ErrProtocol, h.Prev, seq)
+	case h.Epoch != epoch && h.Prev != 0:
+		return fmt.Errorf("%w: segment of a new journal epoch must start at seq 1, starts after %d",
+			ErrProtocol, h.Prev)
+	}
+	return nil
+}
+
 func stageBody(p string, body io.Reader) error {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -216,18 +231,34 @@ func stageBody(p string, body io.Reader) error {
 }
 
 // applySegment merges the ops into this node, then makes the new cursor
-// durable: only then is the segment acknowledged.
+// durable: only then is the segment acknowledged. The cursor the connection
+// read may be stale (another connection of the same peer may have applied
+// since), so the durable one is checked again under applyMu, where cursors
+// move; a segment that does not continue it is refused with an error
+// wrapping ErrProtocol, and nothing is applied.
 func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, ops []journal.Op, bodies staged) error {
 	s := r.s
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
+	epoch, seq, err := s.cfg.Store.Applied(r.peer)
+	if err != nil {
+		return err
+	}
+	if err := checkCursor(h, epoch, seq); err != nil {
+		return err
+	}
 	defer s.applier.unlockAll()
 	for i := range ops {
-		if err := s.applier.apply(ctx, &ops[i], bodies); err != nil {
+		err := s.applier.apply(ctx, &ops[i], bodies)
+		// Dotlocks are held for one op at a time: Dovecot waits on them,
+		// and a mailbox renamed by a client meanwhile must not carry one
+		// away.
+		s.applier.unlockAll()
+		if err != nil {
 			return err
 		}
 	}
 	s.applier.unlockAll()
-	_, err := s.cfg.Store.Commit(ctx, index.AppliedOp(r.peer, h.Epoch, h.Last))
+	_, err = s.cfg.Store.Commit(ctx, index.AppliedOp(r.peer, h.Epoch, h.Last))
 	return err
 }

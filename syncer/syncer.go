@@ -54,6 +54,7 @@ type Syncer struct {
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
+	closed bool // Close began: no goroutine may join wg any more
 	peers  map[journal.NodeID]*peerState
 	change chan struct{} // closed and replaced whenever an ack or state changes
 	notify chan uint64
@@ -183,7 +184,7 @@ func (s *Syncer) AddPeer(p peers.Peer) {
 	defer s.mu.Unlock()
 	st := s.state(p.ID)
 	st.peer = p
-	if st.started || s.ctx.Err() != nil {
+	if st.started || s.closed || s.ctx.Err() != nil {
 		return
 	}
 	if p.Address == "" {
@@ -223,6 +224,11 @@ func (s *Syncer) update(id journal.NodeID, fn func(st *peerState)) {
 
 // Close stops pushing and receiving and waits for the goroutines.
 func (s *Syncer) Close() {
+	// wg.Add must not race wg.Wait: every Add happens under mu while
+	// closed is false.
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 }
@@ -294,7 +300,13 @@ func (s *Syncer) WaitSynced(ctx context.Context, seq uint64) error {
 // peers.ProtoSync, handshake done): it receives and applies its segments
 // until the connection ends.
 func (s *Syncer) ServeConn(ctx context.Context, conn *tls.Conn, id journal.NodeID) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return // shutting down: the caller closes conn
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	defer s.wg.Done()
 	s.update(id, func(st *peerState) { st.inbound++ })
 	defer s.update(id, func(st *peerState) { st.inbound-- })

@@ -16,7 +16,9 @@ import (
 // i reaches node j at proxy [i][j], so one link can be cut, slowed or
 // restored without touching the others or restarting anything.
 type cluster struct {
-	t       *testing.T
+	t     *testing.T // the (sub)test running now: failures go there
+	owner *testing.T // the test the cluster lives as long as
+
 	nodes   []*node
 	proxies map[[2]int]*toxiproxy.Proxy
 	srv     *toxiproxy.ApiServer
@@ -24,7 +26,7 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, proxies: map[[2]int]*toxiproxy.Proxy{},
+	c := &cluster{t: t, owner: t, proxies: map[[2]int]*toxiproxy.Proxy{},
 		srv: toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())}
 	for i := 0; i < n; i++ {
 		store, mnt := newStoreDirs(t)
@@ -149,7 +151,7 @@ func (c *cluster) restart(i int, kill bool) {
 	} else {
 		n.Stop()
 	}
-	n.mailfsProc = startMailfs(c.t, n.Store, n.Mnt, "--listen", n.Addr)
+	n.mailfsProc = startMailfsFor(c.t, c.owner, n.Store, n.Mnt, "--listen", n.Addr)
 }
 
 // converge heals everything, syncs every node and checks all trees equal.

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // mailfsBin is the binary under test, built by TestMain.
@@ -55,6 +57,11 @@ type mailfsProc struct {
 	log   *syncBuffer
 	done  chan struct{}
 	err   error
+	// fuseConn is the mount's connection number, under
+	// /sys/fs/fuse/connections: a SIGKILLed daemon whose own thread waits
+	// on its own mount (the syncer's applier) cannot exit until the
+	// connection is aborted.
+	fuseConn uint32
 }
 
 type syncBuffer struct {
@@ -95,8 +102,15 @@ func newStoreDirs(t testing.TB) (store, mnt string) {
 // stopped (SIGTERM, then SIGKILL and a lazy unmount) when t ends.
 func startMailfs(t testing.TB, store, mnt string, extra ...string) *mailfsProc {
 	t.Helper()
+	return startMailfsFor(t, t, store, mnt, extra...)
+}
+
+// startMailfsFor is startMailfs for a daemon that outlives t: owner stops
+// it when owner ends.
+func startMailfsFor(t, owner testing.TB, store, mnt string, extra ...string) *mailfsProc {
+	t.Helper()
 	requireFUSE(t)
-	p := &mailfsProc{t: t, Store: store, Mnt: mnt, log: &syncBuffer{}, done: make(chan struct{})}
+	p := &mailfsProc{t: owner, Store: store, Mnt: mnt, log: &syncBuffer{}, done: make(chan struct{})}
 	args := append([]string{"mount", "--store", store}, extra...)
 	args = append(args, mnt)
 	p.cmd = exec.Command(mailfsBin, args...)
@@ -109,10 +123,14 @@ func startMailfs(t testing.TB, store, mnt string, extra ...string) *mailfsProc {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.Stop() })
+	owner.Cleanup(func() { p.Stop() })
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if strings.Contains(p.log.String(), "mailfs ready") {
+			var st syscall.Stat_t
+			if err := syscall.Stat(mnt, &st); err == nil {
+				p.fuseConn = unix.Minor(st.Dev)
+			}
 			return p
 		}
 		select {
@@ -149,7 +167,14 @@ func (p *mailfsProc) Stop() {
 // Kill SIGKILLs the daemon and clears the dead mount, as an admin would.
 func (p *mailfsProc) Kill() {
 	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Second):
+		// Stuck on a request to its own mount: abort the connection, as
+		// an admin would (echo 1 > /sys/fs/fuse/connections/N/abort).
+		os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", p.fuseConn), []byte("1"), 0)
+		<-p.done
+	}
 	for i := 0; i < 50; i++ {
 		if err := syscall.Unmount(p.Mnt, syscall.MNT_DETACH); err == nil || err == syscall.EINVAL || err == syscall.ENOENT {
 			return

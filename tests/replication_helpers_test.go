@@ -67,7 +67,11 @@ func syncAll(t *testing.T, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
 		if out, errs, code := runMailfs(t, "sync", "--store", n.Store, "--timeout", "90s"); code != 0 {
-			t.Fatalf("mailfs sync on %s: exit %d: %s%s\nlog:\n%s", n.Name, code, out, errs, tail(n.Log(), 40))
+			var logs strings.Builder
+			for _, m := range nodes {
+				fmt.Fprintf(&logs, "--- %s:\n%s\n", m.Name, tail(m.Log(), 25))
+			}
+			t.Fatalf("mailfs sync on %s: exit %d: %s%s\nlogs:\n%s", n.Name, code, out, errs, logs.String())
 		}
 	}
 }
@@ -212,7 +216,22 @@ func checkConverged(t *testing.T, step string, nodes ...*node) treeState {
 	first := snapshot(t, nodes[0].Mnt)
 	for _, n := range nodes[1:] {
 		if d := diffTrees(first, snapshot(t, n.Mnt), nodes[0].Name, n.Name); d != "" {
-			t.Fatalf("%s: trees differ after sync:\n%s", step, d)
+			var ops strings.Builder
+			for _, m := range nodes {
+				for _, op := range journalOps(t, m.Store) {
+					if (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
+						(strings.HasSuffix(op.Kind, "ubscribe") && strings.Contains(d, "subscriptions")) ||
+						strings.HasPrefix(op.Kind, "Mailbox") {
+						fmt.Fprintf(&ops, "%s: %+v\n", m.Name, op)
+					}
+				}
+				for _, l := range strings.Split(m.Log(), "\n") {
+					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") {
+						fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
+					}
+				}
+			}
+			t.Fatalf("%s: trees differ after sync:\n%s\nrelated ops:\n%s", step, d, ops.String())
 		}
 	}
 	return first
@@ -286,13 +305,7 @@ func writeSubscriptions(t testing.TB, mnt, dir string, names ...string) {
 	if len(names) > 0 {
 		data += "\n"
 	}
-	p := filepath.Join(mnt, dir, "subscriptions")
-	if err := os.WriteFile(p+".lock", []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(p+".lock", p); err != nil {
-		t.Fatal(err)
-	}
+	replaceLocked(t, filepath.Join(mnt, dir, "subscriptions"), []byte(data))
 }
 
 func writeKeywords(t testing.TB, mnt, mb string, names ...string) {
@@ -301,12 +314,37 @@ func writeKeywords(t testing.TB, mnt, mb string, names ...string) {
 	for i, n := range names {
 		fmt.Fprintf(&b, "%d %s\n", i, n)
 	}
-	p := filepath.Join(mnt, mb, "dovecot-keywords")
-	if err := os.WriteFile(p+".lock", []byte(b.String()), 0o600); err != nil {
+	replaceLocked(t, filepath.Join(mnt, mb, "dovecot-keywords"), []byte(b.String()))
+}
+
+// replaceLocked replaces the file at p the way Dovecot does: a dotlock
+// p.lock created exclusively (waiting while another writer holds it),
+// written, then renamed over p.
+func replaceLocked(t testing.TB, p string, data []byte) {
+	t.Helper()
+	if err := replaceLockedErr(p, data, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(p+".lock", p); err != nil {
-		t.Fatal(err)
+}
+
+func replaceLockedErr(p string, data []byte, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := os.OpenFile(p+".lock", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			_, err = f.Write(data)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = os.Rename(p+".lock", p)
+			}
+			return err
+		}
+		if !os.IsExist(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -1,0 +1,280 @@
+package tests
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConvergenceRandom runs random scenarios on a two-node and a
+// three-node cluster: random mail operations on every node through its
+// mount, random link cuts and SIGKILL restarts, then heal and `mailfs
+// sync`: every store must be equal (mailboxes and GUIDs, messages with
+// bytes, flags, directory and mtime, subscriptions), no message that was
+// not expunged through a mount may be lost, and nothing expunged may come
+// back.
+//
+// It runs only when MAILFS_CONVERGE_SCENARIOS gives the number of
+// scenarios (split 3:2 between the clusters): it still finds divergences
+// with three nodes (concurrent moves, deletes and same-name creates; see
+// the README), so it is not yet part of the default run. MAILFS_CONVERGE_SEED
+// replays a run (a failure prints its seed and scenario).
+func TestConvergenceRandom(t *testing.T) {
+	total := 0
+	if v := os.Getenv("MAILFS_CONVERGE_SCENARIOS"); v == "" {
+		t.Skip("opt-in: set MAILFS_CONVERGE_SCENARIOS=N (e.g. 200) to run N random convergence scenarios")
+	}
+	t.Parallel()
+	if v := os.Getenv("MAILFS_CONVERGE_SCENARIOS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 {
+			t.Fatalf("MAILFS_CONVERGE_SCENARIOS=%q: want a number >= 2", v)
+		}
+		total = n
+	}
+	seed := time.Now().UnixNano()
+	if v := os.Getenv("MAILFS_CONVERGE_SEED"); v != "" {
+		s, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("MAILFS_CONVERGE_SEED=%q: %v", v, err)
+		}
+		seed = s
+	}
+	t.Logf("seed %d (replay with MAILFS_CONVERGE_SEED=%d MAILFS_CONVERGE_SCENARIOS=%d)", seed, seed, total)
+	three := total * 2 / 5
+	t.Run("two nodes", func(t *testing.T) {
+		t.Parallel()
+		runScenarios(t, 2, total-three, seed, 0)
+	})
+	t.Run("three nodes", func(t *testing.T) {
+		t.Parallel()
+		runScenarios(t, 3, three, seed, 1)
+	})
+}
+
+// world tracks what the scenarios did through the mounts, to check that
+// nothing was lost and nothing expunged came back.
+type world struct {
+	delivered map[string]string // key → user root it was delivered under
+	expunged  map[string]bool   // unlinked through a mount
+	moved     map[string]bool   // moved or copied across mailboxes
+	inDeleted map[string]bool   // in a mailbox when it was deleted
+}
+
+func runScenarios(t *testing.T, nodes, scenarios int, seed, stream int64) {
+	c := newCluster(t, nodes)
+	for s := 0; s < scenarios; s++ {
+		sseed := (seed+stream)*1000003 + int64(s)
+		ok := t.Run(fmt.Sprintf("scenario %d", s), func(t *testing.T) {
+			c.t = t
+			runScenario(t, c, fmt.Sprintf("s%d/Maildir", s), rand.New(rand.NewSource(sseed)))
+		})
+		if !ok {
+			t.Fatalf("scenario %d failed; replay: MAILFS_CONVERGE_SEED=%d (cluster of %d nodes, scenario %d)",
+				s, seed, nodes, s)
+		}
+	}
+}
+
+var folderNames = []string{".Sent", ".Archive", ".Work", ".Archive.2024"}
+
+func runScenario(t *testing.T, c *cluster, root string, rng *rand.Rand) {
+	w := &world{delivered: map[string]string{}, expunged: map[string]bool{}, moved: map[string]bool{}, inDeleted: map[string]bool{}}
+	n0 := c.nodes[rng.Intn(len(c.nodes))]
+	mkMailbox(t, n0.Mnt, root)
+	c.converge("scenario setup")
+	steps := 5 + rng.Intn(15)
+	seq := 0
+	killAt := -1
+	if rng.Intn(12) == 0 {
+		killAt = rng.Intn(steps)
+	}
+	for step := 0; step < steps; step++ {
+		if step == killAt {
+			i := rng.Intn(len(c.nodes))
+			c.restart(i, true)
+		}
+		if len(c.nodes) > 1 && rng.Intn(4) == 0 {
+			i, j := rng.Intn(len(c.nodes)), rng.Intn(len(c.nodes))
+			if i != j {
+				if rng.Intn(2) == 0 {
+					c.cut(i, j)
+				} else {
+					c.heal(i, j)
+				}
+			}
+		}
+		n := c.nodes[rng.Intn(len(c.nodes))]
+		seq++
+		randomOp(t, n, root, rng, w, seq)
+	}
+	st := c.converge("scenario end")
+	sameGUIDs(t, c)
+	// Nothing lost, nothing resurrected.
+	have := map[string]string{}
+	for mb, msgs := range st.Mailboxes {
+		if mb != root && !strings.HasPrefix(mb, root+"/") {
+			continue
+		}
+		for k := range msgs {
+			have[k] = mb
+		}
+	}
+	for k := range w.delivered {
+		_, there := have[k]
+		switch {
+		case !there && !w.expunged[k] && !w.inDeleted[k]:
+			for _, n := range c.nodes {
+				for _, op := range journalOps(t, n.Store) {
+					if op.Key == k || op.NewKey == k || (strings.HasPrefix(op.Kind, "Mailbox") && strings.HasPrefix(op.Path, root)) {
+						t.Logf("%s: %+v", n.Name, op)
+					}
+				}
+			}
+			t.Fatalf("message %s was lost (never expunged through a mount)", k)
+		case there && w.expunged[k] && !w.moved[k] && !w.inDeleted[k]:
+			t.Fatalf("message %s was expunged through a mount but is back in %s", k, have[k])
+		}
+	}
+}
+
+// mailboxesOf lists the mailboxes under root on n's mount.
+func mailboxesOf(n *node, root string) []string {
+	out := []string{root}
+	ents, _ := os.ReadDir(filepath.Join(n.Mnt, root))
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), ".") && !strings.Contains(e.Name(), "DOVECOT-TRASHED") {
+			if _, err := os.Stat(filepath.Join(n.Mnt, root, e.Name(), "cur")); err == nil {
+				out = append(out, root+"/"+e.Name())
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// messagesOf lists (sub, name) of the messages in mailbox mb on n.
+func messagesOf(n *node, mb string) [][2]string {
+	var out [][2]string
+	for _, sub := range []string{"new", "cur"} {
+		ents, _ := os.ReadDir(filepath.Join(n.Mnt, mb, sub))
+		for _, e := range ents {
+			out = append(out, [2]string{sub, e.Name()})
+		}
+	}
+	return out
+}
+
+func baseOf(name string) string { return strings.SplitN(name, ":", 2)[0] }
+
+// randomOp makes one random change through n's mount, as a mail client or
+// MDA would; an operation that loses a race with a change applied from a
+// peer simply fails, as it would for a client.
+func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq int) {
+	mbs := mailboxesOf(n, root)
+	mb := mbs[rng.Intn(len(mbs))]
+	msgs := messagesOf(n, mb)
+	pick := func() (string, string, bool) {
+		if len(msgs) == 0 {
+			return "", "", false
+		}
+		m := msgs[rng.Intn(len(msgs))]
+		return m[0], m[1], true
+	}
+	switch op := rng.Intn(100); {
+	case op < 30: // delivery
+		key := fmt.Sprintf("%d.M%dP%d.%s", 1700000000+seq, rng.Intn(1e6), seq, n.Name)
+		body := []byte(fmt.Sprintf("Subject: %s\r\n\r\n%s\r\n", key, strings.Repeat("x", rng.Intn(3000))))
+		mtime := time.Unix(1700000000+int64(rng.Intn(1e6)), 0)
+		if _, err := os.Stat(filepath.Join(n.Mnt, mb, "tmp")); err != nil {
+			return
+		}
+		if rng.Intn(2) == 0 {
+			deliverMsgErr(n.Mnt, mb, "new", key, body, mtime)
+		} else {
+			deliverMsgErr(n.Mnt, mb, "cur", key+":2,"+[]string{"", "S", "FS", "RS", "T"}[rng.Intn(5)], body, mtime)
+		}
+		w.delivered[key] = root
+	case op < 55: // flag change
+		sub, name, ok := pick()
+		if !ok {
+			return
+		}
+		letters := []string{"", "S", "FS", "RS", "DS", "F"}[rng.Intn(6)]
+		os.Rename(filepath.Join(n.Mnt, mb, sub, name), filepath.Join(n.Mnt, mb, "cur", baseOf(name)+":2,"+letters))
+	case op < 65: // expunge
+		sub, name, ok := pick()
+		if !ok {
+			return
+		}
+		if os.Remove(filepath.Join(n.Mnt, mb, sub, name)) == nil {
+			w.expunged[baseOf(name)] = true
+		}
+	case op < 73: // move or copy to another mailbox
+		sub, name, ok := pick()
+		dst := mbs[rng.Intn(len(mbs))]
+		if !ok || dst == mb {
+			return
+		}
+		w.moved[baseOf(name)] = true
+		if rng.Intn(2) == 0 {
+			os.Rename(filepath.Join(n.Mnt, mb, sub, name), filepath.Join(n.Mnt, dst, sub, name))
+		} else {
+			tmp := filepath.Join(n.Mnt, dst, "tmp", "copy."+name)
+			if os.Link(filepath.Join(n.Mnt, mb, sub, name), tmp) == nil {
+				os.Rename(tmp, filepath.Join(n.Mnt, dst, "cur", baseOf(name)+".copy"+strconv.Itoa(seq)+":2,S"))
+			}
+		}
+	case op < 82: // create a folder (names collide across nodes on purpose)
+		name := folderNames[rng.Intn(len(folderNames))]
+		p := filepath.Join(n.Mnt, root, name)
+		if os.Mkdir(p, 0o700) == nil {
+			os.Mkdir(filepath.Join(p, "tmp"), 0o700)
+			os.Mkdir(filepath.Join(p, "new"), 0o700)
+			os.Mkdir(filepath.Join(p, "cur"), 0o700)
+		}
+	case op < 87: // rename a folder
+		if mb == root {
+			return
+		}
+		to := filepath.Join(n.Mnt, root, folderNames[rng.Intn(len(folderNames))]+".r"+strconv.Itoa(seq))
+		os.Rename(filepath.Join(n.Mnt, mb), to)
+	case op < 92: // delete a folder, the way Dovecot does
+		if mb == root {
+			return
+		}
+		trash := filepath.Join(n.Mnt, root, "..DOVECOT-TRASHED")
+		if os.Rename(filepath.Join(n.Mnt, mb), trash) == nil {
+			for _, m := range msgs {
+				w.inDeleted[baseOf(m[1])] = true
+			}
+			os.RemoveAll(trash)
+		}
+	default: // subscriptions
+		names := []string{"INBOX"}
+		for _, f := range folderNames {
+			if rng.Intn(2) == 0 {
+				names = append(names, strings.TrimPrefix(f, "."))
+			}
+		}
+		data := "V\t2\n\n" + strings.Join(names, "\n") + "\n"
+		replaceLockedErr(filepath.Join(n.Mnt, root, "subscriptions"), []byte(data), time.Second)
+	}
+}
+
+// deliverMsgErr is deliverMsg for random scenarios: a failure (a peer's
+// change won a race) is not a test failure.
+func deliverMsgErr(mnt, mb, sub, name string, body []byte, mtime time.Time) error {
+	tmp := filepath.Join(mnt, mb, "tmp", baseOf(name))
+	if err := os.WriteFile(tmp, body, 0o600); err != nil {
+		return err
+	}
+	os.Chtimes(tmp, mtime, mtime)
+	return os.Rename(tmp, filepath.Join(mnt, mb, sub, name))
+}

@@ -45,6 +45,11 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if *syncTimeout < 0 {
 		return usageErr("--sync-timeout must not be negative")
 	}
+	if *syncTimeout > 0 {
+		// Refused rather than accepted and ignored: a delivery would not
+		// wait, whatever the admin asked.
+		return usageErr("--sync-timeout is not available in this version of mailfs (deliveries do not wait for peers yet)")
+	}
 	mountpoint, err := filepath.Abs(fs.Arg(0))
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -76,6 +77,45 @@ type mailFS struct {
 	remote atomic.Pointer[journal.Op]
 	// applyMu lets one peer op at a time be applied.
 	applyMu sync.Mutex
+	// deliveryWait, when set, is how a delivery waits for the peers'
+	// acknowledgement (mount --sync-timeout).
+	deliveryWait atomic.Pointer[deliveryWaiter]
+}
+
+type deliveryWaiter struct {
+	wait    func(ctx context.Context, seq uint64) error
+	timeout time.Duration
+}
+
+// SetDeliveryWait makes every delivery (a message renamed or linked into
+// new/ or cur/ from outside them) wait, after it is durable here, until
+// wait says the peers have it, for at most timeout (Dovecot's
+// replication_sync_timeout). A timeout is not an error: the delivery is
+// durable locally and replicates later.
+func (s *Server) SetDeliveryWait(wait func(ctx context.Context, seq uint64) error, timeout time.Duration) {
+	if wait == nil || timeout <= 0 {
+		s.m.deliveryWait.Store(nil)
+		return
+	}
+	s.m.deliveryWait.Store(&deliveryWaiter{wait: wait, timeout: timeout})
+}
+
+// waitPeers lets a delivery that journaled ops wait for the peers.
+func (m *mailFS) waitPeers(p *index.Pending) {
+	dw := m.deliveryWait.Load()
+	if dw == nil {
+		return
+	}
+	ops, err := p.Wait()
+	if err != nil || len(ops) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dw.timeout)
+	defer cancel()
+	if err := dw.wait(ctx, ops[len(ops)-1].Seq); err != nil {
+		m.log.Debug("delivery not acknowledged by every peer within --sync-timeout; it replicates later",
+			"seq", ops[len(ops)-1].Seq, "timeout", dw.timeout)
+	}
 }
 
 // Mount mounts the backing tree at mountpoint and serves it until

@@ -153,6 +153,11 @@ func (m *mailFS) submit(ctx context.Context, ev index.Event) (*index.Pending, er
 	return m.store.Submit(ev)
 }
 
+// byApplier reports whether the request is the syncer's applier at work.
+func (m *mailFS) byApplier(ctx context.Context) bool {
+	return m.remote.Load() != nil && fromSelf(ctx)
+}
+
 // fromSelf reports whether the FUSE request came from a thread of this
 // process: the kernel reports the calling thread's ID, and /proc/self/task
 // lists only this process's threads.
@@ -461,7 +466,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	if err != nil {
 		return n.m.errno("rename", absFrom+" -> "+absTo, err)
 	}
+	if !isDirFrom && isDelivery(from, to) && !n.m.byApplier(ctx) {
+		n.m.waitPeers(p)
+	}
 	return 0
+}
+
+// isDelivery reports whether a rename or link from -> to brings a message
+// into new/ or cur/ from outside them (an MDA's or IMAP APPEND's delivery).
+func isDelivery(from, to string) bool {
+	return maildir.Classify(to, false).Kind == maildir.KindMessage && maildir.Classify(from, false).Kind != maildir.KindMessage
 }
 
 func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {

@@ -133,3 +133,40 @@ func TestReplicateTwoMounts(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncTimeout checks mount --sync-timeout: a delivery returns once the
+// peer has it, and, with the peer down, after the timeout (the delivery is
+// durable locally and replicates later).
+func TestSyncTimeout(t *testing.T) {
+	t.Parallel()
+	var nodes []*node
+	for i, extra := range [][]string{{"--sync-timeout", "3s"}, nil} {
+		store, mnt := newStoreDirs(t)
+		name := fmt.Sprintf("node%c", 'a'+i)
+		addr := freeAddr(t)
+		initNode(t, store, name)
+		p := startMailfs(t, store, mnt, append([]string{"--listen", addr}, extra...)...)
+		nodes = append(nodes, &node{mailfsProc: p, Name: name, Addr: addr, ID: nodeID(t, statusJSON(t, store))})
+	}
+	a, b := nodes[0], nodes[1]
+	pairNodes(t, a, b)
+	waitConnected(t, a.Name, a.Store, b.ID, b.Name, b.Addr)
+	mb := "u/Maildir"
+	mkMailbox(t, a.Mnt, mb)
+	syncAll(t, a)
+	when := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("1900000%03d.M1.a", i)
+		deliverMsg(t, a.Mnt, mb, "new", key, []byte("Subject: wait\r\n\r\n"+key+"\r\n"), when)
+		// No sync: the delivery returned only once B had made it durable.
+		if _, err := os.Stat(filepath.Join(b.Store, "maildir", mb, "new", key)); err != nil {
+			t.Fatalf("delivery %d returned before the peer had it: %v", i, err)
+		}
+	}
+	b.Stop()
+	start := time.Now()
+	deliverMsg(t, a.Mnt, mb, "new", "1900000999.M1.a", []byte("Subject: peer down\r\n\r\n"), when)
+	if took := time.Since(start); took < 3*time.Second || took > 10*time.Second {
+		t.Fatalf("delivery with the peer down took %v, want the 3s --sync-timeout", took)
+	}
+}

@@ -45,11 +45,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if *syncTimeout < 0 {
 		return usageErr("--sync-timeout must not be negative")
 	}
-	if *syncTimeout > 0 {
-		// Refused rather than accepted and ignored: a delivery would not
-		// wait, whatever the admin asked.
-		return usageErr("--sync-timeout is not available in this version of mailfs (deliveries do not wait for peers yet)")
-	}
+
 	mountpoint, err := filepath.Abs(fs.Arg(0))
 	if err != nil {
 		return err
@@ -99,6 +95,9 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	}
 	if pl != nil {
 		pl.setSync(st.sync)
+	}
+	if *syncTimeout > 0 {
+		srv.SetDeliveryWait(st.sync.WaitSynced, *syncTimeout)
 	}
 	// The syncer applies peer ops through the mount: it stops before the
 	// unmount (defers run last in, first out).

@@ -137,6 +137,8 @@ type FlagChange struct {
 // the add it follows, and must still win over it.
 type earlyFlagsRec struct {
 	Flags map[string]FlagChange `json:"flags"`
+	// Cur: an early op had the message in cur/ (cur/ beats new/).
+	Cur bool `json:"cur,omitempty"`
 }
 
 type fileRec struct {

@@ -148,6 +148,7 @@ func (t *tx) noteEarlyFlags(g journal.GUID, key string, op *journal.Op) error {
 		ef.Flags = map[string]FlagChange{}
 	}
 	st := journal.StampOf(op)
+	ef.Cur = ef.Cur || op.Sub == journal.SubCur
 	for _, f := range op.Changed {
 		if old, ok := ef.Flags[f]; ok && st.Less(old.Stamp) {
 			continue
@@ -176,11 +177,11 @@ func (t *tx) takeEarlyFlags(g journal.GUID, key string, rec *messageRec) error {
 }
 
 // EarlyFlags returns the flag changes that arrived before message key of
-// mailbox g.
-func (v PeerView) EarlyFlags(g journal.GUID, key string) (map[string]FlagChange, error) {
+// mailbox g, and whether one of them had it in cur/.
+func (v PeerView) EarlyFlags(g journal.GUID, key string) (map[string]FlagChange, bool, error) {
 	var ef earlyFlagsRec
 	_, err := v.t.getRec(earlyFlagsKey(v.t.resolve(g), key), &ef)
-	return ef.Flags, err
+	return ef.Flags, ef.Cur, err
 }
 
 func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {

@@ -466,27 +466,32 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 		a.log.Debug("peer op without its body; a later op carries the message", "op", op.String())
 		return nil
 	}
-	flags, err := a.withEarlyFlags(mb.GUID, key, op)
+	flags, cur, err := a.withEarlyFlags(mb.GUID, key, op)
 	if err != nil {
 		return err
 	}
-	name, err := a.fileName(ctx, op, mb, key, op.Sub, flags)
+	sub := op.Sub
+	if cur {
+		sub = journal.SubCur
+	}
+	name, err := a.fileName(ctx, op, mb, key, sub, flags)
 	if err != nil {
 		return err
 	}
-	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, op.Sub, name, body, op.Mtime) })
+	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, sub, name, body, op.Mtime) })
 }
 
 // withEarlyFlags is the flags op adds a message with, after the flag
 // changes that overtook the add (from a third node) and are newer.
-func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]string, error) {
+func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]string, bool, error) {
 	var early map[string]index.FlagChange
+	var cur bool
 	if err := a.view(func(v index.PeerView) error {
 		var err error
-		early, err = v.EarlyFlags(g, key)
+		early, cur, err = v.EarlyFlags(g, key)
 		return err
 	}); err != nil || len(early) == 0 {
-		return op.Flags, err
+		return op.Flags, cur, err
 	}
 	st := journal.StampOf(op)
 	have := map[string]bool{}
@@ -504,7 +509,7 @@ func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]
 			out = append(out, f)
 		}
 	}
-	return journal.SortFlags(out), nil
+	return journal.SortFlags(out), cur, nil
 }
 
 // conflict keeps both messages that claim one key (rule 9): the older one

@@ -248,16 +248,27 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 		if op.Content.IsZero() || seen[op.Content] || op.LinkTarget != "" {
 			continue
 		}
-		var rel string
-		_ = s.cfg.Store.View(func(v index.PeerView) error {
-			rel = currentPath(v, op)
-			return nil
-		})
-		if rel == "" {
-			continue
+		// The message may be renamed (a flag change) between the index
+		// read and the open: look again. Only a message that is no longer
+		// there at all (expunged, or moved: the move carries it) goes
+		// without its body.
+		var f *os.File
+		for try := 0; try < 20 && f == nil; try++ {
+			var rel string
+			_ = s.cfg.Store.View(func(v index.PeerView) error {
+				rel = currentPath(v, op)
+				return nil
+			})
+			if rel == "" {
+				break
+			}
+			var err error
+			if f, err = os.Open(filepath.Join(s.cfg.Root, filepath.FromSlash(rel))); err != nil {
+				f = nil
+				time.Sleep(time.Millisecond)
+			}
 		}
-		f, err := os.Open(filepath.Join(s.cfg.Root, filepath.FromSlash(rel)))
-		if err != nil {
+		if f == nil {
 			continue
 		}
 		fi, err := f.Stat()

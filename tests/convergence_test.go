@@ -195,12 +195,15 @@ func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq 
 		if _, err := os.Stat(filepath.Join(n.Mnt, mb, "tmp")); err != nil {
 			return
 		}
+		var err error
 		if rng.Intn(2) == 0 {
-			deliverMsgErr(n.Mnt, mb, "new", key, body, mtime)
+			err = deliverMsgErr(n.Mnt, mb, "new", key, body, mtime)
 		} else {
-			deliverMsgErr(n.Mnt, mb, "cur", key+":2,"+[]string{"", "S", "FS", "RS", "T"}[rng.Intn(5)], body, mtime)
+			err = deliverMsgErr(n.Mnt, mb, "cur", key+":2,"+[]string{"", "S", "FS", "RS", "T"}[rng.Intn(5)], body, mtime)
 		}
-		w.delivered[key] = root
+		if err == nil {
+			w.delivered[key] = root
+		}
 	case op < 55: // flag change
 		sub, name, ok := pick()
 		if !ok {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -66,8 +65,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // pushSession connects to p, learns its cursor and streams segments until
 // the connection fails or the syncer stops.
 func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) error {
-	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", p.Address)
+	raw, err := peers.LinkDialer(10*time.Second).DialContext(ctx, "tcp", p.Address)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", p.Address, err)
 	}

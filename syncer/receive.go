@@ -39,15 +39,22 @@ func (b staged) remove() {
 	}
 }
 
-// countingReader counts the bytes received.
+// countingReader counts the bytes received, and remembers how the
+// connection failed, if it did.
 type countingReader struct {
 	r io.Reader
 	n int64
+	// err is the first read error other than a clean end (io.EOF, a TLS
+	// close_notify): a reset, a timeout, a TCP FIN without close_notify.
+	err error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
 	return n, err
 }
 
@@ -91,6 +98,13 @@ func (r *receiver) serve(ctx context.Context) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				r.log.Warn("peer push connection silent too long; dropped", "timeout", 4*s.cfg.Heartbeat)
+				return
+			}
+			if cr.err != nil {
+				// The network failed, not the peer's data: nobody is left
+				// to read a refusal, and nothing was refused.
+				r.log.Warn("peer push connection lost in the middle of a segment; nothing applied, the peer will resend",
+					"first_seq", h.Prev+1, "err", err)
 				return
 			}
 			writeNack(conn, err.Error())

@@ -59,7 +59,7 @@ func startPeerListener(st *openedStore, addr string, log *slog.Logger) (*peerLis
 	if err != nil {
 		return nil, "", fmt.Errorf("peer listener: %w", err)
 	}
-	raw, err := net.Listen("tcp", addr)
+	raw, err := peers.ListenLink(addr)
 	if err != nil {
 		return nil, "", fmt.Errorf("peer listener on %s: %w (choose another --listen HOST:PORT)", addr, err)
 	}

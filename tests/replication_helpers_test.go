@@ -226,7 +226,8 @@ func checkConverged(t *testing.T, step string, nodes ...*node) treeState {
 					}
 				}
 				for _, l := range strings.Split(m.Log(), "\n") {
-					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") {
+					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") ||
+						strings.Contains(l, "keeps mail") {
 						fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
 					}
 				}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -52,11 +53,18 @@ func (s *Syncer) pushLoop(p peers.Peer, st *peerState) {
 
 // countingWriter counts the bytes sent.
 type countingWriter struct {
-	w io.Writer
-	n int64
+	w    io.Writer
+	n    int64
+	conn net.Conn
+	idle time.Duration
 }
 
+// Write gives every write idle to complete: a slow link is fine as long as
+// it moves.
 func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.conn != nil {
+		c.conn.SetWriteDeadline(time.Now().Add(c.idle))
+	}
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
@@ -118,7 +126,7 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 		}
 	}()
 
-	cw := &countingWriter{w: conn}
+	cw := &countingWriter{w: conn, conn: conn, idle: 2 * time.Minute}
 	bw := bufio.NewWriterSize(cw, 64<<10)
 	sent := from
 	var inflight []uint64
@@ -129,7 +137,6 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	armAck := func() { ackTimeout.Reset(4*s.cfg.Heartbeat + time.Minute) }
 	for {
 		if len(inflight) < s.cfg.Window && sent < s.cfg.Store.Seq() {
-			conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
 			before := cw.n
 			last, n, err := s.writeSegment(bw, sent, epoch)
 			if err == nil {
@@ -175,7 +182,6 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 			if len(inflight) > 0 {
 				continue
 			}
-			conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
 			if _, _, err := s.writeSegment(bw, sent, epoch); err != nil {
 				return fmt.Errorf("heartbeat: %w", err)
 			}
@@ -194,8 +200,14 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 
 var errSegmentFull = errors.New("segment full")
 
-// segmentBytes bounds the encoded ops of one segment.
-const segmentBytes = 4 << 20
+// segmentBytes bounds the encoded ops of one segment; segmentBodyBytes the
+// bodies it carries (past the first op): a segment is received and applied
+// whole before its ack, so it must cross a slow link well within the ack
+// timeout, and a dropped connection should cost at most one segment.
+const (
+	segmentBytes     = 4 << 20
+	segmentBodyBytes = 32 << 20
+)
 
 // writeSegment writes the ops after seq after (up to MaxSegmentOps) with the
 // bodies the peer needs, and returns the last seq written. With no ops
@@ -203,12 +215,21 @@ const segmentBytes = 4 << 20
 func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64) (last uint64, n int, err error) {
 	var ops []journal.Op
 	size := 0
+	var bodySize int64
 	err = s.cfg.Store.Ops(after+1, func(op *journal.Op) error {
 		if len(ops) >= s.cfg.MaxSegmentOps || size > segmentBytes {
 			return errSegmentFull
 		}
+		body := int64(0)
+		if !op.Content.IsZero() && op.LinkTarget == "" {
+			body = op.Size
+		}
+		if len(ops) > 0 && bodySize+body > segmentBodyBytes {
+			return errSegmentFull
+		}
 		ops = append(ops, *op)
 		size += 128 + len(op.Path) + len(op.NewPath) + len(op.Key)
+		bodySize += body
 		return nil
 	})
 	if err != nil && !errors.Is(err, errSegmentFull) {

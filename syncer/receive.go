@@ -58,6 +58,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// idleReader pushes conn's read deadline idle into the future before every
+// read: a peer is dropped when it sends nothing for idle, not when one large
+// segment takes longer than idle to arrive over a slow link.
+type idleReader struct {
+	conn net.Conn
+	idle time.Duration
+}
+
+func (r idleReader) Read(p []byte) (int, error) {
+	r.conn.SetReadDeadline(time.Now().Add(r.idle))
+	return r.conn.Read(p)
+}
+
 func (r *receiver) serve(ctx context.Context) {
 	s := r.s
 	conn := r.conn
@@ -84,8 +97,8 @@ func (r *receiver) serve(ctx context.Context) {
 	}
 	r.log.Info("peer connected to push its journal", "peer_epoch", epoch, "peer_seq", seq, "applied_seq", curSeq,
 		"same_epoch", curEpoch == epoch)
+	cr.r = idleReader{conn: conn, idle: 4 * s.cfg.Heartbeat}
 	for {
-		conn.SetReadDeadline(time.Now().Add(4 * s.cfg.Heartbeat))
 		before := cr.n
 		h, ops, bodies, err := r.readSegment(br, curEpoch, curSeq)
 		s.update(r.peer, func(st *peerState) { st.bytesRecv += cr.n - before })

@@ -584,30 +584,7 @@ func subName(s journal.Sub) string {
 // mergeFlags merges op's flags into the local message one flag at a time,
 // the newest change of each winning (rule 6); cur/ beats new/.
 func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailbox, local index.Message, changed []string) error {
-	st := journal.StampOf(op)
-	want := map[string]bool{}
-	for _, f := range op.Flags {
-		want[f] = true
-	}
-	have := map[string]bool{}
-	for _, f := range local.Flags {
-		have[f] = true
-	}
-	for _, f := range changed {
-		if ls, ok := local.FlagStamps[f]; ok && st.Less(ls) {
-			continue
-		}
-		if want[f] {
-			have[f] = true
-		} else {
-			delete(have, f)
-		}
-	}
-	flags := make([]string, 0, len(have))
-	for f := range have {
-		flags = append(flags, f)
-	}
-	flags = journal.SortFlags(flags)
+	flags := mergedFlags(local, op, changed)
 	sub := local.Sub
 	if op.Sub == journal.SubCur {
 		sub = journal.SubCur
@@ -737,7 +714,7 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		// Already in the target (a replayed op): the source goes.
 		return a.unlinkMessage(op, srcMb, src)
 	}
-	flags := mergedFlags(src, op)
+	flags := mergedFlags(src, op, op.Changed)
 	sub := op.Sub
 	if src.Sub == journal.SubCur {
 		sub = journal.SubCur // cur/ beats new/
@@ -762,27 +739,25 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	return a.meta(ctx, op)
 }
 
-// mergedFlags is the flag set a moved message gets: the local flags with
-// op's changes applied where they are newer.
-func mergedFlags(local index.Message, op *journal.Op) []string {
+// mergedFlags is local's flags with op's changes to the flags in changed
+// applied where they are newer than local's own (rule 6).
+func mergedFlags(local index.Message, op *journal.Op, changed []string) []string {
 	st := journal.StampOf(op)
 	have := map[string]bool{}
 	for _, f := range local.Flags {
 		have[f] = true
 	}
-	for _, f := range op.Changed {
+	for _, f := range changed {
 		if ls, ok := local.FlagStamps[f]; ok && st.Less(ls) {
 			continue
 		}
-		if slices.Contains(op.Flags, f) {
-			have[f] = true
-		} else {
-			delete(have, f)
-		}
+		have[f] = slices.Contains(op.Flags, f)
 	}
 	out := make([]string, 0, len(have))
-	for f := range have {
-		out = append(out, f)
+	for f, p := range have {
+		if p {
+			out = append(out, f)
+		}
 	}
 	return journal.SortFlags(out)
 }

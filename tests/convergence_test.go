@@ -207,9 +207,9 @@ func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq 
 		}
 		var err error
 		if rng.Intn(2) == 0 {
-			err = deliverMsgErr(n.Mnt, mb, "new", key, body, mtime)
+			err = deliverErr(n.Mnt, mb, "new", key, body, mtime)
 		} else {
-			err = deliverMsgErr(n.Mnt, mb, "cur", key+":2,"+[]string{"", "S", "FS", "RS", "T"}[rng.Intn(5)], body, mtime)
+			err = deliverErr(n.Mnt, mb, "cur", key+":2,"+[]string{"", "S", "FS", "RS", "T"}[rng.Intn(5)], body, mtime)
 		}
 		if err == nil {
 			w.delivered[key] = root
@@ -279,15 +279,4 @@ func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq 
 		data := "V\t2\n\n" + strings.Join(names, "\n") + "\n"
 		replaceLockedErr(filepath.Join(n.Mnt, root, "subscriptions"), []byte(data), time.Second)
 	}
-}
-
-// deliverMsgErr is deliverMsg for random scenarios: a failure (a peer's
-// change won a race) is not a test failure.
-func deliverMsgErr(mnt, mb, sub, name string, body []byte, mtime time.Time) error {
-	tmp := filepath.Join(mnt, mb, "tmp", baseOf(name))
-	if err := os.WriteFile(tmp, body, 0o600); err != nil {
-		return err
-	}
-	os.Chtimes(tmp, mtime, mtime)
-	return os.Rename(tmp, filepath.Join(mnt, mb, sub, name))
 }

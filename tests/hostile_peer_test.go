@@ -126,7 +126,7 @@ func TestHostilePeer(t *testing.T) {
 		}
 		t.Logf("refused: %s", reason)
 		hpExpectDropped(t, conn)
-		hpWaitLogSince(t, a.mailfsProc, off, 10*time.Second,
+		waitLogSince(t, a.mailfsProc, off, 10*time.Second,
 			append([]string{"refused a peer's replication data", "level=WARN", at.want}, at.alsoLog...)...)
 		h.checkUnchanged(t, before, 1)
 		for _, p := range at.absent {
@@ -146,7 +146,7 @@ func TestHostilePeer(t *testing.T) {
 		if err := dialSync(a.Addr, stranger, pinA); err == nil || !strings.Contains(err.Error(), "bad certificate") {
 			t.Fatalf("an unpaired node's replication connection: %v, want the TLS alert bad certificate", err)
 		}
-		hpWaitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused connection from an unpaired node",
+		waitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused connection from an unpaired node",
 			peers.FormatID(stranger.ID))
 		h.checkUnchanged(t, before, 0)
 	})
@@ -191,7 +191,7 @@ func TestHostilePeer(t *testing.T) {
 			t.Fatalf("replayed segment: refusal %q, err %v; want a refusal naming the replay", reason, err)
 		}
 		hpExpectDropped(t, conn)
-		hpWaitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused a peer's replication data", "replayed or missing ops")
+		waitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused a peer's replication data", "replayed or missing ops")
 		h.checkUnchanged(t, before, 1)
 	})
 
@@ -418,7 +418,7 @@ func TestHostilePeer(t *testing.T) {
 				ack, reason, err)
 		}
 		hpExpectDropped(t, c2)
-		hpWaitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused a peer's replication data", "replayed or missing ops")
+		waitLogSince(t, a.mailfsProc, off, 10*time.Second, "refused a peer's replication data", "replayed or missing ops")
 		h.checkUnchanged(t, before, 1)
 		// The first connection carries on.
 		body5 := []byte("From: m@mallory.example\r\nSubject: fifth\r\n\r\nfive\r\n")
@@ -718,27 +718,6 @@ func hpListDir(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
-}
-
-// hpWaitLogSince waits until what p logged after offset off mentions every
-// one of subs.
-func hpWaitLogSince(t *testing.T, p *mailfsProc, off int, timeout time.Duration, subs ...string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		log := p.Log()[off:]
-		all := true
-		for _, s := range subs {
-			all = all && strings.Contains(log, s)
-		}
-		if all {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon log does not mention %q after %v; it logged:\n%s", subs, timeout, log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 var hpCastagnoli = crc32.MakeTable(crc32.Castagnoli)

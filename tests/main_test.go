@@ -109,11 +109,18 @@ func startMailfs(t testing.TB, store, mnt string, extra ...string) *mailfsProc {
 // it when owner ends.
 func startMailfsFor(t, owner testing.TB, store, mnt string, extra ...string) *mailfsProc {
 	t.Helper()
+	return startMailfsWrapped(t, owner, nil, store, mnt, extra...)
+}
+
+// startMailfsWrapped is startMailfsFor with the daemon started through
+// wrapper (a command that execs its arguments, such as nsenter).
+func startMailfsWrapped(t, owner testing.TB, wrapper []string, store, mnt string, extra ...string) *mailfsProc {
+	t.Helper()
 	requireFUSE(t)
 	p := &mailfsProc{t: owner, Store: store, Mnt: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	args := append([]string{"mount", "--store", store}, extra...)
+	args := append(append(append([]string{}, wrapper...), mailfsBin, "mount", "--store", store), extra...)
 	args = append(args, mnt)
-	p.cmd = exec.Command(mailfsBin, args...)
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.Env = append(os.Environ(), "MAILFS_LOG=info")
 	if err := p.cmd.Start(); err != nil {

@@ -88,9 +88,16 @@ func checkHasPeer(t *testing.T, who string, st map[string]any, id, name, addr st
 
 func waitLog(t *testing.T, p *mailfsProc, timeout time.Duration, subs ...string) {
 	t.Helper()
+	waitLogSince(t, p, 0, timeout, subs...)
+}
+
+// waitLogSince waits until what p logged after byte offset off mentions
+// every one of subs.
+func waitLogSince(t *testing.T, p *mailfsProc, off int, timeout time.Duration, subs ...string) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		log := p.Log()
+		log := p.Log()[off:]
 		all := true
 		for _, s := range subs {
 			all = all && strings.Contains(log, s)

@@ -242,25 +242,35 @@ func checkConverged(t *testing.T, step string, nodes ...*node) treeState {
 // fsync, rename) with the given name in sub, and the given mtime.
 func deliverMsg(t testing.TB, mnt, mb, sub, name string, body []byte, mtime time.Time) {
 	t.Helper()
+	if err := deliverErr(mnt, mb, sub, name, body, mtime); err != nil {
+		t.Fatalf("deliver %s into %s: %v", name, mb, err)
+	}
+}
+
+// deliverErr is deliverMsg returning its error (for goroutines, and for
+// random scenarios where a peer's change may win a race).
+func deliverErr(mnt, mb, sub, name string, body []byte, mtime time.Time) error {
 	base := strings.SplitN(name, ":", 2)[0]
 	tmp := filepath.Join(mnt, mb, "tmp", base)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		t.Fatalf("deliver: %v", err)
+		return err
 	}
-	if _, err := f.Write(body); err != nil {
-		t.Fatal(err)
+	_, err = f.Write(body)
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	f.Close()
-	if err := os.Chtimes(tmp, mtime, mtime); err != nil {
-		t.Fatal(err)
+	if err == nil {
+		err = os.Chtimes(tmp, mtime, mtime)
 	}
-	if err := os.Rename(tmp, filepath.Join(mnt, mb, sub, name)); err != nil {
-		t.Fatalf("deliver: %v", err)
+	if err != nil {
+		os.Remove(tmp)
+		return err
 	}
+	return os.Rename(tmp, filepath.Join(mnt, mb, sub, name))
 }
 
 // mkMailbox creates a Maildir (tmp, new, cur) at mb under mnt.

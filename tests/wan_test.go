@@ -12,14 +12,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 )
 
 // wanNet is the test's network: two network namespaces, each holding one
@@ -100,65 +98,7 @@ func newWANNet(t *testing.T) *wanNet {
 // place, so signals reach the daemon itself and Stop/Kill work as usual.
 func startMailfsNetns(t *testing.T, ns, store, mnt string, extra ...string) *mailfsProc {
 	t.Helper()
-	requireFUSE(t)
-	p := &mailfsProc{t: t, Store: store, Mnt: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	args := []string{"--net=" + filepath.Join("/var/run/netns", ns), "--", mailfsBin, "mount", "--store", store}
-	args = append(append(args, extra...), mnt)
-	p.cmd = exec.Command("nsenter", args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = append(os.Environ(), "MAILFS_LOG=info")
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start mailfs in %s: %v", ns, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() { p.Stop() })
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if strings.Contains(p.log.String(), "mailfs ready") {
-			var st syscall.Stat_t
-			if err := syscall.Stat(mnt, &st); err == nil {
-				p.fuseConn = unix.Minor(st.Dev)
-			}
-			return p
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("mailfs (netns %s) exited before it was ready: %v\n%s", ns, p.err, p.log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mailfs (netns %s) not ready after 60s:\n%s", ns, p.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// deliverErr is deliverMsg for goroutines: it returns its error.
-func deliverErr(mnt, mb, sub, name string, body []byte, mtime time.Time) error {
-	base := strings.SplitN(name, ":", 2)[0]
-	tmp := filepath.Join(mnt, mb, "tmp", base)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(body); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chtimes(tmp, mtime, mtime); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(mnt, mb, sub, name))
+	return startMailfsWrapped(t, t, []string{"nsenter", "--net=" + filepath.Join("/var/run/netns", ns), "--"}, store, mnt, extra...)
 }
 
 // wanBody is a message of about size bytes whose text is random (so it

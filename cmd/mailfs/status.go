@@ -35,21 +35,14 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	var rep statusReply
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = controlCall(ctx, paths, controlRequest{Cmd: "status"}, func(raw json.RawMessage) error {
-		return json.Unmarshal(raw, &rep)
-	})
-	if errors.Is(err, errNotRunning) {
-		st, oerr := openForQuery(paths, newLogger(stderr))
-		if oerr != nil {
-			return oerr
-		}
-		ps, perr := peerStatus(st)
-		rep = statusReply{Node: nodeStatus(st), Peers: ps}
-		st.Close()
-		if perr != nil {
-			return perr
-		}
-	} else if err != nil {
+	err = queryStore(ctx, paths, stderr, controlRequest{Cmd: "status"},
+		func(raw json.RawMessage) error { return json.Unmarshal(raw, &rep) },
+		func(st *openedStore) error {
+			ps, err := peerStatus(st)
+			rep = statusReply{Node: nodeStatus(st), Peers: ps}
+			return err
+		})
+	if err != nil {
 		return err
 	}
 	if rep.Peers == nil {
@@ -129,13 +122,24 @@ func runJournal(args []string, stdout, stderr io.Writer) error {
 		_, err := fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\t%s\t%v\n", l.Seq, l.Kind, l.Path+l.NewPath, l.Key, l.Name, l.Flags)
 		return err
 	}
-	err = controlCall(context.Background(), paths, controlRequest{Cmd: "journal", Since: *since}, func(raw json.RawMessage) error {
-		var l journalLine
-		if err := json.Unmarshal(raw, &l); err != nil {
-			return err
-		}
-		return print(l)
-	})
+	return queryStore(context.Background(), paths, stderr, controlRequest{Cmd: "journal", Since: *since},
+		func(raw json.RawMessage) error {
+			var l journalLine
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return err
+			}
+			return print(l)
+		},
+		func(st *openedStore) error {
+			return st.index.Ops(*since, func(op *journalOp) error { return print(opLine(op)) })
+		})
+}
+
+// queryStore asks the daemon running for the store (each reply line goes
+// to fromDaemon) or, when none runs, opens the store read-only for offline.
+func queryStore(ctx context.Context, paths storePaths, stderr io.Writer, req controlRequest,
+	fromDaemon func(json.RawMessage) error, offline func(*openedStore) error) error {
+	err := controlCall(ctx, paths, req, fromDaemon)
 	if !errors.Is(err, errNotRunning) {
 		return err
 	}
@@ -144,7 +148,7 @@ func runJournal(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	return st.index.Ops(*since, func(op *journalOp) error { return print(opLine(op)) })
+	return offline(st)
 }
 
 func runMailboxes(args []string, stdout, stderr io.Writer) error {
@@ -166,25 +170,21 @@ func runMailboxes(args []string, stdout, stderr io.Writer) error {
 	}
 	paths := storePaths{Dir: dir}
 	var lines []mailboxLine
-	err = controlCall(context.Background(), paths, controlRequest{Cmd: "mailboxes"}, func(raw json.RawMessage) error {
-		var l mailboxLine
-		if err := json.Unmarshal(raw, &l); err != nil {
-			return err
-		}
-		lines = append(lines, l)
-		return nil
-	})
-	if errors.Is(err, errNotRunning) {
-		st, oerr := openForQuery(paths, newLogger(stderr))
-		if oerr != nil {
-			return oerr
-		}
-		err = st.index.Mailboxes(func(mb index.Mailbox) error {
-			lines = append(lines, mailboxLineOf(mb))
+	err = queryStore(context.Background(), paths, stderr, controlRequest{Cmd: "mailboxes"},
+		func(raw json.RawMessage) error {
+			var l mailboxLine
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return err
+			}
+			lines = append(lines, l)
 			return nil
+		},
+		func(st *openedStore) error {
+			return st.index.Mailboxes(func(mb index.Mailbox) error {
+				lines = append(lines, mailboxLineOf(mb))
+				return nil
+			})
 		})
-		st.Close()
-	}
 	if err != nil {
 		return err
 	}

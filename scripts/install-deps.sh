@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what mailfs needs on a Debian machine (run as root).
 #   scripts/install-deps.sh          fuse3 (to mount) and a Go toolchain (to build)
-#   scripts/install-deps.sh --test   also Dovecot (imapd, lmtpd) for the end-to-end tests
+#   scripts/install-deps.sh --test   also Dovecot (imapd, lmtpd, core for doveadm), and iproute2 and
+#                                    util-linux (ip netns, nsenter) for the end-to-end tests
 set -euo pipefail
 
 want=(fuse3)
-[ "${1:-}" = "--test" ] && want+=(dovecot-imapd dovecot-lmtpd)
+[ "${1:-}" = "--test" ] && want+=(dovecot-imapd dovecot-lmtpd dovecot-core iproute2 util-linux)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || want+=(golang-go)
 
 missing=()

@@ -41,10 +41,12 @@ type applier struct {
 	// locks holds the dovecot-uidlist.lock dotlocks taken while applying a
 	// segment, by mailbox path; released when the segment is done.
 	locks map[string]string
+	// resolved counts a conflict resolved by a merge rule (metrics).
+	resolved func(rule string)
 }
 
 func newApplier(store *index.Store, mnt Mount, log *slog.Logger) *applier {
-	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}}
+	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}, resolved: func(string) {}}
 }
 
 // errRace is a local change that raced the applier (a file renamed or
@@ -186,6 +188,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			a.log.Info("merging two mailboxes created at the same path (the higher GUID is kept)", "path", p,
 				"kept", winner.String(), "merged", loser.String())
+			a.resolved(ruleSamePathMerge)
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner}); err != nil {
 				return index.Mailbox{}, err
 			}
@@ -361,6 +364,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		if unseen > 0 {
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
 				"mailbox", mb.GUID.String(), "kept", unseen)
+			a.resolved(ruleUnseenKept)
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
 				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
 				return err
@@ -531,6 +535,7 @@ func (a *applier) conflict(ctx context.Context, op *journal.Op, mb index.Mailbox
 		}
 		a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
 			"key", key, "peer_copy", ckey)
+		a.resolved(ruleKeyConflict)
 		name, err := a.fileName(ctx, op, mb, ckey, op.Sub, op.Flags)
 		if err != nil {
 			return err
@@ -550,6 +555,7 @@ func (a *applier) conflict(ctx context.Context, op *journal.Op, mb index.Mailbox
 	}
 	a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
 		"key", key, "local_copy", ckey)
+	a.resolved(ruleKeyConflict)
 	sub := subName(local.Sub)
 	if err := a.mnt.Apply(op, func() error {
 		if err := a.lockMailbox(mb.Path); err != nil {

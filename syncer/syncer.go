@@ -46,6 +46,7 @@ type Syncer struct {
 	cfg     Config
 	log     *slog.Logger
 	applier *applier
+	counts  *counters
 	// applyMu lets one segment at a time be applied (from any peer).
 	applyMu sync.Mutex
 
@@ -124,10 +125,14 @@ func New(cfg Config) *Syncer {
 	}
 	log := cfg.Logger.With("component", "sync")
 	ctx, cancel := context.WithCancel(context.Background())
+	counts := newCounters()
+	ap := newApplier(cfg.Store, cfg.Mount, log)
+	ap.resolved = counts.conflict
 	return &Syncer{
 		cfg:     cfg,
 		log:     log,
-		applier: newApplier(cfg.Store, cfg.Mount, log),
+		counts:  counts,
+		applier: ap,
 		ctx:     ctx,
 		cancel:  cancel,
 		peers:   map[journal.NodeID]*peerState{},

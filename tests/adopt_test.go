@@ -3,9 +3,11 @@ package tests
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -177,5 +179,91 @@ func TestChangesWhileUnmounted(t *testing.T) {
 	}
 	if flags != 1 || add != 1 {
 		t.Fatalf("ops journaled at mount:\n%s", dumpOps(got))
+	}
+}
+
+// TestAdoptionInterruptedAndResumed stops an adoption half-way twice — a
+// SIGINT (exit 75, "run again to resume") and then a SIGKILL — and runs it
+// a third time: the result is the same as one uninterrupted run, with every
+// message journaled exactly once and every GUID kept. Progress says how far
+// it is and when it will be done.
+func TestAdoptionInterruptedAndResumed(t *testing.T) {
+	t.Parallel()
+	n := 30000
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "vmail")
+	guids := writeMaildirTree(t, maildir, n)
+	store := filepath.Join(dir, "store")
+	args := []string{"init", "--store", store, "--maildir", maildir, "--name", "adopted"}
+
+	stopAtProgress := func(sig syscall.Signal) (string, int) {
+		t.Helper()
+		cmd := exec.Command(mailfsBin, args...)
+		var errs syncBuffer
+		cmd.Stderr = &errs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		deadline := time.Now().Add(2 * time.Minute)
+		for !strings.Contains(errs.String(), "eta=") {
+			select {
+			case <-done:
+				t.Fatalf("init finished before it could be interrupted (tree too small for this machine?):\n%s", errs.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("no progress from init within 2m:\n%s", errs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cmd.Process.Signal(sig)
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			t.Fatalf("init did not stop within 1m of %v:\n%s", sig, errs.String())
+		}
+		return errs.String(), cmd.ProcessState.ExitCode()
+	}
+
+	errs, code := stopAtProgress(syscall.SIGINT)
+	if code != 75 || !strings.Contains(errs, "run the same init again to resume") {
+		t.Fatalf("init after SIGINT: exit %d, want 75 and a hint to resume:\n%s", code, errs)
+	}
+	if !strings.Contains(errs, fmt.Sprintf("total=%d", n)) || !strings.Contains(errs, "eta=") || !strings.Contains(errs, "percent=") {
+		t.Fatalf("adoption progress lacks total, percent or ETA:\n%s", errs)
+	}
+	if errs, _ := stopAtProgress(syscall.SIGKILL); strings.Contains(errs, "Maildir tree indexed") {
+		t.Fatalf("the second init finished before SIGKILL:\n%s", errs)
+	}
+	out, errs, code := runMailfs(t, args...)
+	if code != 0 || !strings.Contains(errs, "Maildir tree indexed") {
+		t.Fatalf("resumed init: exit %d\n%s%s", code, out, errs)
+	}
+	adds := map[string]int{}
+	for _, op := range journalOps(t, store) {
+		switch op.Kind {
+		case "MailboxCreate":
+			if want := guids[op.Path]; op.Mailbox != want {
+				t.Fatalf("mailbox %s got GUID %s, want %s from its dovecot-uidlist", op.Path, op.Mailbox, want)
+			}
+		case "MessageAdd":
+			adds[op.Path+"/"+op.Key]++
+		}
+	}
+	if len(adds) != n {
+		t.Fatalf("%d messages journaled after the resumed adoption, want %d", len(adds), n)
+	}
+	for k, c := range adds {
+		if c != 1 {
+			t.Fatalf("%s journaled %d times", k, c)
+		}
+	}
+	st := statusJSON(t, store)["node"].(map[string]any)
+	if st["messages"].(float64) != float64(n) || st["mailboxes"].(float64) != 2 {
+		t.Fatalf("status after the resumed adoption: %v", st)
 	}
 }

@@ -81,6 +81,8 @@ type peerState struct {
 	opsSent     int64
 	opsApplied  int64
 	refused     int64
+	// catchUp tracks a session that started far behind (nil: none).
+	catchUp *catchUp
 }
 
 // PeerStatus is one peer's replication state, for `mailfs status`.
@@ -101,6 +103,9 @@ type PeerStatus struct {
 	OpsSent     int64
 	OpsApplied  int64
 	Refused     int64
+	// CatchUp is the progress of a catch-up running now (a first sync to
+	// an empty peer, or one back from a long outage), nil if none.
+	CatchUp *CatchUp
 }
 
 // New returns a Syncer; Start begins pushing.
@@ -251,6 +256,10 @@ func (s *Syncer) Status() []PeerStatus {
 			AckedSeq: st.acked, LastSuccess: st.lastSuccess, LastFailure: st.lastFailure, LastError: st.lastError,
 			LastReceive: st.lastReceive, BytesSent: st.bytesSent, BytesRecv: st.bytesRecv, OpsSent: st.opsSent,
 			OpsApplied: st.opsApplied, Refused: st.refused}
+		if st.catchUp != nil {
+			pr := st.catchUp.progress(time.Now())
+			ps.CatchUp = &pr
+		}
 		if st.ackedEpoch == s.cfg.Store.Epoch() && seq > st.acked {
 			ps.LagOps = seq - st.acked
 		} else if st.ackedEpoch != s.cfg.Store.Epoch() {

@@ -267,3 +267,85 @@ func TestAdoptionInterruptedAndResumed(t *testing.T) {
 		t.Fatalf("status after the resumed adoption: %v", st)
 	}
 }
+
+// TestAdoptAndPair adopts a Maildir tree in place (every mailbox GUID kept
+// from dovecot-uidlist), pairs the adopted node with an empty one, and
+// waits for the first sync: both trees end equal, with the same GUIDs, and
+// the catch-up reports its progress in status and the log. It logs the
+// adoption and first-sync rates. MAILFS_ADOPT_PAIR_MESSAGES sets the size
+// (default 3000; 50000 for the full check).
+func TestAdoptAndPair(t *testing.T) {
+	t.Parallel()
+	n := 3000
+	if v := os.Getenv("MAILFS_ADOPT_PAIR_MESSAGES"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "vmail")
+	guids := writeMaildirTree(t, maildir, n)
+	var raw int64
+	filepath.Walk(maildir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && strings.Contains(p, "/cur/") {
+			raw += fi.Size()
+		}
+		return nil
+	})
+
+	storeA, mntA := newStoreDirs(t)
+	os.Remove(storeA) // init --maildir makes it
+	addrA := freeAddr(t)
+	start := time.Now()
+	initNode(t, storeA, "adopted", "--maildir", maildir, "--listen", addrA)
+	adoption := time.Since(start)
+	a := &node{mailfsProc: startMailfs(t, storeA, mntA), Name: "adopted", Addr: addrA}
+	a.ID = nodeID(t, statusJSON(t, storeA))
+	got := mailboxGUIDs(t, storeA)
+	for mb, g := range guids {
+		if got[mb] != g {
+			t.Fatalf("adopted mailbox %s has GUID %s, want %s from its dovecot-uidlist", mb, got[mb], g)
+		}
+	}
+
+	storeB, mntB := newStoreDirs(t)
+	addrB := freeAddr(t)
+	initNode(t, storeB, "empty", "--listen", addrB)
+	b := &node{mailfsProc: startMailfs(t, storeB, mntB), Name: "empty", Addr: addrB}
+	b.ID = nodeID(t, statusJSON(t, storeB))
+	start = time.Now()
+	pairNodes(t, a, b)
+
+	// The first sync is a catch-up: status shows its progress while it runs.
+	sawCatchUp := false
+	for time.Since(start) < 30*time.Minute {
+		p := peerState(t, a, b.ID)
+		if c, ok := p["catch_up"].(map[string]any); ok && c != nil {
+			sawCatchUp = c["total_ops"].(float64) >= float64(n) && c["total_bytes"].(float64) >= float64(raw)
+			if !sawCatchUp {
+				t.Fatalf("catch-up progress %v: want at least %d ops and %d bytes in total", c, n, raw)
+			}
+			break
+		}
+		if p != nil && p["lag_ops"] == float64(0) && p["acked_seq"].(float64) > 0 {
+			break // done before status was asked
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out, errs, code := runMailfs(t, "sync", "--store", a.Store, "--timeout", "30m"); code != 0 {
+		t.Fatalf("mailfs sync after pairing: exit %d: %s%s\n%s", code, out, errs, tail(a.Log(), 20))
+	}
+	first := time.Since(start)
+	t.Logf("adopted %d messages (%.1f MiB) in %v: %.0f messages/s; first sync to an empty peer in %v: %.0f messages/s, %.1f MiB/s",
+		n, float64(raw)/(1<<20), adoption.Round(time.Millisecond), float64(n)/adoption.Seconds(), first.Round(time.Millisecond),
+		float64(n)/first.Seconds(), float64(raw)/(1<<20)/first.Seconds())
+	if !sawCatchUp && !strings.Contains(a.Log(), "catching up a peer that is far behind") {
+		t.Fatalf("the first sync of %d messages was not reported as a catch-up:\n%s", n, tail(a.Log(), 20))
+	}
+	if !strings.Contains(a.Log(), "peer caught up") {
+		t.Fatalf("the end of the first sync was not logged:\n%s", tail(a.Log(), 20))
+	}
+	checkConverged(t, "after the first sync", a, b)
+	if gb := mailboxGUIDs(t, storeB); gb["example.com/alice/Maildir"] != guids["example.com/alice/Maildir"] ||
+		gb["example.com/alice/Maildir/.Sent"] != guids["example.com/alice/Maildir/.Sent"] {
+		t.Fatalf("the empty node got GUIDs %v, want %v", gb, guids)
+	}
+}

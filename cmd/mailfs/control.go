@@ -15,6 +15,7 @@ import (
 	"mailfs/index"
 	"mailfs/journal"
 	"mailfs/peers"
+	"mailfs/syncer"
 )
 
 // The control socket (STORE/mailfs.sock, 0600) answers one JSON request
@@ -67,6 +68,9 @@ type statusPeer struct {
 	LagBytes      int64   `json:"lag_bytes"`
 	LagSeconds    float64 `json:"lag_seconds"`
 	OldestUnacked *string `json:"oldest_unacked"`
+	// CatchUp is the progress of a catch-up running now (a first sync to
+	// an empty peer, or one back from a long outage); null if none.
+	CatchUp *statusCatchUp `json:"catch_up"`
 	// Inbound: the peer is connected to push its own journal here.
 	Inbound         bool  `json:"inbound"`
 	BytesSent       int64 `json:"bytes_sent"`
@@ -90,6 +94,17 @@ type statusReply struct {
 	// Users is there when status was given a PATTERN: the matching users,
 	// by name.
 	Users []statusUser `json:"users,omitempty"`
+}
+
+// statusCatchUp is a running catch-up's progress.
+type statusCatchUp struct {
+	Started    string  `json:"started"`
+	DoneOps    uint64  `json:"done_ops"`
+	TotalOps   uint64  `json:"total_ops"`
+	SentBytes  int64   `json:"sent_bytes"`
+	TotalBytes int64   `json:"total_bytes"`
+	OpsPerSec  float64 `json:"ops_per_s"`
+	ETASeconds float64 `json:"eta_seconds"`
 }
 
 // statusUser is one user (the directory holding a Maildir) of the tree.
@@ -170,7 +185,8 @@ func buildStatus(st *openedStore, pattern string) (statusReply, error) {
 			rep.Peers = append(rep.Peers, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address,
 				Connected: p.Connected, AckedSeq: p.AckedSeq, LagOps: p.LagOps, LastSuccess: rfc3339(p.LastSuccess),
 				LastFailure: rfc3339(p.LastFailure), LastError: p.LastError, Inbound: p.Inbound, BytesSent: p.BytesSent,
-				BytesReceived: p.BytesRecv, OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused})
+				BytesReceived: p.BytesRecv, OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused,
+				CatchUp: catchUpOf(p.CatchUp)})
 		}
 	} else {
 		ps, err := st.index.ListPeers()
@@ -204,6 +220,14 @@ func buildStatus(st *openedStore, pattern string) (statusReply, error) {
 		rep.Users, err = usersMatching(st.index, pattern, rep.Peers, byUser)
 	}
 	return rep, err
+}
+
+func catchUpOf(c *syncer.CatchUp) *statusCatchUp {
+	if c == nil {
+		return nil
+	}
+	return &statusCatchUp{Started: *rfc3339(c.Started), DoneOps: c.DoneOps, TotalOps: c.TotalOps, SentBytes: c.SentBytes,
+		TotalBytes: c.TotalBytes, OpsPerSec: c.OpsPerSec, ETASeconds: c.ETA.Seconds()}
 }
 
 // usersMatching lists the users matching pattern with their mailboxes,

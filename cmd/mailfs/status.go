@@ -124,6 +124,15 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	for _, p := range rep.Peers {
 		fmt.Fprintf(stdout, "%s  %s\n", orDash(p.Name), p.ID)
+		if c := p.CatchUp; c != nil {
+			eta := "-"
+			if c.ETASeconds > 0 {
+				eta = (time.Duration(c.ETASeconds) * time.Second).String()
+			}
+			fmt.Fprintf(stdout, "  catching up: %d of %d ops (%.0f%%), %s sent of %s, %.0f ops/s, ETA %s\n",
+				c.DoneOps, c.TotalOps, 100*float64(c.DoneOps)/float64(max(c.TotalOps, 1)), humanBytes(c.SentBytes),
+				humanBytes(c.TotalBytes), c.OpsPerSec, eta)
+		}
 	}
 	return nil
 }

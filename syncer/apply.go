@@ -37,7 +37,12 @@ type Bodies interface {
 type applier struct {
 	store *index.Store
 	mnt   Mount
-	log   *slog.Logger
+	// root is the backing tree: scratch files (a body before its rename
+	// into new/ or cur/, a dotlock's temp) are written there directly,
+	// since only the step that makes them visible must go through the
+	// mount for the kernel's caches and inotify to see it.
+	root string
+	log  *slog.Logger
 	// locks holds the dovecot-uidlist.lock dotlocks taken while applying a
 	// segment, by mailbox path; released when the segment is done.
 	locks map[string]string
@@ -45,8 +50,8 @@ type applier struct {
 	resolved func(rule string)
 }
 
-func newApplier(store *index.Store, mnt Mount, log *slog.Logger) *applier {
-	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}, resolved: func(string) {}}
+func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
+	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {}}
 }
 
 // errRace is a local change that raced the applier (a file renamed or
@@ -55,6 +60,11 @@ var errRace = errors.New("a local change raced the applier")
 
 func (a *applier) abs(rel string) string {
 	return filepath.Join(a.mnt.Mountpoint(), filepath.FromSlash(rel))
+}
+
+// backing is rel in the backing tree, for scratch files only (see root).
+func (a *applier) backing(rel string) string {
+	return filepath.Join(a.root, filepath.FromSlash(rel))
 }
 
 // apply merges one peer op. It is idempotent: applying an op again after a
@@ -242,7 +252,7 @@ func (a *applier) mkdirAll(rel string) error {
 // owner is the owner and mode of the directory holding rel.
 func (a *applier) owner(dirRel string) (uid, gid int, mode uint32) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(a.abs(dirRel), &st); err != nil {
+	if err := syscall.Stat(a.backing(dirRel), &st); err != nil {
 		return -1, -1, 0o700
 	}
 	return int(st.Uid), int(st.Gid), st.Mode & 0o777
@@ -918,7 +928,9 @@ func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byt
 
 // deliver writes a message as an MDA does: the body into tmp/, fsync, the
 // original mtime, then one rename into new/ or cur/. Readers never see a
-// partial message.
+// partial message. tmp/ is scratch (never replicated, never watched), so
+// the body is written there in the backing tree; the rename, which readers
+// and inotify must see, goes through the mount.
 func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mtime int64) error {
 	if err := a.lockMailbox(mbPath); err != nil {
 		return err
@@ -932,13 +944,13 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
-	tmp := a.abs(path.Join(mbPath, "tmp", base))
+	tmpRel := path.Join(mbPath, "tmp", base)
 	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
+	f, err := os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
 	if errors.Is(err, os.ErrExist) {
-		tmp += ".mailfs"
-		os.Remove(tmp)
-		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
+		tmpRel += ".mailfs"
+		os.Remove(a.backing(tmpRel))
+		f, err = os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
 	}
 	if err != nil {
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
@@ -955,13 +967,13 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
-		err = os.Chtimes(tmp, t, t)
+		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
 	if err == nil {
-		err = os.Rename(tmp, a.abs(path.Join(mbPath, subName(sub), name)))
+		err = os.Rename(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
 	}
 	if err != nil {
-		os.Remove(tmp)
+		os.Remove(a.backing(tmpRel))
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
 	}
 	return nil
@@ -980,9 +992,13 @@ func (a *applier) lockMailbox(mbPath string) error {
 	// like the mailbox from the start, linked to the lock name. A Dovecot
 	// waiting for the lock watches it with inotify, which needs read
 	// access: a lock owned by root with mode 0600 makes it log an error.
-	tmp := a.abs(path.Join(mbPath, fmt.Sprintf(".mailfs-lock.%d", os.Getpid())))
-	os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// The temp file is scratch in the mailbox's tmp/, written in the
+	// backing tree; the link that takes the lock goes through the mount,
+	// and so does the temp's removal (the kernel looked it up for the link).
+	tmpRel := path.Join(mbPath, "tmp", fmt.Sprintf(".mailfs-lock.%d", os.Getpid()))
+	tmp := a.abs(tmpRel)
+	os.Remove(a.backing(tmpRel))
+	f, err := os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // no such mailbox directory (yet): nothing to guard
 	}

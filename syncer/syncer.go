@@ -131,7 +131,7 @@ func New(cfg Config) *Syncer {
 	log := cfg.Logger.With("component", "sync")
 	ctx, cancel := context.WithCancel(context.Background())
 	counts := newCounters()
-	ap := newApplier(cfg.Store, cfg.Mount, log)
+	ap := newApplier(cfg.Store, cfg.Mount, cfg.Root, log)
 	ap.resolved = counts.conflict
 	return &Syncer{
 		cfg:     cfg,

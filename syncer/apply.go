@@ -935,28 +935,21 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if err := a.lockMailbox(mbPath); err != nil {
 		return err
 	}
-	src, err := os.Open(body)
-	if err != nil {
-		return fmt.Errorf("staged body: %w", err)
-	}
-	defer src.Close()
 	base := name
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
 	tmpRel := path.Join(mbPath, "tmp", base)
-	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
-	f, err := os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
-	if errors.Is(err, os.ErrExist) {
+	if _, err := os.Lstat(a.backing(tmpRel)); err == nil {
 		tmpRel += ".mailfs"
 		os.Remove(a.backing(tmpRel))
-		f, err = os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
 	}
+	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
+	f, err := a.stageInto(body, a.backing(tmpRel), os.FileMode(mode&0o666))
 	if err != nil {
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
-	_, err = io.Copy(f, src)
-	if err == nil && uid >= 0 {
+	if uid >= 0 {
 		err = f.Chown(uid, gid)
 	}
 	if err == nil {
@@ -979,6 +972,45 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	return nil
 }
 
+// stageInto puts the staged body at tmp (in the backing tree) and returns
+// it open for writing. A body staged on the same file system and not used
+// yet is hard-linked there: no copy, and no inode made and freed per
+// message (ext4's inode allocator slows down past many recently freed
+// inodes). Otherwise it is copied.
+func (a *applier) stageInto(body, tmp string, mode os.FileMode) (*os.File, error) {
+	if fi, err := os.Stat(body); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && os.Link(body, tmp) == nil {
+			f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
+			if err == nil {
+				err = f.Chmod(mode)
+			}
+			if err != nil {
+				if f != nil {
+					f.Close()
+				}
+				os.Remove(tmp)
+				return nil, err
+			}
+			return f, nil
+		}
+	}
+	src, err := os.Open(body)
+	if err != nil {
+		return nil, fmt.Errorf("staged body: %w", err)
+	}
+	defer src.Close()
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	return f, nil
+}
+
 // lockMailbox takes Dovecot's dovecot-uidlist.lock of the mailbox (same
 // dotlock protocol: exclusive create, stale after 2 minutes), held until
 // the segment is applied, so Dovecot never scans a mailbox mid-change.
@@ -993,29 +1025,18 @@ func (a *applier) lockMailbox(mbPath string) error {
 	// waiting for the lock watches it with inotify, which needs read
 	// access: a lock owned by root with mode 0600 makes it log an error.
 	// The temp file is scratch in the mailbox's tmp/, written in the
-	// backing tree; the link that takes the lock goes through the mount,
-	// and so does the temp's removal (the kernel looked it up for the link).
+	// backing tree and kept for the next lock: creating and deleting an
+	// inode per applied op makes ext4's inode allocator scan ever longer
+	// past recently deleted inodes. It is touched before each link, since
+	// the lock's mtime (the temp's: they are one inode) is what Dovecot
+	// judges staleness by. Only the link that takes the lock goes through
+	// the mount.
 	tmpRel := path.Join(mbPath, "tmp", fmt.Sprintf(".mailfs-lock.%d", os.Getpid()))
 	tmp := a.abs(tmpRel)
-	os.Remove(a.backing(tmpRel))
-	f, err := os.OpenFile(a.backing(tmpRel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // no such mailbox directory (yet): nothing to guard
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", lock, err)
-	}
-	defer os.Remove(tmp)
-	if uid, gid, _ := a.owner(mbPath); uid >= 0 {
-		err = f.Chown(uid, gid)
-	}
-	if err == nil {
-		_, err = fmt.Fprintf(f, "%d:%s", os.Getpid(), host)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := a.lockTemp(a.backing(tmpRel), mbPath, fmt.Sprintf("%d:%s", os.Getpid(), host)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // no such mailbox directory (yet): nothing to guard
+		}
 		return fmt.Errorf("lock %s: %w", lock, err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -1024,6 +1045,20 @@ func (a *applier) lockMailbox(mbPath string) error {
 		if err == nil {
 			a.locks[mbPath] = lock
 			return nil
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			// The temp went (Dovecot cleans old files out of tmp/): make
+			// it again, or the mailbox itself went.
+			if err := a.lockTemp(a.backing(tmpRel), mbPath, fmt.Sprintf("%d:%s", os.Getpid(), host)); err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return nil
+				}
+				return fmt.Errorf("lock %s: %w", lock, err)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lock %s: its temp file keeps vanishing", lock)
+			}
+			continue
 		}
 		if !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("lock %s: %w", lock, err)
@@ -1052,6 +1087,33 @@ func (a *applier) lockMailbox(mbPath string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// lockTemp makes sure the dotlock temp p exists holding owner and is fresh:
+// touched when it is there, else created owned like the mailbox.
+func (a *applier) lockTemp(p, mbPath, owner string) error {
+	now := time.Now()
+	if err := os.Chtimes(p, now, now); err == nil {
+		return nil
+	}
+	os.Remove(p)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if uid, gid, _ := a.owner(mbPath); uid >= 0 {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		_, err = f.WriteString(owner)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(p)
+	}
+	return err
 }
 
 // unlockAll releases the dotlocks taken for a segment.

@@ -39,6 +39,11 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff between connection attempts
 	// (defaults 250 ms and 30 s).
 	RetryMin, RetryMax time.Duration
+	// FullSyncAtStart runs the full sync with every peer once Start is
+	// done (after an unclean stop), retrying until every peer answered.
+	FullSyncAtStart bool
+	// FullSyncInterval runs it periodically (0: never).
+	FullSyncInterval time.Duration
 }
 
 // Syncer pushes this node's journal to its peers and applies theirs.
@@ -48,6 +53,8 @@ type Syncer struct {
 	applier *applier
 	// applyMu lets one segment at a time be applied (from any peer).
 	applyMu sync.Mutex
+	// fullMu lets one full sync run at a time.
+	fullMu sync.Mutex
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -153,6 +160,10 @@ func (s *Syncer) Start() error {
 	go s.fanOut()
 	for _, p := range list {
 		s.AddPeer(p)
+	}
+	if s.cfg.FullSyncAtStart || s.cfg.FullSyncInterval > 0 {
+		s.wg.Add(1)
+		go s.fullSyncLoop(s.cfg.FullSyncAtStart, s.cfg.FullSyncInterval)
 	}
 	return nil
 }

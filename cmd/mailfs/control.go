@@ -30,6 +30,8 @@ type controlRequest struct {
 	TimeoutMs int64 `json:"timeout_ms,omitempty"`
 	// Code is the invite code of pair-join (a secret: never logged).
 	Code string `json:"code,omitempty"`
+	// Mailbox restricts a full-sync request to the mailbox at this path.
+	Mailbox string `json:"mailbox,omitempty"`
 }
 
 type controlError struct {
@@ -275,6 +277,8 @@ func (cs *controlServer) handle(c net.Conn) {
 			return
 		}
 		enc.Encode(map[string]uint64{"synced_seq": seq})
+	case "full-sync":
+		cs.fullSync(enc, req)
 	case "mailboxes":
 		err := cs.st.index.Mailboxes(func(mb index.Mailbox) error { return enc.Encode(mailboxLineOf(mb)) })
 		if err != nil {

@@ -101,10 +101,6 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 		}
 		return t.setFlags(mb, name.Base, rec, c.Name, sub, flags, rec.Mtime)
 	}
-	if t.restoreMissing(rec, c.Name) {
-		rec.Missing = false
-		return t.putRec(messageKey(mb.GUID, name.Base), rec)
-	}
 	var src *messageRec
 	if copyFrom != "" {
 		if cs := maildir.Classify(copyFrom, false); cs.Kind == maildir.KindMessage {

@@ -199,13 +199,3 @@ func (s *Store) PresentMessages(g journal.GUID, after string, limit int) ([]Mess
 	})
 	return out, more, err
 }
-
-// restoreMissing is a message file put back where the index knows it by
-// the full sync: a file that vanished behind mailfs's back, carried out as
-// the op that added it (same stamp, same content and name). The record
-// stands as it was, only no longer missing, and nothing is journaled: the
-// op exists already.
-func (t *tx) restoreMissing(rec *messageRec, name string) bool {
-	return rec != nil && rec.Missing && t.remote != nil && t.remote.Kind == journal.MessageAdd &&
-		rec.Name == name && t.remote.Content == rec.Content && journal.StampOf(t.remote) == rec.Added
-}

@@ -438,8 +438,8 @@ func (s *Syncer) repairMessage(ctx context.Context, fc *fullConn, g journal.GUID
 		}
 		m := st.msg
 		// The op that added the message, carried out again: the index
-		// recognises it (same stamp, name and content) and only clears the
-		// missing mark.
+		// records the file as that op's (its stamps, nothing journaled),
+		// which clears the missing mark and leaves the record as it was.
 		op := &journal.Op{Kind: journal.MessageAdd, Origin: m.Added.Origin, Seq: m.AddedSeq, Time: m.Added.Time,
 			Mailbox: st.mb.GUID, Path: st.mb.Path, Key: m.Key, Sub: m.Sub, Flags: m.Flags, Mtime: m.Mtime, Size: m.Size,
 			Content: m.Content}
@@ -682,7 +682,7 @@ func (s *Syncer) fullSyncLoop(atStart bool, interval time.Duration) {
 // ServeFullSync answers a full sync connection from paired peer id (ALPN
 // peers.ProtoFull, handshake done) until it ends. It only reads: the index
 // and the backing files.
-func (s *Syncer) ServeFullSync(ctx context.Context, conn *tls.Conn, id journal.NodeID) {
+func (s *Syncer) ServeFullSync(ctx context.Context, conn net.Conn, id journal.NodeID) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

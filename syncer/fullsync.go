@@ -179,18 +179,13 @@ func (fc *fullConn) call(req fsRequest, want byte, max int, v any) error {
 		return fmt.Errorf("%w: %s request: %w", errFullUnreachable, req.Op, err)
 	}
 	err := readFrame(fc.br, want, max, v)
-	if err != nil && !errors.Is(err, ErrProtocol) && !isRefused(err) {
+	if err != nil && !errors.Is(err, ErrProtocol) {
 		return fmt.Errorf("%w: %s answer: %w", errFullUnreachable, req.Op, err)
 	}
 	if err != nil {
 		return fmt.Errorf("%s answer: %w", req.Op, err)
 	}
 	return nil
-}
-
-func isRefused(err error) bool {
-	var re *RefusedError
-	return errors.As(err, &re)
 }
 
 func (s *Syncer) dialFull(ctx context.Context, p peers.Peer) (*tls.Conn, error) {
@@ -432,7 +427,7 @@ func (s *Syncer) repairMessage(ctx context.Context, fc *fullConn, g journal.GUID
 	switch st.kind {
 	case repairRestore:
 		if st.mb.Missing {
-			if err := s.restoreMailboxDirs(st.mb); err != nil {
+			if err := s.restoreMailboxDirs(ctx, st.mb); err != nil {
 				return err
 			}
 		}
@@ -575,7 +570,35 @@ func (s *Syncer) takeFlagsLocked(ctx context.Context, st localState, e *peerMess
 
 // restoreMailboxDirs makes the directories of a mailbox whose directory
 // vanished behind mailfs's back again; the index only clears its mark.
-func (s *Syncer) restoreMailboxDirs(mb index.Mailbox) error {
+// Its messages are marked missing first, one by one: they are not on disk
+// until each is restored, and must not look present once the mailbox
+// does.
+func (s *Syncer) restoreMailboxDirs(ctx context.Context, mb index.Mailbox) error {
+	var batch []index.Event
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		_, err := s.cfg.Store.Commit(ctx, batch...)
+		batch = batch[:0]
+		return err
+	}
+	err := s.cfg.Store.Messages(mb.GUID, func(m index.Message) error {
+		if m.Missing {
+			return nil
+		}
+		batch = append(batch, index.Event{Kind: index.EvMissing, Path: joinRel(mb.Path, subName(m.Sub), m.Name)})
+		if len(batch) == fullPage {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return fmt.Errorf("mark the messages of mailbox %q missing: %w", mb.Path, err)
+	}
 	a := s.applier
 	op := &journal.Op{Kind: journal.MailboxCreate, Origin: mb.Created.Origin, Seq: mb.CreatedSeq, Time: mb.Created.Time,
 		Mailbox: mb.GUID, Path: mb.Path}

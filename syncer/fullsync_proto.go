@@ -112,7 +112,7 @@ func writeFrame(w io.Writer, typ byte, v any) error {
 }
 
 // readFrame reads one frame of at most max bytes into v. A refusal frame is
-// returned as a *RefusedError.
+// returned as an error wrapping ErrProtocol, with the peer's reason.
 func readFrame(r io.Reader, want byte, max int, v any) error {
 	var h [5]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
@@ -137,7 +137,7 @@ func readFrame(r io.Reader, want byte, max int, v any) error {
 		if len(rf.Reason) > maxReason {
 			rf.Reason = rf.Reason[:maxReason]
 		}
-		return &RefusedError{Reason: rf.Reason}
+		return fmt.Errorf("%w: the peer refused the request: %s", ErrProtocol, rf.Reason)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: frame: %v", ErrProtocol, err)

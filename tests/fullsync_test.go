@@ -11,14 +11,18 @@ import (
 	"mailfs/index"
 )
 
-const fullSyncMailbox = "example.com/fs/Maildir"
+const (
+	fullSyncMailbox = "example.com/fs/Maildir"
+	fullSyncSent    = fullSyncMailbox + "/.Sent"
+)
 
 // fullSyncFixture is two paired nodes whose mailbox holds three messages
-// (new/, cur/ with flags, cur/ with a keyword), converged.
+// (new/, cur/ with flags, cur/ with a keyword) and a second mailbox with
+// one, converged.
 type fullSyncFixture struct {
 	a, b   *node
 	bodies map[string][]byte // key → body
-	names  map[string]string // key → "sub/name" on B
+	names  map[string]string // key → "mailbox/sub/name" on B
 	mtimes map[string]time.Time
 }
 
@@ -28,23 +32,26 @@ func newFullSyncFixture(t *testing.T) *fullSyncFixture {
 	f := &fullSyncFixture{a: nodes[0], b: nodes[1], bodies: map[string][]byte{}, names: map[string]string{},
 		mtimes: map[string]time.Time{}}
 	mkMailbox(t, f.a.Mnt, fullSyncMailbox)
+	mkMailbox(t, f.a.Mnt, fullSyncSent)
 	writeKeywords(t, f.a.Mnt, fullSyncMailbox, "$Important")
 	checkConverged(t, "mailbox created on A", f.a, f.b)
 	base := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
-	for i, m := range []struct{ key, sub, info string }{
-		{"1700000100.M1P1.fs", "new", ""},
-		{"1700000101.M2P1.fs", "cur", ":2,RS"},
-		{"1700000102.M3P1.fs", "cur", ":2,Sa"},
+	for i, m := range []struct{ mb, key, sub, info string }{
+		{fullSyncMailbox, "1700000100.M1P1.fs", "new", ""},
+		{fullSyncMailbox, "1700000101.M2P1.fs", "cur", ":2,RS"},
+		{fullSyncMailbox, "1700000102.M3P1.fs", "cur", ":2,Sa"},
+		{fullSyncSent, "1700000103.M4P1.fs", "cur", ":2,S"},
 	} {
 		body := []byte("From: a@example.com\r\nSubject: full sync " + m.key + "\r\n\r\n" + strings.Repeat("body ", 200*(i+1)) + "\r\n")
 		f.bodies[m.key] = body
 		f.mtimes[m.key] = base.Add(time.Duration(i) * time.Hour)
-		deliverMsg(t, f.a.Mnt, fullSyncMailbox, m.sub, m.key+m.info, body, f.mtimes[m.key])
+		deliverMsg(t, f.a.Mnt, m.mb, m.sub, m.key+m.info, body, f.mtimes[m.key])
+		f.names[m.key] = m.mb
 	}
-	checkConverged(t, "three deliveries on A", f.a, f.b)
-	for key := range f.bodies {
-		sub, name := findMsg(t, f.b.Mnt, fullSyncMailbox, key)
-		f.names[key] = sub + "/" + name
+	checkConverged(t, "four deliveries on A", f.a, f.b)
+	for key, mb := range f.names {
+		sub, name := findMsg(t, f.b.Mnt, mb, key)
+		f.names[key] = mb + "/" + sub + "/" + name
 	}
 	return f
 }
@@ -54,7 +61,7 @@ func newFullSyncFixture(t *testing.T) *fullSyncFixture {
 func (f *fullSyncFixture) deleteBehindBack(t *testing.T, keys ...string) {
 	t.Helper()
 	for _, k := range keys {
-		p := filepath.Join(f.b.Store, "maildir", fullSyncMailbox, filepath.FromSlash(f.names[k]))
+		p := filepath.Join(f.b.Store, "maildir", filepath.FromSlash(f.names[k]))
 		if err := os.Remove(p); err != nil {
 			t.Fatalf("deleting %s behind mailfs's back: %v", p, err)
 		}
@@ -66,7 +73,7 @@ func (f *fullSyncFixture) deleteBehindBack(t *testing.T, keys ...string) {
 func (f *fullSyncFixture) checkRestored(t *testing.T) {
 	t.Helper()
 	for key, rel := range f.names {
-		p := filepath.Join(f.b.Mnt, fullSyncMailbox, filepath.FromSlash(rel))
+		p := filepath.Join(f.b.Mnt, filepath.FromSlash(rel))
 		got, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatalf("message %s not back on B: %v", key, err)
@@ -92,8 +99,8 @@ func (f *fullSyncFixture) restartB(t *testing.T, extra ...string) {
 	waitConnected(t, f.b.Name, f.b.Store, f.a.ID, f.a.Name, f.a.Addr)
 }
 
-// checkIndexNotMissing stops B and reads its index: no message of the
-// mailbox may still be marked missing.
+// checkIndexNotMissing stops B and reads its index: no message or mailbox
+// may still be marked missing.
 func (f *fullSyncFixture) checkIndexNotMissing(t *testing.T) {
 	t.Helper()
 	f.b.Stop()
@@ -102,27 +109,22 @@ func (f *fullSyncFixture) checkIndexNotMissing(t *testing.T) {
 		t.Fatalf("opening B's index: %v", err)
 	}
 	defer ix.Close()
-	found := false
+	mailboxes, n := 0, 0
 	err = ix.Mailboxes(func(mb index.Mailbox) error {
-		if mb.Path != fullSyncMailbox {
-			return nil
+		mailboxes++
+		if mb.Missing {
+			t.Errorf("mailbox %s still marked missing in B's index", mb.Path)
 		}
-		found = true
-		n := 0
-		err := ix.Messages(mb.GUID, func(m index.Message) error {
+		return ix.Messages(mb.GUID, func(m index.Message) error {
 			n++
 			if m.Missing {
 				t.Errorf("message %s still marked missing in B's index", m.Key)
 			}
 			return nil
 		})
-		if n != len(f.names) {
-			t.Errorf("B's index has %d messages in %s, want %d", n, fullSyncMailbox, len(f.names))
-		}
-		return err
 	})
-	if err != nil || !found {
-		t.Fatalf("mailbox %s in B's index: found %v, err %v", fullSyncMailbox, found, err)
+	if err != nil || mailboxes != 2 || n != len(f.names) {
+		t.Fatalf("B's index: %d mailboxes, %d messages (want 2, %d), err %v", mailboxes, n, len(f.names), err)
 	}
 }
 
@@ -136,9 +138,13 @@ func TestFullSyncCommand(t *testing.T) {
 	journaled := len(journalOps(t, f.b.Store))
 	f.b.Stop()
 	f.deleteBehindBack(t, "1700000100.M1P1.fs", "1700000101.M2P1.fs")
+	// And a whole mailbox directory.
+	if err := os.RemoveAll(filepath.Join(f.b.Store, "maildir", fullSyncSent)); err != nil {
+		t.Fatal(err)
+	}
 	f.restartB(t)
 	waitLog(t, f.b.mailfsProc, time.Second, "marked missing")
-	if _, err := os.Stat(filepath.Join(f.b.Mnt, fullSyncMailbox, filepath.FromSlash(f.names["1700000101.M2P1.fs"]))); err == nil {
+	if _, err := os.Stat(filepath.Join(f.b.Mnt, filepath.FromSlash(f.names["1700000101.M2P1.fs"]))); err == nil {
 		t.Fatal("the deleted message is still on B's mount before the full sync")
 	}
 
@@ -146,11 +152,12 @@ func TestFullSyncCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sync --full on B: exit %d: %s%s\n%s", code, out, errs, tail(f.b.Log(), 30))
 	}
-	for _, want := range []string{"differing 1, messages repaired 2", "bytes fetched"} {
+	for _, want := range []string{"mailboxes compared 2, differing 2, messages repaired 3", "bytes fetched"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sync --full output lacks %q:\n%s", want, out)
 		}
 	}
+	waitLog(t, f.b.mailfsProc, time.Second, "restored a mailbox directory that vanished", "restored a message file that vanished")
 	f.checkRestored(t)
 	if n := len(journalOps(t, f.b.Store)); n != journaled {
 		t.Fatalf("B journaled %d ops during the full sync (had %d, now %d)", n-journaled, journaled, n)

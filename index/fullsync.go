@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
+	"io/fs"
+	"os"
 	"slices"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -198,4 +201,119 @@ func (s *Store) PresentMessages(g journal.GUID, after string, limit int) ([]Mess
 		})
 	})
 	return out, more, err
+}
+
+// MissingFile is a plain file the index knows whose file vanished behind
+// mailfs's back.
+type MissingFile struct {
+	Path string
+	File
+}
+
+// MissingFiles returns up to limit plain files marked missing with paths
+// after after ("" : from the first), in path order, and whether more
+// follow.
+func (s *Store) MissingFiles(after string, limit int) ([]MissingFile, bool, error) {
+	var out []MissingFile
+	more := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte(pFile)
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		start := fileKey(after)
+		for it.Seek(start); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if after != "" && bytes.Equal(k, start) {
+				continue
+			}
+			var f fileRec
+			if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &f) }); err != nil {
+				return err
+			}
+			if !f.Missing {
+				continue
+			}
+			if len(out) == limit {
+				more = true
+				return nil
+			}
+			out = append(out, MissingFile{Path: string(k[len(pFile):]), File: File{Mode: f.Mode, Mtime: f.Mtime,
+				Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}})
+		}
+		return nil
+	})
+	return out, more, err
+}
+
+// MissingFileAt returns the plain file at path if it is marked missing.
+func (s *Store) MissingFileAt(path string) (File, bool, error) {
+	var out File
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		t := &tx{s: s, txn: txn}
+		var f fileRec
+		var err error
+		if ok, err = t.getRec(fileKey(path), &f); err != nil || !ok {
+			return err
+		}
+		ok = f.Missing
+		out = File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}
+		return nil
+	})
+	return out, ok, err
+}
+
+// findMissingFiles marks the plain files whose file vanished behind
+// mailfs's back missing (journaling nothing), as findMissing does for
+// mailboxes: the full sync fetches them back from a peer.
+func (r *reconciler) findMissingFiles() error {
+	after := ""
+	for {
+		var paths []string
+		more := false
+		err := r.s.db.View(func(txn *badger.Txn) error {
+			opt := badger.DefaultIteratorOptions
+			opt.Prefix = []byte(pFile)
+			it := txn.NewIterator(opt)
+			defer it.Close()
+			start := fileKey(after)
+			for it.Seek(start); it.Valid(); it.Next() {
+				k := it.Item().Key()
+				if after != "" && bytes.Equal(k, start) {
+					continue
+				}
+				if len(paths) == reconcileBatch {
+					more = true
+					return nil
+				}
+				var f fileRec
+				if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &f) }); err != nil {
+					return err
+				}
+				p := string(k[len(pFile):])
+				after = p
+				if f.Missing {
+					continue
+				}
+				if _, err := os.Lstat(r.abs(p)); errors.Is(err, fs.ErrNotExist) {
+					paths = append(paths, p)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, p := range paths {
+			r.rep.Missing++
+			r.s.log.Warn("reconcile: file vanished behind mailfs's back; marked missing, not deleted", "path", p)
+			if err := r.add(Event{Kind: EvMissing, Path: p}); err != nil {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"mailfs/index"
 	"mailfs/journal"
+	"mailfs/maildir"
 	"mailfs/peers"
 )
 
@@ -56,9 +57,10 @@ type FullSyncPeerReport struct {
 	// Compared mailboxes the peer listed; Differing those whose digest
 	// was not this node's.
 	Compared, Differing int
-	// Restored missing files, Added messages that never arrived, Flagged
-	// messages whose flags were taken from the peer.
-	Restored, Added, Flagged int
+	// Restored missing message files, Added messages that never arrived,
+	// Flagged messages whose flags were taken from the peer, Files missing
+	// plain files restored.
+	Restored, Added, Flagged, Files int
 	// Unrepaired differences this node cannot repair from the peer (the
 	// same key with other content, a mailbox not here, a body the peer no
 	// longer had); Raced repairs a local change overtook.
@@ -130,14 +132,14 @@ func (s *Syncer) FullSync(ctx context.Context, opts FullSyncOptions) (FullSyncRe
 			plog.Warn("full sync with peer stopped", "err", pr.Err)
 		}
 		plog.Info("full sync with peer done", "compared", pr.Compared, "differing", pr.Differing, "restored", pr.Restored,
-			"added", pr.Added, "flagged", pr.Flagged, "unrepaired", pr.Unrepaired, "raced", pr.Raced,
+			"added", pr.Added, "flagged", pr.Flagged, "files", pr.Files, "unrepaired", pr.Unrepaired, "raced", pr.Raced,
 			"bytes_fetched", pr.BytesFetched, "ok", pr.Err == nil)
 		rep.Peers = append(rep.Peers, pr)
 	}
 	t := rep.Total()
 	log.Info("full sync finished", "reason", opts.Reason, "peers", len(rep.Peers), "failed", t.failed,
 		"compared", t.Compared, "differing", t.Differing, "restored", t.Restored, "added", t.Added, "flagged", t.Flagged,
-		"unrepaired", t.Unrepaired, "raced", t.Raced, "bytes_fetched", t.BytesFetched)
+		"files", t.Files, "unrepaired", t.Unrepaired, "raced", t.Raced, "bytes_fetched", t.BytesFetched)
 	return rep, nil
 }
 
@@ -155,6 +157,7 @@ func (r FullSyncReport) Total() fullTotals {
 		t.Restored += p.Restored
 		t.Added += p.Added
 		t.Flagged += p.Flagged
+		t.Files += p.Files
 		t.Unrepaired += p.Unrepaired
 		t.Raced += p.Raced
 		t.BytesFetched += p.BytesFetched
@@ -263,10 +266,80 @@ func (s *Syncer) fullExchange(ctx context.Context, fc *fullConn, only journal.GU
 			}
 		}
 		if !page.More || !only.IsZero() {
-			return nil
+			break
 		}
 		after = ds[len(ds)-1].GUID
 	}
+	if !only.IsZero() {
+		return nil
+	}
+	return s.restoreFiles(ctx, fc, rep, log)
+}
+
+// restoreFiles fetches the plain files marked missing here from the peer,
+// where it has the same version (content ID), and puts them back as the op
+// that wrote them.
+func (s *Syncer) restoreFiles(ctx context.Context, fc *fullConn, rep *FullSyncPeerReport, log *slog.Logger) error {
+	after := ""
+	for {
+		files, more, err := s.cfg.Store.MissingFiles(after, fullPage)
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := s.restoreFile(ctx, fc, f, rep, log); err != nil {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+		after = files[len(files)-1].Path
+	}
+}
+
+func (s *Syncer) restoreFile(ctx context.Context, fc *fullConn, f index.MissingFile, rep *FullSyncPeerReport, log *slog.Logger) error {
+	body := ""
+	if f.LinkTarget == "" {
+		var err error
+		body, err = s.fetch(fc, fsRequest{Op: "file", Key: f.Path, Content: f.Content.String()}, f.Path, f.Size, f.Content, rep)
+		if errors.Is(err, errBodyGone) {
+			log.Info("the peer has no copy of a missing file in this version; not repaired", "path", f.Path)
+			rep.Unrepaired++
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer os.Remove(body)
+	}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	now, still, err := s.cfg.Store.MissingFileAt(f.Path)
+	if err != nil {
+		return err
+	}
+	if !still || now != f.File {
+		rep.Raced++
+		return nil
+	}
+	op := &journal.Op{Kind: journal.FileWrite, Origin: f.Stamp.Origin, Time: f.Stamp.Time, Path: f.Path, Mode: f.Mode,
+		Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget}
+	bodies := staged{}
+	if body != "" {
+		bodies[f.Content] = body
+	}
+	err = s.applier.apply(ctx, op, bodies)
+	s.applier.unlockAll()
+	if err != nil {
+		return fmt.Errorf("restore file %s: %w", f.Path, err)
+	}
+	rep.Files++
+	log.Info("restored a file that vanished behind mailfs's back", "path", f.Path, "size", f.Size)
+	return nil
 }
 
 // compareMailbox compares one mailbox the peer listed with this node's and
@@ -617,16 +690,22 @@ var errBodyGone = errors.New("the peer no longer has the body")
 // file, checking its size and that its SHA-256 is its content ID; a body
 // that is not is refused and nothing of it kept.
 func (s *Syncer) fetchBody(fc *fullConn, g journal.GUID, e *peerMessage, rep *FullSyncPeerReport) (string, error) {
-	var hdr fsBody
 	req := fsRequest{Op: "body", Mailbox: g.String(), Key: e.Key, Content: e.Content.String()}
+	return s.fetch(fc, req, e.Key, e.Size, e.Content, rep)
+}
+
+// fetch sends req and streams the body it answers (of size bytes, whose
+// SHA-256 must be content) into a staging file.
+func (s *Syncer) fetch(fc *fullConn, req fsRequest, what string, size int64, content journal.ContentID, rep *FullSyncPeerReport) (string, error) {
+	var hdr fsBody
 	if err := fc.call(req, frameBody, 1024, &hdr); err != nil {
 		return "", err
 	}
 	if !hdr.Found {
 		return "", errBodyGone
 	}
-	if hdr.Size != e.Size {
-		return "", fmt.Errorf("%w: body of %q is %d bytes, its entry said %d", ErrProtocol, e.Key, hdr.Size, e.Size)
+	if hdr.Size != size {
+		return "", fmt.Errorf("%w: body of %q is %d bytes, its entry said %d", ErrProtocol, what, hdr.Size, size)
 	}
 	var rnd [8]byte
 	rand.Read(rnd[:])
@@ -644,11 +723,11 @@ func (s *Syncer) fetchBody(fc *fullConn, g journal.GUID, e *peerMessage, rep *Fu
 	}
 	if err != nil {
 		os.Remove(p)
-		return "", fmt.Errorf("%w: body of %q: %w", errFullUnreachable, e.Key, err)
+		return "", fmt.Errorf("%w: body of %q: %w", errFullUnreachable, what, err)
 	}
-	if journal.ContentID(h.Sum(nil)) != e.Content {
+	if journal.ContentID(h.Sum(nil)) != content {
 		os.Remove(p)
-		return "", fmt.Errorf("%w: body of %q does not match its content ID %s", ErrProtocol, e.Key, e.Content.String()[:16])
+		return "", fmt.Errorf("%w: body of %q does not match its content ID %s", ErrProtocol, what, content.String()[:16])
 	}
 	return p, nil
 }
@@ -826,6 +905,8 @@ func (s *Syncer) answerFull(w io.Writer, req *fsRequest, greeted *bool) error {
 		return writeFrame(w, frameAnswer, page)
 	case "body":
 		return s.answerBody(w, req)
+	case "file":
+		return s.answerFile(w, req)
 	}
 	return refusef("unknown full sync request %q", clip(req.Op))
 }
@@ -858,6 +939,37 @@ func (s *Syncer) answerBody(w io.Writer, req *fsRequest) error {
 	if err != nil {
 		return err
 	}
+	return s.sendFile(w, rel, size)
+}
+
+// answerFile streams the plain file the request names if this node has it
+// in the version (content ID) asked for.
+func (s *Syncer) answerFile(w io.Writer, req *fsRequest) error {
+	if !cleanRel(req.Key, false) || maildir.Classify(req.Key, false).Kind != maildir.KindPlainFile {
+		return refusef("invalid file path %q", clip(req.Key))
+	}
+	c, ok := parseContent(req.Content)
+	if !ok {
+		return refusef("invalid content ID %q", clip(req.Content))
+	}
+	var f index.File
+	err := s.cfg.Store.View(func(v index.PeerView) error {
+		var err error
+		f, ok, err = v.File(req.Key)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !ok || f.Content != c || f.LinkTarget != "" {
+		return writeFrame(w, frameBody, fsBody{})
+	}
+	return s.sendFile(w, req.Key, f.Size)
+}
+
+// sendFile answers the backing file rel, if it is a regular file of size
+// bytes, else "not found".
+func (s *Syncer) sendFile(w io.Writer, rel string, size int64) error {
 	if rel == "" {
 		return writeFrame(w, frameBody, fsBody{})
 	}

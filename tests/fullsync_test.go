@@ -14,16 +14,19 @@ import (
 const (
 	fullSyncMailbox = "example.com/fs/Maildir"
 	fullSyncSent    = fullSyncMailbox + "/.Sent"
+	fullSyncSieve   = "example.com/fs/sieve/main.sieve"
 )
 
 // fullSyncFixture is two paired nodes whose mailbox holds three messages
 // (new/, cur/ with flags, cur/ with a keyword) and a second mailbox with
-// one, converged.
+// one, and a plain file (a sieve script), converged.
 type fullSyncFixture struct {
 	a, b   *node
 	bodies map[string][]byte // key → body
 	names  map[string]string // key → "mailbox/sub/name" on B
 	mtimes map[string]time.Time
+	sieve  []byte
+	sieveT time.Time // its mtime on B
 }
 
 func newFullSyncFixture(t *testing.T) *fullSyncFixture {
@@ -48,7 +51,19 @@ func newFullSyncFixture(t *testing.T) *fullSyncFixture {
 		deliverMsg(t, f.a.Mnt, m.mb, m.sub, m.key+m.info, body, f.mtimes[m.key])
 		f.names[m.key] = m.mb
 	}
-	checkConverged(t, "four deliveries on A", f.a, f.b)
+	f.sieve = []byte("require \"fileinto\";\nif header :contains \"subject\" \"x\" { fileinto \"Sent\"; }\n")
+	if err := os.MkdirAll(filepath.Join(f.a.Mnt, filepath.Dir(fullSyncSieve)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.a.Mnt, fullSyncSieve), f.sieve, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	checkConverged(t, "four deliveries and a sieve script on A", f.a, f.b)
+	fi, err := os.Stat(filepath.Join(f.b.Mnt, fullSyncSieve))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sieveT = fi.ModTime()
 	for key, mb := range f.names {
 		sub, name := findMsg(t, f.b.Mnt, mb, key)
 		f.names[key] = mb + "/" + sub + "/" + name
@@ -88,6 +103,12 @@ func (f *fullSyncFixture) checkRestored(t *testing.T) {
 		if !fi.ModTime().Equal(f.mtimes[key]) {
 			t.Fatalf("message %s on B has mtime %s, want %s", key, fi.ModTime(), f.mtimes[key])
 		}
+	}
+	if got, err := os.ReadFile(filepath.Join(f.b.Mnt, fullSyncSieve)); err != nil || !bytes.Equal(got, f.sieve) {
+		t.Fatalf("sieve script on B: %q, %v", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(f.b.Mnt, fullSyncSieve)); err != nil || !fi.ModTime().Equal(f.sieveT) {
+		t.Fatalf("sieve script on B: %v, %v (want mtime %s)", fi, err, f.sieveT)
 	}
 	checkConverged(t, "after the full sync", f.a, f.b)
 }
@@ -138,9 +159,11 @@ func TestFullSyncCommand(t *testing.T) {
 	journaled := len(journalOps(t, f.b.Store))
 	f.b.Stop()
 	f.deleteBehindBack(t, "1700000100.M1P1.fs", "1700000101.M2P1.fs")
-	// And a whole mailbox directory.
-	if err := os.RemoveAll(filepath.Join(f.b.Store, "maildir", fullSyncSent)); err != nil {
-		t.Fatal(err)
+	// And a whole mailbox directory, and a plain file.
+	for _, p := range []string{fullSyncSent, fullSyncSieve} {
+		if err := os.RemoveAll(filepath.Join(f.b.Store, "maildir", p)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.restartB(t)
 	waitLog(t, f.b.mailfsProc, time.Second, "marked missing")
@@ -152,7 +175,7 @@ func TestFullSyncCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sync --full on B: exit %d: %s%s\n%s", code, out, errs, tail(f.b.Log(), 30))
 	}
-	for _, want := range []string{"mailboxes compared 2, differing 2, messages repaired 3", "bytes fetched"} {
+	for _, want := range []string{"mailboxes compared 2, differing 2, messages repaired 3, files restored 1", "bytes fetched"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sync --full output lacks %q:\n%s", want, out)
 		}

@@ -23,6 +23,7 @@ type fullSyncPeer struct {
 	Restored     int    `json:"restored"`
 	Added        int    `json:"added"`
 	Flagged      int    `json:"flagged"`
+	Files        int    `json:"files"`
 	Unrepaired   int    `json:"unrepaired"`
 	Raced        int    `json:"raced"`
 	BytesFetched int64  `json:"bytes_fetched"`
@@ -52,7 +53,7 @@ func (cs *controlServer) fullSync(enc *json.Encoder, req controlRequest) {
 	for _, p := range rep.Peers {
 		fp := fullSyncPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address, Compared: p.Compared,
 			Differing: p.Differing, Restored: p.Restored, Added: p.Added, Flagged: p.Flagged, Unrepaired: p.Unrepaired,
-			Raced: p.Raced, BytesFetched: p.BytesFetched, Unreachable: p.Unreachable}
+			Files: p.Files, Raced: p.Raced, BytesFetched: p.BytesFetched, Unreachable: p.Unreachable}
 		if p.Err != nil {
 			fp.Err = p.Err.Error()
 		}
@@ -90,17 +91,18 @@ func runFullSync(dir, mailbox string, timeout time.Duration, stdout io.Writer) e
 			failed = append(failed, who+": "+p.Err)
 		}
 		fmt.Fprintf(stdout, "peer %s: %s\n", who, state)
-		fmt.Fprintf(stdout, "  mailboxes compared %d, differing %d; messages restored %d, added %d, flags taken %d, "+
-			"not repairable %d, raced %d; bytes fetched %d\n", p.Compared, p.Differing, p.Restored, p.Added, p.Flagged,
-			p.Unrepaired, p.Raced, p.BytesFetched)
+		fmt.Fprintf(stdout, "  mailboxes compared %d, differing %d; messages restored %d, added %d, flags taken %d; "+
+			"files restored %d; not repairable %d, raced %d; bytes fetched %d\n", p.Compared, p.Differing, p.Restored,
+			p.Added, p.Flagged, p.Files, p.Unrepaired, p.Raced, p.BytesFetched)
 		t.Compared += p.Compared
 		t.Differing += p.Differing
 		t.Restored += p.Restored + p.Added
+		t.Files += p.Files
 		t.Raced += p.Raced
 		t.BytesFetched += p.BytesFetched
 	}
-	fmt.Fprintf(stdout, "full sync: %d peers, mailboxes compared %d, differing %d, messages repaired %d, bytes fetched %d\n",
-		len(rep.FullSync), t.Compared, t.Differing, t.Restored, t.BytesFetched)
+	fmt.Fprintf(stdout, "full sync: %d peers, mailboxes compared %d, differing %d, messages repaired %d, files restored %d, "+
+		"bytes fetched %d\n", len(rep.FullSync), t.Compared, t.Differing, t.Restored, t.Files, t.BytesFetched)
 	switch {
 	case len(unreachable) > 0:
 		return &exitError{code: exitTemporary, err: fmt.Errorf("full sync: peer unreachable (run again later): %s",

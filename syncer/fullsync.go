@@ -91,8 +91,12 @@ func (s *Syncer) fullLog() *slog.Logger { return s.cfg.Logger.With("component", 
 
 // FullSync runs the full sync with every paired peer, one after the other.
 func (s *Syncer) FullSync(ctx context.Context, opts FullSyncOptions) (FullSyncReport, error) {
-	s.fullMu.Lock()
-	defer s.fullMu.Unlock()
+	select {
+	case s.fullRun <- struct{}{}:
+	case <-ctx.Done():
+		return FullSyncReport{}, fmt.Errorf("%w: another full sync is still running: %w", errFullUnreachable, ctx.Err())
+	}
+	defer func() { <-s.fullRun }()
 	log := s.fullLog()
 	var only journal.GUID
 	if opts.Mailbox != "" {
@@ -745,39 +749,42 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 	return d.r.Read(p)
 }
 
-// fullSyncLoop runs the full sync after an unclean stop (retrying until
-// every peer answered) and then every interval (0: never).
+// fullSyncLoop runs the full sync after an unclean stop, retrying with
+// backoff until every peer answered (a peer away for longer is left to the
+// periodic runs), and then every interval (0: never).
 func (s *Syncer) fullSyncLoop(atStart bool, interval time.Duration) {
 	defer s.wg.Done()
 	log := s.fullLog()
+	retrying, backoff := atStart, time.Second
+	wait := interval
 	if atStart {
-		backoff := time.Second
-		for s.ctx.Err() == nil {
-			rep, err := s.FullSync(s.ctx, FullSyncOptions{Reason: "unclean stop"})
-			if err == nil && rep.Total().failed == 0 {
-				break
-			}
-			log.Info("full sync after the unclean stop did not reach every peer; retrying", "retry_in", backoff)
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Minute)
-		}
+		wait = 0
 	}
-	if interval <= 0 {
-		return
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	started := time.Now()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
-		s.FullSync(s.ctx, FullSyncOptions{Reason: "periodic"})
+		reason := "periodic"
+		if retrying {
+			reason = "unclean stop"
+		}
+		rep, err := s.FullSync(s.ctx, FullSyncOptions{Reason: reason})
+		if s.ctx.Err() != nil {
+			return
+		}
+		if retrying && (err != nil || rep.Total().failed > 0) && (interval <= 0 || time.Since(started)+backoff < interval) {
+			log.Info("full sync after the unclean stop did not reach every peer; retrying", "retry_in", backoff)
+			wait, backoff = backoff, min(2*backoff, 5*time.Minute)
+			continue
+		}
+		retrying = false
+		if interval <= 0 {
+			return
+		}
+		wait = interval
 	}
 }
 
@@ -800,7 +807,9 @@ func (s *Syncer) ServeFullSync(ctx context.Context, conn net.Conn, id journal.No
 	context.AfterFunc(ctx, func() { conn.Close() })
 	log := s.fullLog().With("peer", peers.FormatID(id), "remote", conn.RemoteAddr().String())
 	br := bufio.NewReaderSize(conn, 16<<10)
-	bw := bufio.NewWriterSize(conn, 64<<10)
+	// Every write gets its own deadline: a large body over a slow link is
+	// fine as long as it moves.
+	bw := bufio.NewWriterSize(&countingWriter{w: conn, conn: conn, idle: 2 * time.Minute}, 64<<10)
 	greeted := false
 	for {
 		conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
@@ -811,7 +820,6 @@ func (s *Syncer) ServeFullSync(ctx context.Context, conn net.Conn, id journal.No
 			}
 			return
 		}
-		conn.SetWriteDeadline(time.Now().Add(5 * time.Minute))
 		err := s.answerFull(bw, &req, &greeted)
 		if ferr := bw.Flush(); err == nil {
 			err = ferr

@@ -53,8 +53,9 @@ type Syncer struct {
 	applier *applier
 	// applyMu lets one segment at a time be applied (from any peer).
 	applyMu sync.Mutex
-	// fullMu lets one full sync run at a time.
-	fullMu sync.Mutex
+	// fullRun lets one full sync run at a time (a token, so that a caller
+	// can give up waiting).
+	fullRun chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -140,6 +141,7 @@ func New(cfg Config) *Syncer {
 		peers:   map[journal.NodeID]*peerState{},
 		change:  make(chan struct{}),
 		notify:  make(chan uint64, 1),
+		fullRun: make(chan struct{}, 1),
 	}
 }
 

@@ -497,3 +497,41 @@ func TestFullSyncRefusesHostileAnswers(t *testing.T) {
 		t.Fatal("digests differ after the full sync")
 	}
 }
+
+// TestFullSyncRaced: a local change made while a repair's body is on its
+// way wins; the repair is counted as raced and not made.
+func TestFullSyncRaced(t *testing.T) {
+	a, b, _ := pair(t, nil)
+	lostName := "1700000002.M2P1.a:2,S"
+	lostFile := path.Join(fullTestMailbox, "cur", lostName)
+	if err := os.Remove(filepath.Join(b.backing, lostFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Commit(context.Background(), index.Event{Kind: index.EvMissing, Path: lostFile}); err != nil {
+		t.Fatal(err)
+	}
+	// While A streams the body, a client on B puts its own copy there
+	// under another name (flags changed).
+	local := []byte("Subject: two\r\n\r\n2\r\n")
+	tamper := func(req *fsRequest, w io.Writer) (bool, error) {
+		if req.Op == "body" && req.Key == "1700000002.M2P1.a" {
+			b.deliver(t, "cur", "1700000002.M2P1.a:2,FS", local, time.Now())
+		}
+		return false, nil
+	}
+	rep, err := exchange(t, b, hostilePeer(t, a, tamper))
+	if err != nil || rep.Raced != 1 || rep.Restored != 0 {
+		t.Fatalf("full sync racing a local change: %+v, %v", rep, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(b.mnt, fullTestMailbox, "cur"))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if slices.Contains(names, lostName) || !slices.Contains(names, "1700000002.M2P1.a:2,FS") {
+		t.Fatalf("B's cur/ after the race: %v", names)
+	}
+	if ents, _ := os.ReadDir(b.staging); len(ents) != 0 {
+		t.Fatalf("staging holds %d files after a raced repair", len(ents))
+	}
+}

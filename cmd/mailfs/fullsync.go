@@ -46,7 +46,11 @@ func (cs *controlServer) fullSync(enc *json.Encoder, req controlRequest) {
 	defer cancel()
 	rep, err := cs.st.sync.FullSync(ctx, syncer.FullSyncOptions{Mailbox: req.Mailbox, Reason: "command"})
 	if err != nil {
-		enc.Encode(controlError{Error: err.Error(), Exit: exitFailure})
+		code := exitFailure
+		if errors.Is(err, context.DeadlineExceeded) {
+			code = exitTemporary // still waiting for a full sync already running
+		}
+		enc.Encode(controlError{Error: err.Error(), Exit: code})
 		return
 	}
 	out := fullSyncReply{FullSync: []fullSyncPeer{}}

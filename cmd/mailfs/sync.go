@@ -24,11 +24,11 @@ func runSync(args []string, stdout, stderr io.Writer) error {
 			"compared and repaired. Exit codes: 0 done; 75 a peer was unreachable or --timeout passed (named);\n"+
 			"2 local changes raced some repairs (run it again); 1 another failure. The mount also runs it after\n"+
 			"an unclean stop and every --full-sync-interval.",
-		"mailfs sync --timeout 2m\n  mailfs sync --full --mailbox .Sent --timeout 10m", stderr)
+		"mailfs sync --timeout 2m\n  mailfs sync --full --mailbox example.com/alice/Maildir/.Sent --timeout 10m", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up (exit 75) after DUR")
-	full := fs.Bool("full", false, "also compare and repair every mailbox (anti-entropy)")
-	mailbox := fs.String("mailbox", "", "restrict --full to the mailbox at PATH")
+	full := fs.Bool("full", false, "run the anti-entropy full sync (compare with every peer, repair this node) instead of waiting")
+	mailbox := fs.String("mailbox", "", "restrict --full to the mailbox at PATH (relative to the Maildir tree, as 'mailfs mailboxes' lists it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -535,3 +535,78 @@ func TestFullSyncRaced(t *testing.T) {
 		t.Fatalf("staging holds %d files after a raced repair", len(ents))
 	}
 }
+
+// TestFullSyncServeRefusesHostileRequests: the answering side refuses
+// requests before hello and paths outside the store, and answers "not
+// found" for what its index does not hold; it never reads outside the
+// store.
+func TestFullSyncServeRefusesHostileRequests(t *testing.T) {
+	a := newFullNode(t, "a")
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum := fmt.Sprintf("%x", sha256.Sum256([]byte("secret")))
+	call := func(conn net.Conn, br *bufio.Reader, req fsRequest, want byte, v any) error {
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := writeFrame(conn, frameRequest, req); err != nil {
+			return err
+		}
+		return readFrame(br, want, maxFullFrame, v)
+	}
+	session := func(t *testing.T, hello bool, req fsRequest, want byte, v any) error {
+		t.Helper()
+		c1, c2 := net.Pipe()
+		defer c1.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.sync.ServeFullSync(context.Background(), c2, journal.NodeID{2})
+		}()
+		br := bufio.NewReader(c1)
+		if hello {
+			var h fsHello
+			if err := call(c1, br, fsRequest{Op: "hello", Version: FullSyncVersion}, frameAnswer, &h); err != nil || h.Version != FullSyncVersion {
+				t.Fatalf("hello: %+v, %v", h, err)
+			}
+		}
+		err := call(c1, br, req, want, v)
+		c1.Close()
+		<-done
+		return err
+	}
+	g := journal.GUID{1, 2, 3}
+	for _, c := range []struct {
+		name  string
+		hello bool
+		req   fsRequest
+		want  string
+	}{
+		{"before hello", false, fsRequest{Op: "digests"}, "before hello"},
+		{"another version", false, fsRequest{Op: "hello", Version: 99}, "version 99 not supported"},
+		{"file outside the store", true, fsRequest{Op: "file", Key: "../../../../" + secret, Content: sum}, "invalid file path"},
+		{"absolute file path", true, fsRequest{Op: "file", Key: secret, Content: sum}, "invalid file path"},
+		{"message key escaping", true, fsRequest{Op: "body", Mailbox: g.String(), Key: "../../x", Content: sum}, "invalid body request"},
+		{"bad GUID", true, fsRequest{Op: "messages", Mailbox: "zz"}, "invalid mailbox GUID"},
+		{"unknown request", true, fsRequest{Op: "shell"}, "unknown full sync request"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var v fsHello
+			err := session(t, c.hello, c.req, frameAnswer, &v)
+			if err == nil || !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("hostile request %+v: %v, want a refusal with %q", c.req, err, c.want)
+			}
+		})
+	}
+	t.Run("not in the index", func(t *testing.T) {
+		for _, req := range []fsRequest{
+			{Op: "body", Mailbox: g.String(), Key: "1700000001.M1P1.x", Content: sum},
+			{Op: "file", Key: "ex.org/sieve/x.sieve", Content: sum},
+		} {
+			var b fsBody
+			if err := session(t, true, req, frameBody, &b); err != nil || b.Found {
+				t.Fatalf("%+v: %+v, %v, want not found", req, b, err)
+			}
+		}
+	})
+}

@@ -39,6 +39,11 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff between connection attempts
 	// (defaults 250 ms and 30 s).
 	RetryMin, RetryMax time.Duration
+	// FullSyncAtStart runs the full sync with every peer once Start is
+	// done (after an unclean stop), retrying until every peer answered.
+	FullSyncAtStart bool
+	// FullSyncInterval runs it periodically (0: never).
+	FullSyncInterval time.Duration
 }
 
 // Syncer pushes this node's journal to its peers and applies theirs.
@@ -49,6 +54,9 @@ type Syncer struct {
 	counts  *counters
 	// applyMu lets one segment at a time be applied (from any peer).
 	applyMu sync.Mutex
+	// fullRun lets one full sync run at a time (a token, so that a caller
+	// can give up waiting).
+	fullRun chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -143,6 +151,7 @@ func New(cfg Config) *Syncer {
 		peers:   map[journal.NodeID]*peerState{},
 		change:  make(chan struct{}),
 		notify:  make(chan uint64, 1),
+		fullRun: make(chan struct{}, 1),
 	}
 }
 
@@ -163,6 +172,10 @@ func (s *Syncer) Start() error {
 	go s.fanOut()
 	for _, p := range list {
 		s.AddPeer(p)
+	}
+	if s.cfg.FullSyncAtStart || s.cfg.FullSyncInterval > 0 {
+		s.wg.Add(1)
+		go s.fullSyncLoop(s.cfg.FullSyncAtStart, s.cfg.FullSyncInterval)
 	}
 	return nil
 }

@@ -34,6 +34,8 @@ type controlRequest struct {
 	Code string `json:"code,omitempty"`
 	// Pattern asks status for the users it matches (see matchUser).
 	Pattern string `json:"pattern,omitempty"`
+	// Mailbox restricts a full-sync request to the mailbox at this path.
+	Mailbox string `json:"mailbox,omitempty"`
 }
 
 type controlError struct {
@@ -383,6 +385,8 @@ func (cs *controlServer) handle(c net.Conn) {
 			return
 		}
 		enc.Encode(map[string]uint64{"synced_seq": seq})
+	case "full-sync":
+		cs.fullSync(enc, req)
 	case "mailboxes":
 		err := cs.st.index.Mailboxes(func(mb index.Mailbox) error { return enc.Encode(mailboxLineOf(mb)) })
 		if err != nil {

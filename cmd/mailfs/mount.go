@@ -20,18 +20,21 @@ import (
 )
 
 func runMount(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] [--metrics HOST:PORT] MOUNTPOINT",
+	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] [--full-sync-interval DUR] [--metrics HOST:PORT] MOUNTPOINT",
 		"Mount the store's Maildir tree at MOUNTPOINT and serve it in the foreground until SIGINT or\n"+
 			"SIGTERM, which flush, unmount and exit 0. Logs go to stderr. An absent or empty store is\n"+
 			"initialised first. Changes made to the tree while unmounted are found and journaled at start.\n"+
 			"With --listen (or the address saved by init) it accepts other nodes there: pairing ('mailfs pair')\n"+
 			"and, from paired nodes only, replication: each node pushes its journal to every peer and applies\n"+
-			"what they push, through this mount.",
+			"what they push, through this mount. After an unclean stop, and every --full-sync-interval, it runs\n"+
+			"the full sync with every peer (as 'mailfs sync --full' does): files deleted behind mailfs's back\n"+
+			"come back from a peer.",
 		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
 	syncTimeout := fs.Duration("sync-timeout", 0, "let a delivery wait up to DUR for peers' acknowledgement (no peers: no wait)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (lag, ops, conflicts, FUSE latency)")
+	fullSyncInterval := fs.Duration("full-sync-interval", 24*time.Hour, "run the anti-entropy full sync with every peer this often (0: never)")
 	cacheTimeout := fs.Duration("cache-timeout", 60*time.Second, "kernel entry/attribute cache lifetime")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	if err := parseFlags(fs, args); err != nil {
@@ -47,6 +50,9 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	}
 	if *syncTimeout < 0 {
 		return usageErr("--sync-timeout must not be negative")
+	}
+	if *fullSyncInterval < 0 {
+		return usageErr("--full-sync-interval must not be negative")
 	}
 
 	mountpoint, err := filepath.Abs(fs.Arg(0))
@@ -97,7 +103,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	st.sync = syncer.New(syncer.Config{Store: st.index, Identity: st.ident, Mount: srv, Root: st.maildir,
-		StagingDir: st.paths.staging(), Logger: log})
+		StagingDir: st.paths.staging(), Logger: log, FullSyncAtStart: !st.index.WasClean(), FullSyncInterval: *fullSyncInterval})
 	if err := st.sync.Start(); err != nil {
 		srv.Unmount()
 		return err

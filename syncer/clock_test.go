@@ -167,7 +167,7 @@ func TestClockBothSides(t *testing.T) {
 	}
 	conn.Close()
 	<-done
-	if got := clockOf(asker); (got.Skew-slow).Abs() > time.Second {
+	if got := clockOf(asker); (got.Skew - slow).Abs() > time.Second {
 		t.Fatalf("an asker 5 minutes slow was measured at %+v", got)
 	}
 }

@@ -179,6 +179,7 @@ func TestFullSyncSummary(t *testing.T) {
 		want string
 	}{
 		{FullSyncPeerReport{Compared: 3}, "ok, 3 mailboxes compared, nothing to repair"},
+		{FullSyncPeerReport{Compared: 1}, "ok, 1 mailbox compared, nothing to repair"},
 		{FullSyncPeerReport{Compared: 3, Differing: 1, Restored: 2, Flagged: 1}, "ok, 3 mailboxes compared, 1 differing, 2 restored, 1 flags taken"},
 		{FullSyncPeerReport{Err: errFullUnreachable, Unreachable: true}, "failed (unreachable): peer unreachable"},
 		{FullSyncPeerReport{Compared: 2, Added: 1, Err: ErrProtocol}, "failed after 2 mailboxes compared, 1 added: replication protocol violated"},

@@ -179,7 +179,7 @@ func (r FullSyncPeerReport) Summary() string {
 			what = "failed (unreachable)"
 		}
 		if r.Compared > 0 {
-			parts = append([]string{fmt.Sprintf("%d mailboxes compared", r.Compared)}, parts...)
+			parts = append([]string{mailboxesCompared(r.Compared)}, parts...)
 		}
 		if len(parts) > 0 {
 			what += " after " + strings.Join(parts, ", ")
@@ -189,7 +189,14 @@ func (r FullSyncPeerReport) Summary() string {
 	if len(parts) == 0 {
 		parts = []string{"nothing to repair"}
 	}
-	return fmt.Sprintf("ok, %d mailboxes compared, %s", r.Compared, strings.Join(parts, ", "))
+	return fmt.Sprintf("ok, %s, %s", mailboxesCompared(r.Compared), strings.Join(parts, ", "))
+}
+
+func mailboxesCompared(n int) string {
+	if n == 1 {
+		return "1 mailbox compared"
+	}
+	return fmt.Sprintf("%d mailboxes compared", n)
 }
 
 // clipReason bounds a result kept in the index and shown by status.

@@ -142,8 +142,10 @@ func printPeers(w io.Writer, ps []statusPeer) {
 			line("full sync", "%s: %s", ago(p.LastFullSync), p.LastFullSyncResult)
 		}
 		if p.ClockSkewMs != nil {
+			// Good to half the round trip, and to the millisecond the
+			// peer's time is given in.
 			line("clock", "%s (within %s, measured %s)", skewSentence(*p.ClockSkewMs),
-				time.Duration((deref64(p.ClockSkewRTTMs)+1)/2)*time.Millisecond, ago(p.ClockSkewMeasured))
+				time.Duration((deref64(p.ClockSkewRTTMs)+1)/2+1)*time.Millisecond, ago(p.ClockSkewMeasured))
 		}
 		if c := p.CatchUp; c != nil {
 			eta := "-"
@@ -176,7 +178,7 @@ func skewText(ms *int64) string {
 		return "-"
 	}
 	d := roundSkew(*ms)
-	if d >= 0 {
+	if d > 0 {
 		return "+" + d.String()
 	}
 	return d.String()

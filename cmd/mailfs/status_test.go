@@ -109,7 +109,7 @@ func TestPrintPeers(t *testing.T) {
 		"-1.234s", "2h0m0s ago", "failed 1h0m0s ago",
 		"  address      mx2.example.net:7000",
 		"  full sync    2h0m0s ago: ok, 3 mailboxes compared, nothing to repair",
-		"  clock        1.234s behind this node's (within 2ms, measured 1m0s ago)",
+		"  clock        1.234s behind this node's (within 3ms, measured 1m0s ago)",
 		"  last error   dial mx3.example.net:7000: connection refused",
 	} {
 		if !strings.Contains(out, want) {

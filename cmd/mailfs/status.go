@@ -19,14 +19,15 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status [--store DIR] [--json] [--check [--max-lag DUR]] [PATTERN]",
 		"Show this node's state and its peers' replication: per peer whether it is connected, what it lacks\n"+
 			"of this node's journal (ops, bytes, and the age of the oldest op it has not acknowledged), the last\n"+
-			"success and the last failure with its error. Asks the running daemon through STORE/mailfs.sock\n"+
-			"when mounted, else reads the store (then no peer is connected).\n\n"+
+			"fast sync (every op acknowledged), the last full sync and its result, the last success, the last\n"+
+			"failure with its error, and the peer's clock skew. Asks the running daemon through\n"+
+			"STORE/mailfs.sock when mounted, else reads the store (then no peer is connected).\n\n"+
 			"PATTERN lists the users it matches ('*' any characters, '?' one; a user is the directory that\n"+
 			"holds a Maildir, e.g. example.com/alice) with their mailboxes, messages and, per peer, the ops of\n"+
 			"theirs that peer still lacks.\n\n"+
 			"--check is a monitoring probe (Nagios convention): it prints one line and exits 0 when every\n"+
-			"paired peer is connected and none lacks an op older than --max-lag, else 2 (also when mailfs is\n"+
-			"not running or no peer is paired).",
+			"paired peer is connected, none lacks an op older than --max-lag and no peer's clock is more than\n"+
+			"1 minute off, else 2 (also when mailfs is not running or no peer is paired).",
 		"mailfs status --check --max-lag 10m    mailfs status 'example.com/*'", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	asJSON := fs.Bool("json", false, "print JSON (the fields of design §9 and more)")

@@ -140,9 +140,10 @@ func (s *Syncer) FullSync(ctx context.Context, opts FullSyncOptions) (FullSyncRe
 		if pr.clock.known() {
 			s.noteClock(p.ID, pr.clock)
 		}
-		if opts.Mailbox == "" {
+		if opts.Mailbox == "" && s.ctx.Err() == nil {
 			// Only a pass over every mailbox counts as the peer's last
-			// full sync; one --mailbox says nothing of the others.
+			// full sync; one --mailbox says nothing of the others. One cut
+			// short by this node's own shutdown says nothing of the peer.
 			rec := index.PeerSync{LastFullSync: time.Now(), FullSyncOK: pr.Err == nil, FullSyncResult: pr.Summary()}
 			if err := s.cfg.Store.PutPeerSync(p.ID, rec); err != nil {
 				plog.Warn("recording the full sync's result failed", "err", err)

@@ -32,8 +32,12 @@ func runInit(args []string, stdout, stderr io.Writer) error {
 	var o initOptions
 	fs := newFlags("init [--store DIR] [--name NAME] [--listen HOST:PORT] [--maildir DIR]",
 		"Create a mailfs store: its marker, node identity and index. With --maildir DIR the Maildir tree\n"+
-			"stays at DIR (a DIR that already holds mail is indexed in place, with progress; running init\n"+
-			"again resumes an interrupted indexing). Without it the tree is STORE/maildir.",
+			"stays at DIR: a DIR that already holds mail is adopted, indexed in place (no copy) with Dovecot's\n"+
+			"mailbox GUIDs kept from dovecot-uidlist; it is counted first, then progress (count, percent, rate,\n"+
+			"ETA) is logged. Ctrl-C stops it after the batch in flight (exit 75); running the same init again\n"+
+			"resumes without indexing anything twice, also after kill -9. Without --maildir the tree is\n"+
+			"STORE/maildir. Exit codes: 0 done; 75 interrupted (run again); 1 refused or failed (the message\n"+
+			"names the store or path).",
 		"mailfs init --store /var/lib/mailfs --name mx1 --maildir /var/vmail", stderr)
 	fs.StringVar(&o.store, "store", defaultStore(), "store directory (default $MAILFS_STORE, /var/lib/mailfs for root)")
 	fs.StringVar(&o.name, "name", "", "human name of this node (default: the host name)")

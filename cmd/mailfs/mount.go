@@ -28,8 +28,11 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 			"and, from paired nodes only, replication: each node pushes its journal to every peer and applies\n"+
 			"what they push, through this mount. After an unclean stop, and every --full-sync-interval, it runs\n"+
 			"the full sync with every peer (as 'mailfs sync --full' does): files deleted behind mailfs's back\n"+
-			"come back from a peer.",
-		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
+			"come back from a peer. With --metrics it serves Prometheus metrics over HTTP (bind it to loopback\n"+
+			"or a management network). Under systemd (Type=notify) it reports ready once the mount answers.\n"+
+			"Refused with exit 1 and a message: a missing mountpoint, a stale mount of a dead mailfs, one\n"+
+			"already mounted, a store another mailfs has open, a store whose Maildir tree is missing.",
+		"mailfs mount --store /var/lib/mailfs --listen mx1.example.net:7000 --metrics 127.0.0.1:9465 /srv/mailfs", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
 	syncTimeout := fs.Duration("sync-timeout", 0, "let a delivery wait up to DUR for peers' acknowledgement (no peers: no wait)")

@@ -28,7 +28,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 			"--check is a monitoring probe (Nagios convention): it prints one line and exits 0 when every\n"+
 			"paired peer is connected, none lacks an op older than --max-lag and no peer's clock is more than\n"+
 			"1 minute off, else 2 (also when mailfs is not running or no peer is paired).",
-		"mailfs status --check --max-lag 10m    mailfs status 'example.com/*'", stderr)
+		"mailfs status --check --max-lag 10m\n  mailfs status 'example.com/*'\n  mailfs status --json", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	asJSON := fs.Bool("json", false, "print JSON (the fields of design §9 and more)")
 	check := fs.Bool("check", false, "monitoring probe: one line, exit 0 healthy, 2 not")

@@ -124,8 +124,10 @@ type VersionVector map[NodeID]uint64
 //     Content, Replaced.
 //   - MessageExpunge: Mailbox, Path, Key.
 //   - FileWrite: Path, From (the source of a rename, if the write was one),
-//     Mode, Mtime, Size, Content, LinkTarget for symlinks.
-//   - FileDelete: Path.
+//     Mode, Mtime, Size, Content, LinkTarget for symlinks, Seen (the version
+//     of Path it replaced: one entry, that version's origin and seq; none
+//     when the path had none).
+//   - FileDelete: Path, Seen (as for FileWrite).
 type Op struct {
 	Kind       Kind
 	Origin     NodeID

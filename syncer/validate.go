@@ -141,6 +141,9 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 		if op.From != "" && (!cleanRel(op.From, false) || maildir.Classify(op.From, false).Kind != maildir.KindPlainFile) {
 			return badOp(op, "file rename source %q invalid", op.From)
 		}
+		if len(op.Seen) > 1 {
+			return badOp(op, "file op replaces %d versions, at most one", len(op.Seen))
+		}
 		if op.LinkTarget != "" {
 			t := op.LinkTarget
 			if strings.HasPrefix(t, "/") || t == ".." || strings.HasPrefix(t, "../") || strings.Contains(t, "/../") ||

@@ -1,0 +1,352 @@
+package index
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"mailfs/journal"
+)
+
+// Plain files (design §6 rule 10) are multi-value registers, one per path.
+// Every FileWrite and FileDelete is a version of its path, named by its dot
+// (origin, seq), and says which version it replaced (op.Seen, one entry: the
+// version the writer had at the path). The register keeps its heads: the
+// versions no op known here replaced. What the tree shows is a function of
+// the heads alone, so every node that applied the same ops shows the same
+// files, in any order of arrival:
+//   - the newest head (by HLC, then origin) is at the path, or nothing when
+//     it is a delete;
+//   - every other write head is kept at ConflictName(path, its dot), unless
+//     its bytes are those of a version already shown (the same content
+//     written on two nodes needs no copy).
+//
+// A write replaces only what its writer had: versions written concurrently
+// elsewhere stay, as conflict copies, so no byte is dropped. A delete is a
+// head too (a tombstone): newer than a concurrent write it had not seen, it
+// empties the path and the write is kept as a conflict copy; older, the
+// write stays at the path. A change to a conflict copy (an edit, a delete)
+// replaces that version in the register of the original path, so the copy
+// is not made again anywhere; an edited copy is a plain file of its own.
+//
+// An op that replaced a version not yet here (a third node's, still in
+// flight) is remembered as pending, and that version is dropped on arrival:
+// each origin's ops arrive in seq order, so Ctx (the highest seq of each
+// origin applied to the register) says which versions have arrived.
+
+// Dot names one version of a plain file: the op that wrote or deleted it.
+type Dot struct {
+	Origin journal.NodeID `json:"origin"`
+	Seq    uint64         `json:"seq"`
+}
+
+// IsZero reports whether d names no version.
+func (d Dot) IsZero() bool { return d.Seq == 0 }
+
+// DotOf is the version op makes.
+func DotOf(op *journal.Op) Dot { return Dot{Origin: op.Origin, Seq: op.Seq} }
+
+// ReplacedDot is the version a FileWrite or FileDelete replaced at its path
+// (carried in op.Seen), zero when the path held none.
+func ReplacedDot(op *journal.Op) Dot {
+	for o, s := range op.Seen {
+		return Dot{Origin: o, Seq: s}
+	}
+	return Dot{}
+}
+
+// ConflictName is where version d of the plain file at path is kept while a
+// newer version holds the path (the name rule 9 gives messages).
+func ConflictName(path string, d Dot) string {
+	return path + conflictSuffix(d)
+}
+
+func conflictSuffix(d Dot) string {
+	return ".mailfs-conflict-" + d.Origin.Short() + "-" + strconv.FormatUint(d.Seq, 10)
+}
+
+// conflictBase is the path whose version d the conflict copy at path keeps.
+func conflictBase(path string, d Dot) (string, bool) {
+	if d.IsZero() {
+		return "", false
+	}
+	suf := conflictSuffix(d)
+	if len(path) > len(suf) && strings.HasSuffix(path, suf) && !strings.HasSuffix(path, "/"+suf) {
+		return strings.TrimSuffix(path, suf), true
+	}
+	return "", false
+}
+
+// FileHead is a version of a plain file that no op applied here replaced.
+type FileHead struct {
+	Dot
+	Time       journal.HLC       `json:"time"`
+	Deleted    bool              `json:"deleted,omitempty"`
+	Mode       uint32            `json:"mode,omitempty"`
+	Mtime      int64             `json:"mtime,omitempty"`
+	Size       int64             `json:"size,omitempty"`
+	Content    journal.ContentID `json:"content"`
+	LinkTarget string            `json:"link,omitempty"`
+}
+
+// Stamp orders heads: the newest is at the path.
+func (h FileHead) Stamp() journal.Stamp { return journal.Stamp{Time: h.Time, Origin: h.Origin} }
+
+// SameBytes reports whether h and o are writes of the same file.
+func (h FileHead) SameBytes(o FileHead) bool {
+	return !h.Deleted && !o.Deleted && h.Content == o.Content && h.LinkTarget == o.LinkTarget && h.Mode&0o7777 == o.Mode&0o7777
+}
+
+func headOf(op *journal.Op) FileHead {
+	return FileHead{Dot: DotOf(op), Time: op.Time, Deleted: op.Kind == journal.FileDelete, Mode: op.Mode,
+		Mtime: op.Mtime, Size: op.Size, Content: op.Content, LinkTarget: op.LinkTarget}
+}
+
+// fileRegRec is the register of one plain-file path.
+type fileRegRec struct {
+	Heads   []FileHead            `json:"heads,omitempty"`
+	Ctx     journal.VersionVector `json:"ctx,omitempty"`
+	Pending []Dot                 `json:"pending,omitempty"`
+}
+
+func (r *fileRegRec) clone() fileRegRec {
+	c := fileRegRec{Heads: slices.Clone(r.Heads), Pending: slices.Clone(r.Pending), Ctx: journal.VersionVector{}}
+	for o, s := range r.Ctx {
+		c.Ctx[o] = s
+	}
+	return c
+}
+
+// replace drops version d: a head now, or, when d has not arrived yet, on
+// arrival. self's versions have always arrived.
+func (r *fileRegRec) replace(d Dot, self journal.NodeID) {
+	if d.IsZero() {
+		return
+	}
+	if i := slices.IndexFunc(r.Heads, func(h FileHead) bool { return h.Dot == d }); i >= 0 {
+		r.Heads = slices.Delete(r.Heads, i, i+1)
+		return
+	}
+	if d.Origin != self && d.Seq > r.Ctx[d.Origin] && !slices.Contains(r.Pending, d) {
+		r.Pending = append(r.Pending, d)
+	}
+}
+
+// add makes h a head, unless it arrived before or was replaced already.
+func (r *fileRegRec) add(h FileHead) {
+	if r.Ctx == nil {
+		r.Ctx = journal.VersionVector{}
+	}
+	if r.Ctx[h.Origin] >= h.Seq {
+		return // applied before: ops are idempotent
+	}
+	r.Ctx[h.Origin] = h.Seq
+	if i := slices.Index(r.Pending, h.Dot); i >= 0 {
+		r.Pending = slices.Delete(r.Pending, i, i+1)
+		return
+	}
+	r.Heads = append(r.Heads, h)
+	r.prune()
+}
+
+// prune drops the delete heads that are not the newest: a later version
+// replaces something newer than them, so they can never be the newest
+// again, and a delete that is not the newest shows nothing.
+func (r *fileRegRec) prune() {
+	newest := r.newest()
+	r.Heads = slices.DeleteFunc(r.Heads, func(h FileHead) bool { return h.Deleted && h.Dot != newest.Dot })
+}
+
+func (r *fileRegRec) newest() FileHead {
+	var n FileHead
+	for i, h := range r.Heads {
+		if i == 0 || n.Stamp().Less(h.Stamp()) {
+			n = h
+		}
+	}
+	return n
+}
+
+// ShownFile is one version of a plain file and where the tree shows it.
+type ShownFile struct {
+	Path string
+	Head FileHead
+}
+
+// view is what the register of path shows: the newest head at path, the
+// other write heads at their conflict names, newest first, skipping those
+// with the bytes of a version already shown.
+func (r *fileRegRec) view(path string) []ShownFile {
+	heads := slices.Clone(r.Heads)
+	slices.SortFunc(heads, func(a, b FileHead) int {
+		if b.Stamp().Less(a.Stamp()) {
+			return -1
+		}
+		if a.Stamp().Less(b.Stamp()) {
+			return 1
+		}
+		return 0
+	})
+	var out []ShownFile
+	for i, h := range heads {
+		if h.Deleted {
+			continue
+		}
+		if slices.ContainsFunc(out, func(s ShownFile) bool { return s.Head.SameBytes(h) }) {
+			continue
+		}
+		p := path
+		if i > 0 {
+			p = ConflictName(path, h.Dot)
+		}
+		out = append(out, ShownFile{Path: p, Head: h})
+	}
+	return out
+}
+
+// FileChange is what a plain-file op does to the files of one register.
+type FileChange struct {
+	Path          string
+	Before, After []ShownFile
+}
+
+type regStep struct {
+	path          string
+	before, after fileRegRec
+}
+
+func (t *tx) fileReg(path string) (fileRegRec, error) {
+	var r fileRegRec
+	_, err := t.getRec(fileRegKey(path), &r)
+	return r, err
+}
+
+// fileSteps computes what the plain-file op does to the registers it
+// touches: the replaced version leaves its register (the original path's,
+// when op changes a conflict copy of it), the op's own version joins the
+// register of op.Path, and a rename's source gets a delete.
+func (t *tx) fileSteps(op *journal.Op) ([]regStep, error) {
+	return fileSteps(t.fileReg, t.s.node, op)
+}
+
+// fileSteps is tx.fileSteps on the registers load returns (self: this node).
+func fileSteps(load func(path string) (fileRegRec, error), self journal.NodeID, op *journal.Op) ([]regStep, error) {
+	var steps []regStep
+	get := func(path string) (*regStep, error) {
+		for i := range steps {
+			if steps[i].path == path {
+				return &steps[i], nil
+			}
+		}
+		r, err := load(path)
+		if err != nil {
+			return nil, err
+		}
+		steps = append(steps, regStep{path: path, before: r, after: r.clone()})
+		return &steps[len(steps)-1], nil
+	}
+	if r := ReplacedDot(op); !r.IsZero() {
+		at := op.Path
+		if base, ok := conflictBase(op.Path, r); ok {
+			at = base
+		}
+		st, err := get(at)
+		if err != nil {
+			return nil, err
+		}
+		st.after.replace(r, self)
+	}
+	if op.From != "" && op.From != op.Path {
+		// The renamed version leaves its source: the source's newest write
+		// with those bytes, and a delete takes its place.
+		st, err := get(op.From)
+		if err != nil {
+			return nil, err
+		}
+		moved := headOf(op)
+		if n := st.after.newest(); n.SameBytes(moved) {
+			st.after.replace(n.Dot, self)
+		}
+		del := moved
+		del.Deleted = true
+		st.after.add(del)
+	}
+	st, err := get(op.Path)
+	if err != nil {
+		return nil, err
+	}
+	st.after.add(headOf(op))
+	return steps, nil
+}
+
+// recordFileOp stores the registers op changes and gives every file the
+// new views show the dot of the version it holds. Runs for local ops after
+// they are journaled and for peer ops once carried out.
+func (t *tx) recordFileOp(op *journal.Op) error {
+	steps, err := t.fileSteps(op)
+	if err != nil {
+		return err
+	}
+	for _, st := range steps {
+		if err := t.putRec(fileRegKey(st.path), &st.after); err != nil {
+			return err
+		}
+		for _, s := range st.after.view(st.path) {
+			var f fileRec
+			ok, err := t.getRec(fileKey(s.Path), &f)
+			if err != nil {
+				return err
+			}
+			if !ok || (f.Stamp.Origin == s.Head.Origin && f.Seq == s.Head.Seq) {
+				continue
+			}
+			if f.Content != s.Head.Content || f.LinkTarget != s.Head.LinkTarget {
+				continue // not that version (a local change raced): its own dot stays
+			}
+			f.Stamp, f.Seq = s.Head.Stamp(), s.Head.Seq
+			if err := t.putRec(fileKey(s.Path), &f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// shownDot is the version a local change at path replaces: the file there,
+// or, when there is none, the newest version its register has (a delete,
+// or a write not carried out here).
+func (t *tx) shownDot(path string, old *fileRec) (Dot, error) {
+	if old != nil && !old.Missing && old.Seq != 0 {
+		return Dot{Origin: old.Stamp.Origin, Seq: old.Seq}, nil
+	}
+	r, err := t.fileReg(path)
+	if err != nil || len(r.Heads) == 0 {
+		return Dot{}, err
+	}
+	return r.newest().Dot, nil
+}
+
+func seenOf(d Dot) journal.VersionVector {
+	if d.IsZero() {
+		return nil
+	}
+	return journal.VersionVector{d.Origin: d.Seq}
+}
+
+// PlainFileChanges is what applying the peer's plain-file op changes in the
+// tree: per register it touches, the files shown before and after.
+func (v PeerView) PlainFileChanges(op *journal.Op) ([]FileChange, error) {
+	if op.Kind != journal.FileWrite && op.Kind != journal.FileDelete {
+		return nil, fmt.Errorf("index: %s is not a plain-file op", op.Kind)
+	}
+	steps, err := v.t.fileSteps(op)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]FileChange, 0, len(steps))
+	for _, st := range steps {
+		out = append(out, FileChange{Path: st.path, Before: st.before.view(st.path), After: st.after.view(st.path)})
+	}
+	return out, nil
+}

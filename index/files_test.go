@@ -1,0 +1,222 @@
+package index
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"mailfs/journal"
+	"mailfs/maildir"
+)
+
+// registers is one node's plain-file registers, for replaying ops in a
+// chosen order.
+type registers struct {
+	self journal.NodeID
+	regs map[string]fileRegRec
+}
+
+func (n *registers) apply(t *testing.T, op *journal.Op) {
+	t.Helper()
+	steps, err := fileSteps(func(p string) (fileRegRec, error) { return n.regs[p], nil }, n.self, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range steps {
+		n.regs[st.path] = st.after
+	}
+}
+
+// tree is what the registers show: path → "origin8-seq" of the version.
+func (n *registers) tree() map[string]string {
+	out := map[string]string{}
+	for p, r := range n.regs {
+		for _, s := range r.view(p) {
+			out[s.Path] = fmt.Sprintf("%s-%d", s.Head.Origin.Short(), s.Head.Seq)
+		}
+	}
+	return out
+}
+
+func node(b byte) journal.NodeID {
+	var n journal.NodeID
+	for i := range n {
+		n[i] = b
+	}
+	return n
+}
+
+var nodeA, nodeB, nodeC = node(0xaa), node(0xbb), node(0xcc)
+
+func write(origin journal.NodeID, seq uint64, wall int64, p, content string, replaces ...Dot) *journal.Op {
+	op := &journal.Op{Kind: journal.FileWrite, Origin: origin, Seq: seq, Time: journal.HLC{WallMs: wall}, Path: p,
+		Mode: 0o644, Size: int64(len(content))}
+	copy(op.Content[:], content)
+	if len(replaces) > 0 {
+		op.Seen = seenOf(replaces[0])
+	}
+	return op
+}
+
+func del(origin journal.NodeID, seq uint64, wall int64, p string, replaces Dot) *journal.Op {
+	return &journal.Op{Kind: journal.FileDelete, Origin: origin, Seq: seq, Time: journal.HLC{WallMs: wall}, Path: p,
+		Seen: seenOf(replaces)}
+}
+
+// orders lists every interleaving of the per-origin op sequences (each
+// origin's ops arrive in seq order, as replication sends them).
+func orders(streams [][]*journal.Op) [][]*journal.Op {
+	var out [][]*journal.Op
+	var rec func(prefix []*journal.Op, rest [][]*journal.Op)
+	rec = func(prefix []*journal.Op, rest [][]*journal.Op) {
+		done := true
+		for i, s := range rest {
+			if len(s) == 0 {
+				continue
+			}
+			done = false
+			next := slices.Clone(rest)
+			next[i] = s[1:]
+			rec(append(slices.Clone(prefix), s[0]), next)
+		}
+		if done {
+			out = append(out, prefix)
+		}
+	}
+	rec(nil, streams)
+	return out
+}
+
+func dotName(o journal.NodeID, seq uint64) string { return fmt.Sprintf("%s-%d", o.Short(), seq) }
+
+// TestPlainFileVersionsConverge replays the ops of each scenario in every
+// order of arrival (and each twice, as after a crash) and checks that the
+// tree is always the one rule 10 gives.
+func TestPlainFileVersionsConverge(t *testing.T) {
+	const p = "example.com/alice/sieve/main.sieve"
+	a1 := Dot{nodeA, 1}
+	cases := []struct {
+		name    string
+		streams [][]*journal.Op
+		want    map[string]string
+	}{{
+		name:    "concurrent writes: newest at the path, older as conflict copy",
+		streams: [][]*journal.Op{{write(nodeA, 1, 100, p, "a")}, {write(nodeB, 1, 200, p, "b")}},
+		want:    map[string]string{p: dotName(nodeB, 1), ConflictName(p, Dot{nodeA, 1}): dotName(nodeA, 1)},
+	}, {
+		name: "sequential writes on one node are no conflict; only the last meets the other node's",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "a1"), write(nodeA, 2, 300, p, "a2", a1)},
+			{write(nodeB, 1, 200, p, "b")}},
+		want: map[string]string{p: dotName(nodeA, 2), ConflictName(p, Dot{nodeB, 1}): dotName(nodeB, 1)},
+	}, {
+		name: "a write replacing a version a third node has not received yet",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "a")},
+			{write(nodeB, 1, 200, p, "b", a1)}},
+		want: map[string]string{p: dotName(nodeB, 1)},
+	}, {
+		name:    "the same bytes written on two nodes: no copy",
+		streams: [][]*journal.Op{{write(nodeA, 1, 100, p, "same")}, {write(nodeB, 1, 200, p, "same")}},
+		want:    map[string]string{p: dotName(nodeB, 1)},
+	}, {
+		name: "a delete newer than a write it had not seen keeps the write as conflict copy",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "base"), write(nodeA, 2, 200, p, "edit", a1)},
+			{del(nodeB, 1, 300, p, a1)}},
+		want: map[string]string{ConflictName(p, Dot{nodeA, 2}): dotName(nodeA, 2)},
+	}, {
+		name: "a write newer than a concurrent delete stays at the path",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "base"), write(nodeA, 2, 300, p, "edit", a1)},
+			{del(nodeB, 1, 200, p, a1)}},
+		want: map[string]string{p: dotName(nodeA, 2)},
+	}, {
+		name: "a deleted conflict copy is not made again on a node that had not made it",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "a")},
+			{write(nodeB, 1, 200, p, "b"), del(nodeB, 2, 300, ConflictName(p, a1), a1)}},
+		want: map[string]string{p: dotName(nodeB, 1)},
+	}, {
+		name: "an edited conflict copy is a file of its own",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "a")},
+			{write(nodeB, 1, 200, p, "b"), write(nodeB, 2, 300, ConflictName(p, a1), "a, edited", a1)}},
+		want: map[string]string{p: dotName(nodeB, 1), ConflictName(p, a1): dotName(nodeB, 2)},
+	}, {
+		name: "three nodes write concurrently",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 300, p, "a")}, {write(nodeB, 1, 100, p, "b")}, {write(nodeC, 1, 200, p, "c")}},
+		want: map[string]string{p: dotName(nodeA, 1), ConflictName(p, Dot{nodeB, 1}): dotName(nodeB, 1),
+			ConflictName(p, Dot{nodeC, 1}): dotName(nodeC, 1)},
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			all := orders(tc.streams)
+			if len(all) < 2 && len(tc.streams) > 1 {
+				t.Fatalf("only %d orders", len(all))
+			}
+			for _, order := range all {
+				for _, self := range []journal.NodeID{nodeA, nodeB, nodeC} {
+					if !possible(order, self) {
+						continue
+					}
+					n := &registers{self: self, regs: map[string]fileRegRec{}}
+					for _, op := range order {
+						n.apply(t, op)
+						n.apply(t, op) // replayed after a crash: no change
+					}
+					if got := n.tree(); !maps.Equal(got, tc.want) {
+						t.Errorf("node %s, order %s: tree %v, want %v", self.Short(), describe(order), got, tc.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// possible reports whether self can see ops in this order: a peer's op
+// that replaced one of self's versions comes after that version was made.
+func possible(order []*journal.Op, self journal.NodeID) bool {
+	made := map[Dot]bool{}
+	for _, op := range order {
+		if r := ReplacedDot(op); r.Origin == self && !made[r] {
+			return false
+		}
+		made[DotOf(op)] = true
+	}
+	return true
+}
+
+func describe(ops []*journal.Op) string {
+	var parts []string
+	for _, op := range ops {
+		parts = append(parts, fmt.Sprintf("%s%s-%d", map[journal.Kind]string{journal.FileWrite: "w", journal.FileDelete: "d"}[op.Kind],
+			op.Origin.Short()[:2], op.Seq))
+	}
+	return strings.Join(parts, ",")
+}
+
+// TestConflictNamesStayPlainFiles: a conflict copy of a plain file is a
+// plain file, never a message, cache, lock or special file.
+func TestConflictNamesStayPlainFiles(t *testing.T) {
+	d := Dot{nodeA, 42}
+	for _, p := range []string{"a/Maildir/.Sent/maildirfolder", "a/Maildir/dovecot-shared", "a/Maildir/dovecot-acl",
+		"a/sieve/main.sieve", "a/.dovecot.sieve", "a/Maildir/notes.txt"} {
+		if k := maildir.Classify(p, false).Kind; k != maildir.KindPlainFile {
+			t.Fatalf("%s is %s, want a plain file", p, k)
+		}
+		c := ConflictName(p, d)
+		if k := maildir.Classify(c, false).Kind; k != maildir.KindPlainFile {
+			t.Errorf("conflict copy %s is %s, want a plain file", c, k)
+		}
+		if base, ok := conflictBase(c, d); !ok || base != p {
+			t.Errorf("conflictBase(%q) = %q, %v; want %q", c, base, ok, p)
+		}
+		if _, ok := conflictBase(c, Dot{nodeB, 42}); ok {
+			t.Errorf("conflictBase(%q) matched another node's dot", c)
+		}
+	}
+}

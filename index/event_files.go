@@ -338,11 +338,11 @@ func (t *tx) depart(path string) error {
 		if t.remote != nil {
 			return t.journal(journal.Op{Kind: journal.FileDelete, Path: path})
 		}
-		replaced, err := t.shownDot(path, &old)
+		replaced, err := t.shownDots(path, &old)
 		if err != nil {
 			return err
 		}
-		if err := t.journal(journal.Op{Kind: journal.FileDelete, Path: path, Seen: seenOf(replaced)}); err != nil {
+		if err := t.journal(journal.Op{Kind: journal.FileDelete, Path: path, Seen: replaced}); err != nil {
 			return err
 		}
 		return t.recordFileOp(&t.lastOp)
@@ -389,11 +389,11 @@ func (t *tx) writePlain(path string, ev Event, from string, rescan bool) error {
 		if had {
 			shown = &old
 		}
-		replaced, err := t.shownDot(path, shown)
+		replaced, err := t.shownDots(path, shown)
 		if err != nil {
 			return err
 		}
-		op.Seen = seenOf(replaced)
+		op.Seen = replaced
 	}
 	if err := t.journal(op); err != nil {
 		return err

@@ -47,13 +47,18 @@ func (d Dot) IsZero() bool { return d.Seq == 0 }
 // DotOf is the version op makes.
 func DotOf(op *journal.Op) Dot { return Dot{Origin: op.Origin, Seq: op.Seq} }
 
-// ReplacedDot is the version a FileWrite or FileDelete replaced at its path
-// (carried in op.Seen), zero when the path held none.
-func ReplacedDot(op *journal.Op) Dot {
+// ReplacedDots are the versions a FileWrite or FileDelete replaced (carried
+// in op.Seen, one entry per origin): the one its writer had at the path and
+// those with the same bytes hidden behind it. Sorted, for determinism.
+func ReplacedDots(op *journal.Op) []Dot {
+	out := make([]Dot, 0, len(op.Seen))
 	for o, s := range op.Seen {
-		return Dot{Origin: o, Seq: s}
+		if s != 0 {
+			out = append(out, Dot{Origin: o, Seq: s})
+		}
 	}
-	return Dot{}
+	slices.SortFunc(out, func(a, b Dot) int { return strings.Compare(string(a.Origin[:]), string(b.Origin[:])) })
+	return out
 }
 
 // ConflictName is where version d of the plain file at path is kept while a
@@ -246,16 +251,22 @@ func fileSteps(load func(path string) (fileRegRec, error), self journal.NodeID, 
 		steps = append(steps, regStep{path: path, before: r, after: r.clone()})
 		return &steps[len(steps)-1], nil
 	}
-	if r := ReplacedDot(op); !r.IsZero() {
+	if replaced := ReplacedDots(op); len(replaced) > 0 {
+		// The replaced versions are of one register: the original path's
+		// when op.Path is the conflict copy of one of them.
 		at := op.Path
-		if base, ok := conflictBase(op.Path, r); ok {
-			at = base
+		for _, r := range replaced {
+			if base, ok := conflictBase(op.Path, r); ok {
+				at = base
+			}
 		}
 		st, err := get(at)
 		if err != nil {
 			return nil, err
 		}
-		st.after.replace(r, self)
+		for _, r := range replaced {
+			st.after.replace(r, self)
+		}
 	}
 	if op.From != "" && op.From != op.Path {
 		// The renamed version leaves its source: the source's newest write
@@ -313,25 +324,46 @@ func (t *tx) recordFileOp(op *journal.Op) error {
 	return nil
 }
 
-// shownDot is the version a local change at path replaces: the file there,
-// or, when there is none, the newest version its register has (a delete,
-// or a write not carried out here).
-func (t *tx) shownDot(path string, old *fileRec) (Dot, error) {
+// shownDots are the versions a local change at path replaces, as op.Seen:
+// the file there (or, when there is none, the newest version its register
+// has: a delete, or a write not carried out here) and the versions with the
+// same bytes that the tree does not show twice. The user saw those bytes,
+// so all of them are replaced; left behind, one would reappear as a
+// conflict copy on every node.
+func (t *tx) shownDots(path string, old *fileRec) (journal.VersionVector, error) {
+	var shown Dot
 	if old != nil && !old.Missing && old.Seq != 0 {
-		return Dot{Origin: old.Stamp.Origin, Seq: old.Seq}, nil
+		shown = Dot{Origin: old.Stamp.Origin, Seq: old.Seq}
 	}
-	r, err := t.fileReg(path)
-	if err != nil || len(r.Heads) == 0 {
-		return Dot{}, err
+	reg := path
+	if !shown.IsZero() {
+		if b, ok := conflictBase(path, shown); ok {
+			reg = b // a conflict copy: its version is of the original's register
+		}
 	}
-	return r.newest().Dot, nil
-}
-
-func seenOf(d Dot) journal.VersionVector {
-	if d.IsZero() {
-		return nil
+	r, err := t.fileReg(reg)
+	if err != nil {
+		return nil, err
 	}
-	return journal.VersionVector{d.Origin: d.Seq}
+	if shown.IsZero() {
+		if len(r.Heads) == 0 {
+			return nil, nil
+		}
+		shown = r.newest().Dot
+	}
+	vv := journal.VersionVector{shown.Origin: shown.Seq}
+	i := slices.IndexFunc(r.Heads, func(h FileHead) bool { return h.Dot == shown })
+	if i < 0 {
+		return vv, nil
+	}
+	// Hidden behind it: the older heads with its bytes (one per origin:
+	// op.Seen holds no more).
+	for _, h := range r.Heads {
+		if _, taken := vv[h.Origin]; !taken && h.SameBytes(r.Heads[i]) && h.Stamp().Less(r.Heads[i].Stamp()) {
+			vv[h.Origin] = h.Seq
+		}
+	}
+	return vv, nil
 }
 
 // PlainFileChanges is what applying the peer's plain-file op changes in the
@@ -347,6 +379,38 @@ func (v PeerView) PlainFileChanges(op *journal.Op) ([]FileChange, error) {
 	out := make([]FileChange, 0, len(steps))
 	for _, st := range steps {
 		out = append(out, FileChange{Path: st.path, Before: st.before.view(st.path), After: st.after.view(st.path)})
+	}
+	return out, nil
+}
+
+// RedundantConflictCopies lists the conflict copies of the plain file at
+// path that the tree no longer shows although they are there: a local
+// write gave a newer version the same bytes (the user copied a conflict
+// copy back, say). Only this node has them; removing them is a local
+// change like any other.
+func (v PeerView) RedundantConflictCopies(path string) ([]string, error) {
+	r, err := v.t.fileReg(path)
+	if err != nil || len(r.Heads) < 2 {
+		return nil, err
+	}
+	shown := map[Dot]bool{}
+	for _, s := range r.view(path) {
+		shown[s.Head.Dot] = true
+	}
+	var out []string
+	for _, h := range r.Heads {
+		if h.Deleted || shown[h.Dot] {
+			continue
+		}
+		c := ConflictName(path, h.Dot)
+		var f fileRec
+		ok, err := v.t.getRec(fileKey(c), &f)
+		if err != nil {
+			return nil, err
+		}
+		if ok && !f.Missing && f.Content == h.Content && f.LinkTarget == h.LinkTarget {
+			out = append(out, c)
+		}
 	}
 	return out, nil
 }

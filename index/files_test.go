@@ -1,11 +1,14 @@
 package index
 
 import (
+	"context"
+	"crypto/sha256"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"mailfs/journal"
 	"mailfs/maildir"
@@ -54,15 +57,24 @@ func write(origin journal.NodeID, seq uint64, wall int64, p, content string, rep
 	op := &journal.Op{Kind: journal.FileWrite, Origin: origin, Seq: seq, Time: journal.HLC{WallMs: wall}, Path: p,
 		Mode: 0o644, Size: int64(len(content))}
 	copy(op.Content[:], content)
-	if len(replaces) > 0 {
-		op.Seen = seenOf(replaces[0])
-	}
+	op.Seen = seenOfAll(replaces)
 	return op
+}
+
+func seenOfAll(ds []Dot) journal.VersionVector {
+	if len(ds) == 0 {
+		return nil
+	}
+	vv := journal.VersionVector{}
+	for _, d := range ds {
+		vv[d.Origin] = d.Seq
+	}
+	return vv
 }
 
 func del(origin journal.NodeID, seq uint64, wall int64, p string, replaces Dot) *journal.Op {
 	return &journal.Op{Kind: journal.FileDelete, Origin: origin, Seq: seq, Time: journal.HLC{WallMs: wall}, Path: p,
-		Seen: seenOf(replaces)}
+		Seen: seenOfAll([]Dot{replaces})}
 }
 
 // orders lists every interleaving of the per-origin op sequences (each
@@ -146,6 +158,19 @@ func TestPlainFileVersionsConverge(t *testing.T) {
 			{write(nodeB, 1, 200, p, "b"), write(nodeB, 2, 300, ConflictName(p, a1), "a, edited", a1)}},
 		want: map[string]string{p: dotName(nodeB, 1), ConflictName(p, a1): dotName(nodeB, 2)},
 	}, {
+		name: "a write over bytes written alike on two nodes replaces both",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "same"), write(nodeA, 2, 300, p, "new", a1, Dot{nodeC, 1})},
+			{write(nodeC, 1, 200, p, "same")}},
+		want: map[string]string{p: dotName(nodeA, 2)},
+	}, {
+		name: "a write over bytes written alike, by a node that had only one of them",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "same")},
+			{write(nodeB, 1, 300, p, "new", a1)},
+			{write(nodeC, 1, 200, p, "same")}},
+		want: map[string]string{p: dotName(nodeB, 1), ConflictName(p, Dot{nodeC, 1}): dotName(nodeC, 1)},
+	}, {
 		name: "three nodes write concurrently",
 		streams: [][]*journal.Op{
 			{write(nodeA, 1, 300, p, "a")}, {write(nodeB, 1, 100, p, "b")}, {write(nodeC, 1, 200, p, "c")}},
@@ -177,13 +202,16 @@ func TestPlainFileVersionsConverge(t *testing.T) {
 	}
 }
 
-// possible reports whether self can see ops in this order: a peer's op
-// that replaced one of self's versions comes after that version was made.
+// possible reports whether self can see ops in this order: an op that
+// replaced one of self's versions comes after that version was made, and
+// self's own ops come after the versions they replaced.
 func possible(order []*journal.Op, self journal.NodeID) bool {
 	made := map[Dot]bool{}
 	for _, op := range order {
-		if r := ReplacedDot(op); r.Origin == self && !made[r] {
-			return false
+		for _, r := range ReplacedDots(op) {
+			if (r.Origin == self || op.Origin == self) && !made[r] {
+				return false
+			}
 		}
 		made[DotOf(op)] = true
 	}
@@ -218,5 +246,92 @@ func TestConflictNamesStayPlainFiles(t *testing.T) {
 		if _, ok := conflictBase(c, Dot{nodeB, 42}); ok {
 			t.Errorf("conflictBase(%q) matched another node's dot", c)
 		}
+	}
+}
+
+// TestLocalPlainFileOpsNameWhatTheyReplace: a local write or delete names
+// the version the path showed, and the versions with the same bytes hidden
+// behind it; a change to a conflict copy names the version it keeps.
+func TestLocalPlainFileOpsNameWhatTheyReplace(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	self := s.Node()
+	const p = "u/sieve/main.sieve"
+	content := func(c string) journal.ContentID { return sha256.Sum256([]byte(c)) }
+	local := func(ev Event) journal.Op {
+		t.Helper()
+		ops, err := s.Commit(ctx, ev)
+		if err != nil || len(ops) != 1 {
+			t.Fatalf("commit %v: ops %v, %v", ev.Kind, ops, err)
+		}
+		return ops[0]
+	}
+	write := func(path, c string) journal.Op {
+		return local(Event{Kind: EvWrite, Path: path, File: FileInfo{Mode: 0o100644, Size: int64(len(c)), Content: content(c)}})
+	}
+	// peer applies a peer's op as the applier does: the file written
+	// where the new view shows it (at), then the op's versions recorded.
+	peer := func(op *journal.Op, at string) {
+		t.Helper()
+		if at != "" {
+			if _, err := s.Commit(ctx, Event{Kind: EvWrite, Path: at, File: FileInfo{Mode: op.Mode, Size: op.Size,
+				Content: op.Content}, Remote: op}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Commit(ctx, Event{Kind: EvRemoteMeta, Remote: op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := journal.HLC{WallMs: time.Now().Add(time.Hour).UnixMilli()}
+
+	a1 := write(p, "same")
+	if a1.Seen != nil {
+		t.Fatalf("first write replaces %v, want nothing", a1.Seen)
+	}
+	// The peer wrote the same bytes, later: one file, two versions.
+	b1 := &journal.Op{Kind: journal.FileWrite, Origin: nodeB, Seq: 1, Time: later, Path: p, Mode: 0o100644, Size: 4,
+		Content: content("same")}
+	peer(b1, p)
+	a2 := write(p, "mine")
+	if want := (journal.VersionVector{self: a1.Seq, nodeB: 1}); !maps.Equal(a2.Seen, want) {
+		t.Fatalf("write over bytes written alike replaces %v, want %v", a2.Seen, want)
+	}
+	// A concurrent older peer version becomes a conflict copy; changing
+	// the copy names that version.
+	c1 := &journal.Op{Kind: journal.FileWrite, Origin: nodeC, Seq: 1, Time: journal.HLC{WallMs: 1}, Path: p, Mode: 0o100644,
+		Size: 6, Content: content("theirs")}
+	var changes []FileChange
+	if err := s.View(func(v PeerView) error {
+		var err error
+		changes, err = v.PlainFileChanges(c1)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cp := ConflictName(p, Dot{nodeC, 1})
+	if len(changes) != 1 || len(changes[0].After) != 2 || changes[0].After[1].Path != cp {
+		t.Fatalf("an older concurrent version shows as %+v, want it at %s", changes, cp)
+	}
+	peer(c1, cp)
+	edit := write(cp, "theirs, edited")
+	if want := (journal.VersionVector{nodeC: 1}); !maps.Equal(edit.Seen, want) {
+		t.Fatalf("editing the conflict copy replaces %v, want %v", edit.Seen, want)
+	}
+	del := local(Event{Kind: EvUnlink, Path: p})
+	if want := (journal.VersionVector{self: a2.Seq}); del.Kind != journal.FileDelete || !maps.Equal(del.Seen, want) {
+		t.Fatalf("delete %v replaces %v, want %v", del.Kind, del.Seen, want)
+	}
+	// Nothing left of P's register but the delete.
+	if err := s.View(func(v PeerView) error {
+		r, err := v.t.fileReg(p)
+		if err == nil && (len(r.Heads) != 1 || !r.Heads[0].Deleted) {
+			err = fmt.Errorf("heads of %s after the delete: %+v", p, r.Heads)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

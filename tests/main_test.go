@@ -213,24 +213,21 @@ func runMailfs(t testing.TB, args ...string) (string, string, int) {
 
 // jop is one journaled op as `mailfs journal --json` prints it.
 type jop struct {
-	Seq     uint64            `json:"seq"`
-	Kind    string            `json:"kind"`
-	Mailbox string            `json:"mailbox"`
-	Target  string            `json:"target"`
-	Path    string            `json:"path"`
-	NewPath string            `json:"new_path"`
-	From    string            `json:"from"`
-	Key     string            `json:"key"`
-	NewKey  string            `json:"new_key"`
-	Name    string            `json:"name"`
-	Sub     string            `json:"sub"`
-	Flags   []string          `json:"flags"`
-	Mtime   int64             `json:"mtime"`
-	Size    int64             `json:"size"`
-	Content string            `json:"content"`
-	Origin  string            `json:"origin"`
-	Time    string            `json:"time"`
-	Seen    map[string]uint64 `json:"seen"`
+	Seq     uint64   `json:"seq"`
+	Kind    string   `json:"kind"`
+	Mailbox string   `json:"mailbox"`
+	Target  string   `json:"target"`
+	Path    string   `json:"path"`
+	NewPath string   `json:"new_path"`
+	From    string   `json:"from"`
+	Key     string   `json:"key"`
+	NewKey  string   `json:"new_key"`
+	Name    string   `json:"name"`
+	Sub     string   `json:"sub"`
+	Flags   []string `json:"flags"`
+	Mtime   int64    `json:"mtime"`
+	Size    int64    `json:"size"`
+	Content string   `json:"content"`
 }
 
 // journalOps reads the store's journal (through the daemon when mounted).

@@ -132,9 +132,10 @@ func runPlainScenario(t *testing.T, c *cluster, dir string, rng *rand.Rand) {
 			return
 		}
 		for _, n := range c.nodes {
-			for _, op := range journalOps(t, n.Store) {
-				if strings.HasPrefix(op.Path, dir+"/") {
-					t.Logf("%s: %s %d %s %s seen=%v content=%.8s", n.Name, op.Origin[:8], op.Seq, op.Kind, op.Path, op.Seen, op.Content)
+			out, _, _ := runMailfs(t, "journal", "--store", n.Store, "--json")
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, `"path":"`+dir+"/") {
+					t.Logf("%s: %s", n.Name, l)
 				}
 			}
 			for _, l := range strings.Split(n.Log(), "\n") {

@@ -129,18 +129,7 @@ func (a *applier) showFiles(op *journal.Op, ch index.FileChange, bodies Bodies) 
 			renames = append(renames, p)
 			continue
 		}
-		if p.copyFrom == "" && s.Head.Dot != index.DotOf(op) {
-			if op.From != "" {
-				if f, ok := a.fileAt(op.From); ok && bytesOf(f, s.Head) {
-					p.copyFrom = op.From
-				}
-			}
-			if p.copyFrom == "" {
-				a.log.Warn("a version of a plain file is not here to show", "path", s.Path, "origin", s.Head.Origin.Short(), "seq", s.Head.Seq)
-				continue
-			}
-		}
-		if s.Head.Dot == index.DotOf(op) && op.From != "" && p.copyFrom == "" {
+		if p.copyFrom == "" && op.From != "" {
 			// A peer's rename: the source here may hold the bytes, and no
 			// body travels for it.
 			if f, ok := a.fileAt(op.From); ok && bytesOf(f, s.Head) {
@@ -148,9 +137,13 @@ func (a *applier) showFiles(op *journal.Op, ch index.FileChange, bodies Bodies) 
 			}
 		}
 		if _, ok := bodies.Body(s.Head.Content); !ok && p.copyFrom == "" && s.Head.LinkTarget == "" && s.Head.Size != 0 {
-			// The peer no longer had the bytes when it sent the op: a later
-			// op of it replaced them and says what comes instead.
-			a.log.Debug("peer file write without its body; a later op carries it", "op", op.String(), "path", s.Path)
+			if s.Head.Dot == index.DotOf(op) {
+				// The peer no longer had the bytes when it sent the op: a
+				// later op of it replaced them and says what comes instead.
+				a.log.Debug("peer file write without its body; a later op carries it", "op", op.String(), "path", s.Path)
+			} else {
+				a.log.Warn("a version of a plain file is not here to show", "path", s.Path, "origin", s.Head.Origin.Short(), "seq", s.Head.Seq)
+			}
 			unplaced[s.Path] = true
 			continue
 		}

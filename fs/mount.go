@@ -34,6 +34,9 @@ type Options struct {
 	Debug bool
 	// FSName is shown in /proc/mounts (default "mailfs").
 	FSName string
+	// ObserveRequest, when set, is told how long each FUSE request took,
+	// by operation ("rename", "lookup", ...).
+	ObserveRequest func(op string, d time.Duration)
 }
 
 // Server is a running mount.
@@ -171,7 +174,7 @@ func Mount(mountpoint string, o Options) (*Server, error) {
 		// remounts, shared by hard links).
 		Logger: nil,
 	}
-	srv, err := fusefs.Mount(mountpoint, rootNode, opts)
+	srv, err := mount(mountpoint, rootNode, opts, o.ObserveRequest)
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
 	}
@@ -180,6 +183,24 @@ func Mount(mountpoint string, o Options) (*Server, error) {
 	log.Info("mounted", "mountpoint", mountpoint, "backing", root, "direct_mount", direct,
 		"passthrough", s.Passthrough, "cache_timeout", timeout)
 	return s, nil
+}
+
+// mount is go-fuse's fs.Mount, with the raw file system timed when
+// observe is set.
+func mount(mountpoint string, root fusefs.InodeEmbedder, opts *fusefs.Options, observe func(string, time.Duration)) (*fuse.Server, error) {
+	rawFS := fusefs.NewNodeFS(root, opts)
+	if observe != nil {
+		rawFS = &timedFS{RawFileSystem: rawFS, observe: observe}
+	}
+	srv, err := fuse.NewServer(rawFS, mountpoint, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
 
 // Unmount unmounts, retrying while the mount is busy, and falls back to a

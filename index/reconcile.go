@@ -83,6 +83,9 @@ func (s *Store) Reconcile(ctx context.Context, root string, progress func(Progre
 		err = r.findMissing()
 	}
 	if err == nil {
+		err = r.findMissingFiles()
+	}
+	if err == nil {
 		err = r.flush()
 	}
 	r.rep.Elapsed = time.Since(r.start)

@@ -19,6 +19,9 @@ import (
 const (
 	ProtoSync = "mailfs/1"
 	ProtoPair = "mailfs-pair/1"
+	// ProtoFull is the anti-entropy full sync (digests, key lists, bodies
+	// on request), between paired peers only, like ProtoSync.
+	ProtoFull = "mailfs-full/1"
 )
 
 // UnknownPeerError refuses a TLS peer by the fingerprint of the ed25519 key
@@ -55,6 +58,7 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 		trusted = func(journal.NodeID) bool { return false }
 	}
 	cfg := baseConfig(id, ProtoSync)
+	cfg.NextProtos = []string{ProtoSync, ProtoFull}
 	cfg.ClientAuth = tls.RequireAnyClientCert // any: the pin below replaces chain checks
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		peer, err := leafID(cs)
@@ -63,6 +67,9 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 		}
 		if !trusted(peer) {
 			return &UnknownPeerError{ID: peer}
+		}
+		if cs.NegotiatedProtocol == ProtoFull {
+			return nil
 		}
 		return checkProto(cs, ProtoSync)
 	}
@@ -75,6 +82,11 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 // Pass it to tls.Client or tls.Dialer unchanged (ServerName is not used).
 func ClientConfig(id *Identity, want journal.NodeID) *tls.Config {
 	return clientConfig(id, want, ProtoSync)
+}
+
+// FullSyncClientConfig is ClientConfig for the full sync protocol.
+func FullSyncClientConfig(id *Identity, want journal.NodeID) *tls.Config {
+	return clientConfig(id, want, ProtoFull)
 }
 
 // PairingClientConfig is ClientConfig for the pairing protocol: the joiner

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what mailfs needs on a Debian machine (run as root).
 #   scripts/install-deps.sh          fuse3 (to mount) and a Go toolchain (to build)
-#   scripts/install-deps.sh --test   also Dovecot (imapd, lmtpd, core for doveadm), and iproute2 and
-#                                    util-linux (ip netns, nsenter) for the end-to-end tests
+#   scripts/install-deps.sh --test   also Dovecot (imapd, lmtpd, core for doveadm), iproute2 and
+#                                    util-linux (ip netns, nsenter) for the end-to-end tests, and
+#                                    systemd (systemd-analyze checks the shipped unit)
 set -euo pipefail
 
 want=(fuse3)
-[ "${1:-}" = "--test" ] && want+=(dovecot-imapd dovecot-lmtpd dovecot-core iproute2 util-linux)
+[ "${1:-}" = "--test" ] && want+=(dovecot-imapd dovecot-lmtpd dovecot-core iproute2 util-linux systemd)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || want+=(golang-go)
 
 missing=()

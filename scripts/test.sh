@@ -16,6 +16,10 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+# The demo an admin runs first (two nodes, pairing, Dovecot on each) must work.
+scripts/demo.sh >/tmp/mailfs-demo.$$.log 2>&1 || { cat /tmp/mailfs-demo.$$.log >&2; echo "scripts/demo.sh failed" >&2; exit 1; }
+echo "scripts/demo.sh: ok"
+rm -f /tmp/mailfs-demo.$$.log
 go test -race -count=1 -timeout 18m ./...
 # A test process serves its own mounts: with one P, deadlocks between the
 # FUSE server and its clients surface that two Ps would hide.

@@ -37,14 +37,21 @@ type Bodies interface {
 type applier struct {
 	store *index.Store
 	mnt   Mount
-	log   *slog.Logger
+	// root is the backing tree: scratch files (a body before its rename
+	// into new/ or cur/, a dotlock's temp) are written there directly,
+	// since only the step that makes them visible must go through the
+	// mount for the kernel's caches and inotify to see it.
+	root string
+	log  *slog.Logger
 	// locks holds the dovecot-uidlist.lock dotlocks taken while applying a
 	// segment, by mailbox path; released when the segment is done.
 	locks map[string]string
+	// resolved counts a conflict resolved by a merge rule (metrics).
+	resolved func(rule string)
 }
 
-func newApplier(store *index.Store, mnt Mount, log *slog.Logger) *applier {
-	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}}
+func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
+	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {}}
 }
 
 // errRace is a local change that raced the applier (a file renamed or
@@ -53,6 +60,11 @@ var errRace = errors.New("a local change raced the applier")
 
 func (a *applier) abs(rel string) string {
 	return filepath.Join(a.mnt.Mountpoint(), filepath.FromSlash(rel))
+}
+
+// backing is rel in the backing tree, for scratch files only (see root).
+func (a *applier) backing(rel string) string {
+	return filepath.Join(a.root, filepath.FromSlash(rel))
 }
 
 // apply merges one peer op. It is idempotent: applying an op again after a
@@ -184,6 +196,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			a.log.Info("merging two mailboxes created at the same path (the higher GUID is kept)", "path", p,
 				"kept", winner.String(), "merged", loser.String())
+			a.resolved(ruleSamePathMerge)
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner}); err != nil {
 				return index.Mailbox{}, err
 			}
@@ -237,7 +250,7 @@ func (a *applier) mkdirAll(rel string) error {
 // owner is the owner and mode of the directory holding rel.
 func (a *applier) owner(dirRel string) (uid, gid int, mode uint32) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(a.abs(dirRel), &st); err != nil {
+	if err := syscall.Stat(a.backing(dirRel), &st); err != nil {
 		return -1, -1, 0o700
 	}
 	return int(st.Uid), int(st.Gid), st.Mode & 0o777
@@ -359,6 +372,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		if unseen > 0 {
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
 				"mailbox", mb.GUID.String(), "kept", unseen)
+			a.resolved(ruleUnseenKept)
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
 				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
 				return err
@@ -529,6 +543,7 @@ func (a *applier) conflict(ctx context.Context, op *journal.Op, mb index.Mailbox
 		}
 		a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
 			"key", key, "peer_copy", ckey)
+		a.resolved(ruleKeyConflict)
 		name, err := a.fileName(ctx, op, mb, ckey, op.Sub, op.Flags)
 		if err != nil {
 			return err
@@ -548,6 +563,7 @@ func (a *applier) conflict(ctx context.Context, op *journal.Op, mb index.Mailbox
 	}
 	a.log.Warn("a peer's message has the key of a different local message: both kept", "mailbox", mb.Path,
 		"key", key, "local_copy", ckey)
+	a.resolved(ruleKeyConflict)
 	sub := subName(local.Sub)
 	if err := a.mnt.Apply(op, func() error {
 		if err := a.lockMailbox(mb.Path); err != nil {
@@ -910,33 +926,28 @@ func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byt
 
 // deliver writes a message as an MDA does: the body into tmp/, fsync, the
 // original mtime, then one rename into new/ or cur/. Readers never see a
-// partial message.
+// partial message. tmp/ is scratch (never replicated, never watched), so
+// the body is written there in the backing tree; the rename, which readers
+// and inotify must see, goes through the mount.
 func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mtime int64) error {
 	if err := a.lockMailbox(mbPath); err != nil {
 		return err
 	}
-	src, err := os.Open(body)
-	if err != nil {
-		return fmt.Errorf("staged body: %w", err)
-	}
-	defer src.Close()
 	base := name
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
-	tmp := a.abs(path.Join(mbPath, "tmp", base))
-	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
-	if errors.Is(err, os.ErrExist) {
-		tmp += ".mailfs"
-		os.Remove(tmp)
-		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o666))
+	tmpRel := path.Join(mbPath, "tmp", base)
+	if _, err := os.Lstat(a.backing(tmpRel)); err == nil {
+		tmpRel += ".mailfs"
+		os.Remove(a.backing(tmpRel))
 	}
+	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
+	f, err := a.stageInto(body, a.backing(tmpRel), os.FileMode(mode&0o666))
 	if err != nil {
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
-	_, err = io.Copy(f, src)
-	if err == nil && uid >= 0 {
+	if uid >= 0 {
 		err = f.Chown(uid, gid)
 	}
 	if err == nil {
@@ -947,16 +958,55 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
-		err = os.Chtimes(tmp, t, t)
+		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
 	if err == nil {
-		err = os.Rename(tmp, a.abs(path.Join(mbPath, subName(sub), name)))
+		err = os.Rename(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
 	}
 	if err != nil {
-		os.Remove(tmp)
+		os.Remove(a.backing(tmpRel))
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
 	}
 	return nil
+}
+
+// stageInto puts the staged body at tmp (in the backing tree) and returns
+// it open for writing. A body staged on the same file system and not used
+// yet is hard-linked there: no copy, and no inode made and freed per
+// message (ext4's inode allocator slows down past many recently freed
+// inodes). Otherwise it is copied.
+func (a *applier) stageInto(body, tmp string, mode os.FileMode) (*os.File, error) {
+	if fi, err := os.Stat(body); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && os.Link(body, tmp) == nil {
+			f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
+			if err == nil {
+				err = f.Chmod(mode)
+			}
+			if err != nil {
+				if f != nil {
+					f.Close()
+				}
+				os.Remove(tmp)
+				return nil, err
+			}
+			return f, nil
+		}
+	}
+	src, err := os.Open(body)
+	if err != nil {
+		return nil, fmt.Errorf("staged body: %w", err)
+	}
+	defer src.Close()
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	return f, nil
 }
 
 // lockMailbox takes Dovecot's dovecot-uidlist.lock of the mailbox (same
@@ -972,26 +1022,19 @@ func (a *applier) lockMailbox(mbPath string) error {
 	// like the mailbox from the start, linked to the lock name. A Dovecot
 	// waiting for the lock watches it with inotify, which needs read
 	// access: a lock owned by root with mode 0600 makes it log an error.
-	tmp := a.abs(path.Join(mbPath, fmt.Sprintf(".mailfs-lock.%d", os.Getpid())))
-	os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // no such mailbox directory (yet): nothing to guard
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", lock, err)
-	}
-	defer os.Remove(tmp)
-	if uid, gid, _ := a.owner(mbPath); uid >= 0 {
-		err = f.Chown(uid, gid)
-	}
-	if err == nil {
-		_, err = fmt.Fprintf(f, "%d:%s", os.Getpid(), host)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	// The temp file is scratch in the mailbox's tmp/, written in the
+	// backing tree and kept for the next lock: creating and deleting an
+	// inode per applied op makes ext4's inode allocator scan ever longer
+	// past recently deleted inodes. It is touched before each link, since
+	// the lock's mtime (the temp's: they are one inode) is what Dovecot
+	// judges staleness by. Only the link that takes the lock goes through
+	// the mount.
+	tmpRel := path.Join(mbPath, "tmp", fmt.Sprintf(".mailfs-lock.%d", os.Getpid()))
+	tmp := a.abs(tmpRel)
+	if err := a.lockTemp(a.backing(tmpRel), mbPath, fmt.Sprintf("%d:%s", os.Getpid(), host)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // no such mailbox directory (yet): nothing to guard
+		}
 		return fmt.Errorf("lock %s: %w", lock, err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -1000,6 +1043,20 @@ func (a *applier) lockMailbox(mbPath string) error {
 		if err == nil {
 			a.locks[mbPath] = lock
 			return nil
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			// The temp went (Dovecot cleans old files out of tmp/): make
+			// it again, or the mailbox itself went.
+			if err := a.lockTemp(a.backing(tmpRel), mbPath, fmt.Sprintf("%d:%s", os.Getpid(), host)); err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return nil
+				}
+				return fmt.Errorf("lock %s: %w", lock, err)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lock %s: its temp file keeps vanishing", lock)
+			}
+			continue
 		}
 		if !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("lock %s: %w", lock, err)
@@ -1028,6 +1085,33 @@ func (a *applier) lockMailbox(mbPath string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// lockTemp makes sure the dotlock temp p exists holding owner and is fresh:
+// touched when it is there, else created owned like the mailbox.
+func (a *applier) lockTemp(p, mbPath, owner string) error {
+	now := time.Now()
+	if err := os.Chtimes(p, now, now); err == nil {
+		return nil
+	}
+	os.Remove(p)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if uid, gid, _ := a.owner(mbPath); uid >= 0 {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		_, err = f.WriteString(owner)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(p)
+	}
+	return err
 }
 
 // unlockAll releases the dotlocks taken for a segment.

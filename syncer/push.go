@@ -25,7 +25,7 @@ func (s *Syncer) pushLoop(p peers.Peer, st *peerState) {
 	for s.ctx.Err() == nil {
 		started := time.Now()
 		err := s.pushSession(s.ctx, p, st)
-		s.update(p.ID, func(st *peerState) { st.connected = false })
+		s.update(p.ID, func(st *peerState) { st.connected, st.catchUp = false, nil })
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -112,6 +112,10 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	})
 	s.log.Info("pushing to peer", "peer", peers.FormatID(p.ID), "peer_name", p.Name, "from_seq", from+1,
 		"journal_seq", s.cfg.Store.Seq())
+	s.update(p.ID, func(st *peerState) { st.catchUp = nil })
+	s.startCatchUp(p, from, s.cfg.Store.Seq())
+	progress := time.NewTicker(catchUpLogEvery)
+	defer progress.Stop()
 
 	acks := make(chan uint64, s.cfg.Window+1)
 	ackErr := make(chan error, 1)
@@ -129,6 +133,7 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	cw := &countingWriter{w: conn, conn: conn, idle: 2 * time.Minute}
 	bw := bufio.NewWriterSize(cw, 64<<10)
 	sent := from
+	var sentAtAck int64
 	var inflight []uint64
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
@@ -171,6 +176,8 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 				st.acked = seq
 				st.lastSuccess = time.Now()
 			})
+			s.catchUpAcked(p, seq, cw.n-sentAtAck)
+			sentAtAck = cw.n
 		case err := <-ackErr:
 			var re *RefusedError
 			if errors.As(err, &re) {
@@ -178,6 +185,8 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 			}
 			return fmt.Errorf("reading acks: %w", err)
 		case <-st.kick:
+		case <-progress.C:
+			s.logCatchUp(p)
 		case <-heartbeat.C:
 			if len(inflight) > 0 {
 				continue

@@ -160,6 +160,7 @@ func (r *receiver) serve(ctx context.Context) {
 
 func (r *receiver) refuse(what string, err error) {
 	r.log.Warn("refused a peer's replication data; connection dropped, nothing applied", "what", what, "err", err)
+	r.s.counts.refused(err)
 	r.s.update(r.peer, func(st *peerState) {
 		st.refused++
 		st.lastFailure, st.lastError = time.Now(), fmt.Sprintf("%s: %v", what, err)
@@ -284,6 +285,9 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	defer s.applier.unlockAll()
 	for i := range ops {
 		err := s.applier.apply(ctx, &ops[i], bodies)
+		if err == nil {
+			s.counts.applied(ops[i].Kind)
+		}
 		// Dotlocks are held for one op at a time: Dovecot waits on them,
 		// and a mailbox renamed by a client meanwhile must not carry one
 		// away.

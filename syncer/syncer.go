@@ -39,6 +39,11 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff between connection attempts
 	// (defaults 250 ms and 30 s).
 	RetryMin, RetryMax time.Duration
+	// FullSyncAtStart runs the full sync with every peer once Start is
+	// done (after an unclean stop), retrying until every peer answered.
+	FullSyncAtStart bool
+	// FullSyncInterval runs it periodically (0: never).
+	FullSyncInterval time.Duration
 }
 
 // Syncer pushes this node's journal to its peers and applies theirs.
@@ -46,8 +51,12 @@ type Syncer struct {
 	cfg     Config
 	log     *slog.Logger
 	applier *applier
+	counts  *counters
 	// applyMu lets one segment at a time be applied (from any peer).
 	applyMu sync.Mutex
+	// fullRun lets one full sync run at a time (a token, so that a caller
+	// can give up waiting).
+	fullRun chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -80,6 +89,8 @@ type peerState struct {
 	opsSent     int64
 	opsApplied  int64
 	refused     int64
+	// catchUp tracks a session that started far behind (nil: none).
+	catchUp *catchUp
 }
 
 // PeerStatus is one peer's replication state, for `mailfs status`.
@@ -100,6 +111,9 @@ type PeerStatus struct {
 	OpsSent     int64
 	OpsApplied  int64
 	Refused     int64
+	// CatchUp is the progress of a catch-up running now (a first sync to
+	// an empty peer, or one back from a long outage), nil if none.
+	CatchUp *CatchUp
 }
 
 // New returns a Syncer; Start begins pushing.
@@ -124,15 +138,20 @@ func New(cfg Config) *Syncer {
 	}
 	log := cfg.Logger.With("component", "sync")
 	ctx, cancel := context.WithCancel(context.Background())
+	counts := newCounters()
+	ap := newApplier(cfg.Store, cfg.Mount, cfg.Root, log)
+	ap.resolved = counts.conflict
 	return &Syncer{
 		cfg:     cfg,
 		log:     log,
-		applier: newApplier(cfg.Store, cfg.Mount, log),
+		counts:  counts,
+		applier: ap,
 		ctx:     ctx,
 		cancel:  cancel,
 		peers:   map[journal.NodeID]*peerState{},
 		change:  make(chan struct{}),
 		notify:  make(chan uint64, 1),
+		fullRun: make(chan struct{}, 1),
 	}
 }
 
@@ -154,6 +173,10 @@ func (s *Syncer) Start() error {
 	go s.tidyLoop()
 	for _, p := range list {
 		s.AddPeer(p)
+	}
+	if s.cfg.FullSyncAtStart || s.cfg.FullSyncInterval > 0 {
+		s.wg.Add(1)
+		go s.fullSyncLoop(s.cfg.FullSyncAtStart, s.cfg.FullSyncInterval)
 	}
 	return nil
 }
@@ -247,6 +270,10 @@ func (s *Syncer) Status() []PeerStatus {
 			AckedSeq: st.acked, LastSuccess: st.lastSuccess, LastFailure: st.lastFailure, LastError: st.lastError,
 			LastReceive: st.lastReceive, BytesSent: st.bytesSent, BytesRecv: st.bytesRecv, OpsSent: st.opsSent,
 			OpsApplied: st.opsApplied, Refused: st.refused}
+		if st.catchUp != nil {
+			pr := st.catchUp.progress(time.Now())
+			ps.CatchUp = &pr
+		}
 		if st.ackedEpoch == s.cfg.Store.Epoch() && seq > st.acked {
 			ps.LagOps = seq - st.acked
 		} else if st.ackedEpoch != s.cfg.Store.Epoch() {

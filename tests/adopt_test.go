@@ -3,9 +3,11 @@ package tests
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -177,5 +179,173 @@ func TestChangesWhileUnmounted(t *testing.T) {
 	}
 	if flags != 1 || add != 1 {
 		t.Fatalf("ops journaled at mount:\n%s", dumpOps(got))
+	}
+}
+
+// TestAdoptionInterruptedAndResumed stops an adoption half-way twice — a
+// SIGINT (exit 75, "run again to resume") and then a SIGKILL — and runs it
+// a third time: the result is the same as one uninterrupted run, with every
+// message journaled exactly once and every GUID kept. Progress says how far
+// it is and when it will be done.
+func TestAdoptionInterruptedAndResumed(t *testing.T) {
+	t.Parallel()
+	n := 30000
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "vmail")
+	guids := writeMaildirTree(t, maildir, n)
+	store := filepath.Join(dir, "store")
+	args := []string{"init", "--store", store, "--maildir", maildir, "--name", "adopted"}
+
+	stopAtProgress := func(sig syscall.Signal) (string, int) {
+		t.Helper()
+		cmd := exec.Command(mailfsBin, args...)
+		var errs syncBuffer
+		cmd.Stderr = &errs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		deadline := time.Now().Add(2 * time.Minute)
+		for !strings.Contains(errs.String(), "eta=") {
+			select {
+			case <-done:
+				t.Fatalf("init finished before it could be interrupted (tree too small for this machine?):\n%s", errs.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("no progress from init within 2m:\n%s", errs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cmd.Process.Signal(sig)
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			t.Fatalf("init did not stop within 1m of %v:\n%s", sig, errs.String())
+		}
+		return errs.String(), cmd.ProcessState.ExitCode()
+	}
+
+	errs, code := stopAtProgress(syscall.SIGINT)
+	if code != 75 || !strings.Contains(errs, "run the same init again to resume") {
+		t.Fatalf("init after SIGINT: exit %d, want 75 and a hint to resume:\n%s", code, errs)
+	}
+	if !strings.Contains(errs, fmt.Sprintf("total=%d", n)) || !strings.Contains(errs, "eta=") || !strings.Contains(errs, "percent=") {
+		t.Fatalf("adoption progress lacks total, percent or ETA:\n%s", errs)
+	}
+	if errs, _ := stopAtProgress(syscall.SIGKILL); strings.Contains(errs, "Maildir tree indexed") {
+		t.Fatalf("the second init finished before SIGKILL:\n%s", errs)
+	}
+	out, errs, code := runMailfs(t, args...)
+	if code != 0 || !strings.Contains(errs, "Maildir tree indexed") {
+		t.Fatalf("resumed init: exit %d\n%s%s", code, out, errs)
+	}
+	adds := map[string]int{}
+	for _, op := range journalOps(t, store) {
+		switch op.Kind {
+		case "MailboxCreate":
+			if want := guids[op.Path]; op.Mailbox != want {
+				t.Fatalf("mailbox %s got GUID %s, want %s from its dovecot-uidlist", op.Path, op.Mailbox, want)
+			}
+		case "MessageAdd":
+			adds[op.Path+"/"+op.Key]++
+		}
+	}
+	if len(adds) != n {
+		t.Fatalf("%d messages journaled after the resumed adoption, want %d", len(adds), n)
+	}
+	for k, c := range adds {
+		if c != 1 {
+			t.Fatalf("%s journaled %d times", k, c)
+		}
+	}
+	st := statusJSON(t, store)["node"].(map[string]any)
+	if st["messages"].(float64) != float64(n) || st["mailboxes"].(float64) != 2 {
+		t.Fatalf("status after the resumed adoption: %v", st)
+	}
+}
+
+// TestAdoptAndPair adopts a Maildir tree in place (every mailbox GUID kept
+// from dovecot-uidlist), pairs the adopted node with an empty one, and
+// waits for the first sync: both trees end equal, with the same GUIDs, and
+// the catch-up reports its progress in status and the log. It logs the
+// adoption and first-sync rates. MAILFS_ADOPT_PAIR_MESSAGES sets the size
+// (default 3000; 50000 for the full check).
+func TestAdoptAndPair(t *testing.T) {
+	t.Parallel()
+	n := 3000
+	if v := os.Getenv("MAILFS_ADOPT_PAIR_MESSAGES"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "vmail")
+	guids := writeMaildirTree(t, maildir, n)
+	var raw int64
+	filepath.Walk(maildir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && strings.Contains(p, "/cur/") {
+			raw += fi.Size()
+		}
+		return nil
+	})
+
+	storeA, mntA := newStoreDirs(t)
+	os.Remove(storeA) // init --maildir makes it
+	addrA := freeAddr(t)
+	start := time.Now()
+	initNode(t, storeA, "adopted", "--maildir", maildir, "--listen", addrA)
+	adoption := time.Since(start)
+	a := &node{mailfsProc: startMailfs(t, storeA, mntA), Name: "adopted", Addr: addrA}
+	a.ID = nodeID(t, statusJSON(t, storeA))
+	got := mailboxGUIDs(t, storeA)
+	for mb, g := range guids {
+		if got[mb] != g {
+			t.Fatalf("adopted mailbox %s has GUID %s, want %s from its dovecot-uidlist", mb, got[mb], g)
+		}
+	}
+
+	storeB, mntB := newStoreDirs(t)
+	addrB := freeAddr(t)
+	initNode(t, storeB, "empty", "--listen", addrB)
+	b := &node{mailfsProc: startMailfs(t, storeB, mntB), Name: "empty", Addr: addrB}
+	b.ID = nodeID(t, statusJSON(t, storeB))
+	start = time.Now()
+	pairNodes(t, a, b)
+
+	// The first sync is a catch-up: status shows its progress while it runs.
+	sawCatchUp := false
+	for time.Since(start) < 30*time.Minute {
+		p := peerState(t, a, b.ID)
+		if c, ok := p["catch_up"].(map[string]any); ok && c != nil {
+			sawCatchUp = c["total_ops"].(float64) >= float64(n) && c["total_bytes"].(float64) >= float64(raw)
+			if !sawCatchUp {
+				t.Fatalf("catch-up progress %v: want at least %d ops and %d bytes in total", c, n, raw)
+			}
+			break
+		}
+		if p != nil && p["lag_ops"] == float64(0) && p["acked_seq"].(float64) > 0 {
+			break // done before status was asked
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out, errs, code := runMailfs(t, "sync", "--store", a.Store, "--timeout", "30m"); code != 0 {
+		t.Fatalf("mailfs sync after pairing: exit %d: %s%s\n%s", code, out, errs, tail(a.Log(), 20))
+	}
+	first := time.Since(start)
+	t.Logf("adopted %d messages (%.1f MiB) in %v: %.0f messages/s; first sync to an empty peer in %v: %.0f messages/s, %.1f MiB/s",
+		n, float64(raw)/(1<<20), adoption.Round(time.Millisecond), float64(n)/adoption.Seconds(), first.Round(time.Millisecond),
+		float64(n)/first.Seconds(), float64(raw)/(1<<20)/first.Seconds())
+	if !sawCatchUp && !strings.Contains(a.Log(), "catching up a peer that is far behind") {
+		t.Fatalf("the first sync of %d messages was not reported as a catch-up:\n%s", n, tail(a.Log(), 20))
+	}
+	if !strings.Contains(a.Log(), "peer caught up") {
+		t.Fatalf("the end of the first sync was not logged:\n%s", tail(a.Log(), 20))
+	}
+	checkConverged(t, "after the first sync", a, b)
+	if gb := mailboxGUIDs(t, storeB); gb["example.com/alice/Maildir"] != guids["example.com/alice/Maildir"] ||
+		gb["example.com/alice/Maildir/.Sent"] != guids["example.com/alice/Maildir/.Sent"] {
+		t.Fatalf("the empty node got GUIDs %v, want %v", gb, guids)
 	}
 }

@@ -28,7 +28,7 @@ func TestCLIRefusals(t *testing.T) {
 		{"mountpoint is a file", []string{"mount", "--store", filepath.Join(dir, "s3"), writeFile(t, dir, "afile")}, 1, "is not a directory"},
 		{"unmarked non-empty store", []string{"init", "--store", filepath.Dir(writeFile(t, filepath.Join(dir, "junk"), "x"))}, 1, "has no mailfs.store marker"},
 		{"status of a non-store", []string{"status", "--store", filepath.Join(dir, "empty")}, 1, "not a mailfs store"},
-		{"metrics not in this version", []string{"mount", "--metrics", "127.0.0.1:9", filepath.Join(dir)}, 64, "--metrics"},
+		{"metrics address without a port", []string{"mount", "--metrics", "localhost", filepath.Join(dir)}, 64, "want HOST:PORT"},
 		{"help", []string{"mount", "--help"}, 0, "Example:"},
 	}
 	for _, c := range cases {

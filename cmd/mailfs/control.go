@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sort"
 	"time"
 
 	"mailfs/index"
 	"mailfs/journal"
 	"mailfs/peers"
+	"mailfs/syncer"
 )
 
 // The control socket (STORE/mailfs.sock, 0600) answers one JSON request
@@ -30,6 +32,10 @@ type controlRequest struct {
 	TimeoutMs int64 `json:"timeout_ms,omitempty"`
 	// Code is the invite code of pair-join (a secret: never logged).
 	Code string `json:"code,omitempty"`
+	// Pattern asks status for the users it matches (see matchUser).
+	Pattern string `json:"pattern,omitempty"`
+	// Mailbox restricts a full-sync request to the mailbox at this path.
+	Mailbox string `json:"mailbox,omitempty"`
 }
 
 type controlError struct {
@@ -59,6 +65,14 @@ type statusPeer struct {
 	LastSuccess *string `json:"last_success"`
 	LastFailure *string `json:"last_failure"`
 	LastError   string  `json:"last_error"`
+	// LagBytes, LagSeconds and OldestUnacked say how much and how old is
+	// what the peer lacks (oldest_unacked null, lag 0: it has everything).
+	LagBytes      int64   `json:"lag_bytes"`
+	LagSeconds    float64 `json:"lag_seconds"`
+	OldestUnacked *string `json:"oldest_unacked"`
+	// CatchUp is the progress of a catch-up running now (a first sync to
+	// an empty peer, or one back from a long outage); null if none.
+	CatchUp *statusCatchUp `json:"catch_up"`
 	// Inbound: the peer is connected to push its own journal here.
 	Inbound         bool  `json:"inbound"`
 	BytesSent       int64 `json:"bytes_sent"`
@@ -79,6 +93,29 @@ func rfc3339(t time.Time) *string {
 type statusReply struct {
 	Node  statusNode   `json:"node"`
 	Peers []statusPeer `json:"peers"`
+	// Users is there when status was given a PATTERN: the matching users,
+	// by name.
+	Users []statusUser `json:"users,omitempty"`
+}
+
+// statusCatchUp is a running catch-up's progress.
+type statusCatchUp struct {
+	Started    string  `json:"started"`
+	DoneOps    uint64  `json:"done_ops"`
+	TotalOps   uint64  `json:"total_ops"`
+	SentBytes  int64   `json:"sent_bytes"`
+	TotalBytes int64   `json:"total_bytes"`
+	OpsPerSec  float64 `json:"ops_per_s"`
+	ETASeconds float64 `json:"eta_seconds"`
+}
+
+// statusUser is one user (the directory holding a Maildir) of the tree.
+type statusUser struct {
+	User      string `json:"user"`
+	Mailboxes int64  `json:"mailboxes"`
+	Messages  int64  `json:"messages"`
+	// Pending counts, by peer ID, the user's ops that peer lacks.
+	Pending map[string]uint64 `json:"pending"`
 }
 
 // journalLine is one op as `mailfs journal --json` prints it.
@@ -147,29 +184,103 @@ func nodeStatus(st *openedStore) statusNode {
 		JournalSeq: st.index.Seq(), Mailboxes: mb, Messages: msgs, Maildir: st.maildir}
 }
 
-// peerStatus lists the paired peers: live replication state from the
-// syncer when mounted; otherwise what the store says (nothing is connected,
-// and what each peer has acknowledged is learned only when it connects).
-func peerStatus(st *openedStore) ([]statusPeer, error) {
+// buildStatus is what `mailfs status` shows: the node, its paired peers
+// (live replication state from the syncer when mounted; otherwise what the
+// store says: nothing is connected, and what each peer has acknowledged is
+// learned only when it connects), what each lacks, and with a pattern the
+// matching users with their pending ops.
+func buildStatus(st *openedStore, pattern string) (statusReply, error) {
+	rep := statusReply{Node: nodeStatus(st), Peers: []statusPeer{}}
 	if st.sync != nil {
-		var out []statusPeer
 		for _, p := range st.sync.Status() {
-			out = append(out, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address, Connected: p.Connected,
-				AckedSeq: p.AckedSeq, LagOps: p.LagOps, LastSuccess: rfc3339(p.LastSuccess), LastFailure: rfc3339(p.LastFailure),
-				LastError: p.LastError, Inbound: p.Inbound, BytesSent: p.BytesSent, BytesReceived: p.BytesRecv,
-				OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused})
+			rep.Peers = append(rep.Peers, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address,
+				Connected: p.Connected, AckedSeq: p.AckedSeq, LagOps: p.LagOps, LastSuccess: rfc3339(p.LastSuccess),
+				LastFailure: rfc3339(p.LastFailure), LastError: p.LastError, Inbound: p.Inbound, BytesSent: p.BytesSent,
+				BytesReceived: p.BytesRecv, OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused,
+				CatchUp: catchUpOf(p.CatchUp)})
 		}
-		return out, nil
+	} else {
+		ps, err := st.index.ListPeers()
+		if err != nil {
+			return rep, fmt.Errorf("list peers: %w", err)
+		}
+		for _, p := range ps {
+			rep.Peers = append(rep.Peers, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address})
+		}
 	}
-	ps, err := st.index.ListPeers()
+	acked := make([]uint64, len(rep.Peers))
+	for i, p := range rep.Peers {
+		acked[i] = p.AckedSeq
+	}
+	lags, byUser, err := pendingOps(st.index, acked, pattern != "")
 	if err != nil {
-		return nil, fmt.Errorf("list peers: %w", err)
+		return rep, err
 	}
-	seq := st.index.Seq()
-	out := make([]statusPeer, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address, LagOps: seq})
+	now := time.Now()
+	for i := range rep.Peers {
+		p, l := &rep.Peers[i], lags[i]
+		// The journal walk is the truth for the ops; the syncer's figure
+		// is read a moment earlier and may be behind by what committed since.
+		p.LagOps, p.LagBytes = l.Ops, l.Bytes
+		if l.Ops > 0 {
+			p.OldestUnacked = rfc3339(l.Oldest)
+			p.LagSeconds = max(0, now.Sub(l.Oldest).Seconds())
+		}
 	}
+	if pattern != "" {
+		rep.Users, err = usersMatching(st.index, pattern, rep.Peers, byUser)
+	}
+	return rep, err
+}
+
+func catchUpOf(c *syncer.CatchUp) *statusCatchUp {
+	if c == nil {
+		return nil
+	}
+	return &statusCatchUp{Started: *rfc3339(c.Started), DoneOps: c.DoneOps, TotalOps: c.TotalOps, SentBytes: c.SentBytes,
+		TotalBytes: c.TotalBytes, OpsPerSec: c.OpsPerSec, ETASeconds: c.ETA.Seconds()}
+}
+
+// usersMatching lists the users matching pattern with their mailboxes,
+// messages and pending ops per peer, in name order.
+func usersMatching(ix *index.Store, pattern string, ps []statusPeer, pending map[string][]uint64) ([]statusUser, error) {
+	byName := map[string]*statusUser{}
+	get := func(u string) *statusUser {
+		su := byName[u]
+		if su == nil {
+			su = &statusUser{User: u, Pending: map[string]uint64{}}
+			for _, p := range ps {
+				su.Pending[p.ID] = 0
+			}
+			byName[u] = su
+		}
+		return su
+	}
+	err := ix.Mailboxes(func(mb index.Mailbox) error {
+		if u := userOf(mb.Path); matchUser(pattern, u) {
+			su := get(u)
+			su.Mailboxes++
+			su.Messages += mb.Messages
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list mailboxes: %w", err)
+	}
+	for u, counts := range pending {
+		if !matchUser(pattern, u) {
+			continue
+		}
+		su := get(u)
+		for i, n := range counts {
+			su.Pending[ps[i].ID] += n
+		}
+	}
+	out := make([]statusUser, 0, len(byName))
+	for _, su := range byName {
+		out = append(out, *su)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].User < out[j].User })
 	return out, nil
 }
 
@@ -232,14 +343,13 @@ func (cs *controlServer) handle(c net.Conn) {
 	enc := json.NewEncoder(w)
 	switch req.Cmd {
 	case "status":
-		n := nodeStatus(cs.st)
-		n.Mounted, n.Mountpoint = true, cs.mountpoint
-		ps, err := peerStatus(cs.st)
+		rep, err := buildStatus(cs.st, req.Pattern)
 		if err != nil {
 			enc.Encode(controlError{Error: err.Error()})
 			return
 		}
-		enc.Encode(statusReply{Node: n, Peers: ps})
+		rep.Node.Mounted, rep.Node.Mountpoint = true, cs.mountpoint
+		enc.Encode(rep)
 	case "pair-join":
 		self := peers.PeerInfo{Name: cs.st.index.Name(), Address: cs.st.listenAddr()}
 		if req.Address != "" {
@@ -284,6 +394,8 @@ func (cs *controlServer) handle(c net.Conn) {
 			return
 		}
 		enc.Encode(map[string]uint64{"synced_seq": seq})
+	case "full-sync":
+		cs.fullSync(enc, req)
 	case "mailboxes":
 		err := cs.st.index.Mailboxes(func(mb index.Mailbox) error { return enc.Encode(mailboxLineOf(mb)) })
 		if err != nil {

@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
 
 	"mailfs/index"
+	"mailfs/maildir"
 	"mailfs/peers"
 	"mailfs/syncer"
 )
@@ -28,8 +32,12 @@ func runInit(args []string, stdout, stderr io.Writer) error {
 	var o initOptions
 	fs := newFlags("init [--store DIR] [--name NAME] [--listen HOST:PORT] [--maildir DIR]",
 		"Create a mailfs store: its marker, node identity and index. With --maildir DIR the Maildir tree\n"+
-			"stays at DIR (a DIR that already holds mail is indexed in place, with progress; running init\n"+
-			"again resumes an interrupted indexing). Without it the tree is STORE/maildir.",
+			"stays at DIR: a DIR that already holds mail is adopted, indexed in place (no copy) with Dovecot's\n"+
+			"mailbox GUIDs kept from dovecot-uidlist; it is counted first, then progress (count, percent, rate,\n"+
+			"ETA) is logged. Ctrl-C stops it after the batch in flight (exit 75); running the same init again\n"+
+			"resumes without indexing anything twice, also after kill -9. Without --maildir the tree is\n"+
+			"STORE/maildir. Exit codes: 0 done; 75 interrupted (run again); 1 refused or failed (the message\n"+
+			"names the store or path).",
 		"mailfs init --store /var/lib/mailfs --name mx1 --maildir /var/vmail", stderr)
 	fs.StringVar(&o.store, "store", defaultStore(), "store directory (default $MAILFS_STORE, /var/lib/mailfs for root)")
 	fs.StringVar(&o.name, "name", "", "human name of this node (default: the host name)")
@@ -42,8 +50,15 @@ func runInit(args []string, stdout, stderr io.Writer) error {
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	}
 	log := newLogger(stderr)
-	st, err := initStore(context.Background(), o, log)
+	// SIGINT/SIGTERM stop the indexing after the batch in flight; every
+	// batch is durable, so running init again resumes where it stopped.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	st, err := initStore(ctx, o, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return &exitError{code: exitTemporary, err: fmt.Errorf("interrupted: %w; what was indexed is kept, run the same init again to resume", err)}
+		}
 		return err
 	}
 	defer st.Close()
@@ -141,12 +156,30 @@ func initStore(ctx context.Context, o initOptions, log *slog.Logger) (*openedSto
 	}
 	st := &openedStore{paths: paths, marker: m, maildir: maildirPath, ident: ident, index: ix}
 	start := time.Now()
+	var total int64
+	if o.maildir != "" {
+		// Adoption: count first (names only, no stat), so progress can say
+		// how far it is and when it will be done.
+		if total, err = countTree(ctx, maildirPath); err != nil {
+			ix.Close()
+			return nil, err
+		}
+		log.Info("Maildir tree counted", "maildir", maildirPath, "files", total, "elapsed", time.Since(start).Round(time.Millisecond))
+	}
 	rep, err := ix.Reconcile(ctx, maildirPath, func(p index.Progress) {
 		if p.Finished {
 			return
 		}
 		rate := float64(p.Files) / p.Elapsed.Seconds()
-		log.Info("indexing Maildir tree", "files", p.Files, "rate_per_s", int(rate), "journaled", p.Journal)
+		args := []any{"files", p.Files, "rate_per_s", int(rate), "journaled", p.Journal}
+		if total > 0 {
+			pct := min(100, float64(p.Files)*100/float64(total))
+			args = append(args, "total", total, "percent", fmt.Sprintf("%.1f", pct))
+			if rate > 0 && total > p.Files {
+				args = append(args, "eta", (time.Duration(float64(total-p.Files)/rate) * time.Second).Round(time.Second))
+			}
+		}
+		log.Info("indexing Maildir tree", args...)
 	})
 	if err != nil {
 		ix.Close()
@@ -155,6 +188,30 @@ func initStore(ctx context.Context, o initOptions, log *slog.Logger) (*openedSto
 	log.Info("Maildir tree indexed", "files", rep.Files, "journaled", rep.Ops, "missing", rep.Missing,
 		"malformed_names", rep.Malformed, "elapsed", time.Since(start).Round(time.Millisecond))
 	return st, nil
+}
+
+// countTree counts the files of the Maildir tree at root that indexing
+// counts (messages and plain files), from directory entries alone.
+func countTree(ctx context.Context, root string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(root, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("count %s: %w", p, err)
+		}
+		if d.IsDir() {
+			if d.Name() == "tmp" && p != root {
+				return filepath.SkipDir
+			}
+			return ctx.Err()
+		}
+		rel, _ := filepath.Rel(root, p)
+		switch maildir.Classify(filepath.ToSlash(rel), false).Kind {
+		case maildir.KindMessage, maildir.KindPlainFile:
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 func explainIndexOpen(err error, store string) error {

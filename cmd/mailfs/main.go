@@ -28,6 +28,9 @@ const (
 type exitError struct {
 	code int
 	err  error
+	// silent: the command has said all there is to say on stdout (status
+	// --check's one line).
+	silent bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -84,7 +87,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
-		fmt.Fprintf(stderr, "mailfs %s: %v\n", c.name, err)
+		if ee == nil || !ee.silent {
+			fmt.Fprintf(stderr, "mailfs %s: %v\n", c.name, err)
+		}
 		if code == exitUsage {
 			fmt.Fprintf(stderr, "Run 'mailfs %s --help' for usage.\n", c.name)
 		}

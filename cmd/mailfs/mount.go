@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,18 +20,24 @@ import (
 )
 
 func runMount(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] MOUNTPOINT",
+	fs := newFlags("mount [--store DIR] [--listen HOST:PORT] [--sync-timeout DUR] [--full-sync-interval DUR] [--metrics HOST:PORT] MOUNTPOINT",
 		"Mount the store's Maildir tree at MOUNTPOINT and serve it in the foreground until SIGINT or\n"+
 			"SIGTERM, which flush, unmount and exit 0. Logs go to stderr. An absent or empty store is\n"+
 			"initialised first. Changes made to the tree while unmounted are found and journaled at start.\n"+
 			"With --listen (or the address saved by init) it accepts other nodes there: pairing ('mailfs pair')\n"+
 			"and, from paired nodes only, replication: each node pushes its journal to every peer and applies\n"+
-			"what they push, through this mount.",
-		"mailfs mount --store /var/lib/mailfs /srv/mailfs", stderr)
+			"what they push, through this mount. After an unclean stop, and every --full-sync-interval, it runs\n"+
+			"the full sync with every peer (as 'mailfs sync --full' does): files deleted behind mailfs's back\n"+
+			"come back from a peer. With --metrics it serves Prometheus metrics over HTTP (bind it to loopback\n"+
+			"or a management network). Under systemd (Type=notify) it reports ready once the mount answers.\n"+
+			"Refused with exit 1 and a message: a missing mountpoint, a stale mount of a dead mailfs, one\n"+
+			"already mounted, a store another mailfs has open, a store whose Maildir tree is missing.",
+		"mailfs mount --store /var/lib/mailfs --listen mx1.example.net:7000 --metrics 127.0.0.1:9465 /srv/mailfs", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	listen := fs.String("listen", "", "HOST:PORT for peers (overrides the one saved by init)")
 	syncTimeout := fs.Duration("sync-timeout", 0, "let a delivery wait up to DUR for peers' acknowledgement (no peers: no wait)")
-	metrics := fs.String("metrics", "", "HOST:PORT to serve Prometheus metrics on")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (lag, ops, conflicts, FUSE latency)")
+	fullSyncInterval := fs.Duration("full-sync-interval", 24*time.Hour, "run the anti-entropy full sync with every peer this often (0: never)")
 	cacheTimeout := fs.Duration("cache-timeout", 60*time.Second, "kernel entry/attribute cache lifetime")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	if err := parseFlags(fs, args); err != nil {
@@ -39,11 +46,16 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usageErr("need exactly one MOUNTPOINT")
 	}
-	if *metrics != "" {
-		return usageErr("--metrics is not available in this version of mailfs")
+	if *metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
+			return usageErr("--metrics %q: want HOST:PORT (e.g. 127.0.0.1:9465): %v", *metricsAddr, err)
+		}
 	}
 	if *syncTimeout < 0 {
 		return usageErr("--sync-timeout must not be negative")
+	}
+	if *fullSyncInterval < 0 {
+		return usageErr("--full-sync-interval must not be negative")
 	}
 
 	mountpoint, err := filepath.Abs(fs.Arg(0))
@@ -82,13 +94,19 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if err := os.Chmod(mountpoint, 0o555); err != nil {
 		log.Warn("could not make the bare mountpoint read-only", "mountpoint", mountpoint, "err", err)
 	}
+	var mx *metrics
+	var observe func(string, time.Duration)
+	if *metricsAddr != "" {
+		mx = newMetrics(st, log)
+		observe = mx.observe
+	}
 	srv, err := mfs.Mount(mountpoint, mfs.Options{Store: st.index, Root: st.maildir, Logger: log,
-		CacheTimeout: *cacheTimeout, Debug: *debug})
+		CacheTimeout: *cacheTimeout, Debug: *debug, ObserveRequest: observe})
 	if err != nil {
 		return err
 	}
 	st.sync = syncer.New(syncer.Config{Store: st.index, Identity: st.ident, Mount: srv, Root: st.maildir,
-		StagingDir: st.paths.staging(), Logger: log})
+		StagingDir: st.paths.staging(), Logger: log, FullSyncAtStart: !st.index.WasClean(), FullSyncInterval: *fullSyncInterval})
 	if err := st.sync.Start(); err != nil {
 		srv.Unmount()
 		return err
@@ -108,6 +126,12 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer ctl.Close()
+	if mx != nil {
+		if err := mx.serve(*metricsAddr); err != nil {
+			return err
+		}
+		defer mx.Close()
+	}
 	mb, msgs := st.index.Counts()
 	log.Info("mailfs ready", "mountpoint", mountpoint, "store", st.paths.Dir, "mailboxes", mb, "messages", msgs,
 		"journal_seq", st.index.Seq(), "listen", orDash(st.listenAddr()))

@@ -28,8 +28,8 @@ func runPair(args []string, stdout, stderr io.Writer) error {
 		if len(args) > 0 {
 			w = stdout
 		}
-		fmt.Fprint(w, "usage: mailfs pair invite [--store DIR] [--ttl DUR]\n"+
-			"       mailfs pair join   [--store DIR] CODE\n\n"+
+		fmt.Fprint(w, "usage: mailfs pair invite [--store DIR] [--ttl DUR] [--address HOST:PORT]\n"+
+			"       mailfs pair join   [--store DIR] [--address HOST:PORT] CODE\n\n"+
 			"Pair two nodes: 'pair invite' on one prints a one-line code (its address, its key\n"+
 			"fingerprint and a one-time secret); 'pair join CODE' on the other connects, proves the\n"+
 			"secret, and both nodes pin each other's key. 'mailfs pair invite --help' and\n"+

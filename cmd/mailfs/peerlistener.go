@@ -26,8 +26,8 @@ const maxPeerConns = 64
 // TLS 1.3 with pinned keys (peers.ListenerConfig). A pairing connection
 // (ALPN peers.ProtoPair) is served with peers.ServePairing against the
 // invites in STORE/identity/invites, pinning the joiner in the index; a
-// replication connection (peers.ProtoSync) from a paired node is handed to
-// the syncer. Certificates of unpaired nodes
+// replication connection (peers.ProtoSync) or full sync connection
+// (peers.ProtoFull) from a paired node is handed to the syncer. Certificates of unpaired nodes
 // are refused by the TLS config and logged with their fingerprint.
 type peerListener struct {
 	ln     net.Listener
@@ -170,6 +170,13 @@ func (pl *peerListener) serveConn(conn *tls.Conn) {
 			return
 		}
 		s.ServeConn(pl.ctx, conn, id)
+	case peers.ProtoFull:
+		s := pl.sync.Load()
+		if s == nil {
+			pl.log.Info("full sync connection before the mount is ready: closed", "peer", peers.FormatID(id), "remote", remote)
+			return
+		}
+		s.ServeFullSync(pl.ctx, conn, id)
 	default:
 		pl.log.Warn("peer connection with an unknown protocol refused", "peer", peers.FormatID(id), "remote", remote,
 			"protocol", cs.NegotiatedProtocol)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,17 +16,37 @@ import (
 )
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status [--store DIR] [--json]",
-		"Show this node's state: node ID and name, journal seq, mailboxes and messages, and its peers.\n"+
-			"Asks the running daemon through STORE/mailfs.sock when mounted, else reads the store.",
-		"mailfs status --json", stderr)
+	fs := newFlags("status [--store DIR] [--json] [--check [--max-lag DUR]] [PATTERN]",
+		"Show this node's state and its peers' replication: per peer whether it is connected, what it lacks\n"+
+			"of this node's journal (ops, bytes, and the age of the oldest op it has not acknowledged), the last\n"+
+			"success and the last failure with its error. Asks the running daemon through STORE/mailfs.sock\n"+
+			"when mounted, else reads the store (then no peer is connected).\n\n"+
+			"PATTERN lists the users it matches ('*' any characters, '?' one; a user is the directory that\n"+
+			"holds a Maildir, e.g. example.com/alice) with their mailboxes, messages and, per peer, the ops of\n"+
+			"theirs that peer still lacks.\n\n"+
+			"--check is a monitoring probe (Nagios convention): it prints one line and exits 0 when every\n"+
+			"paired peer is connected and none lacks an op older than --max-lag, else 2 (also when mailfs is\n"+
+			"not running or no peer is paired).",
+		"mailfs status --check --max-lag 10m\n  mailfs status 'example.com/*'\n  mailfs status --json", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
-	asJSON := fs.Bool("json", false, "print JSON (fields of design §9)")
+	asJSON := fs.Bool("json", false, "print JSON (the fields of design §9 and more)")
+	check := fs.Bool("check", false, "monitoring probe: one line, exit 0 healthy, 2 not")
+	maxLag := fs.Duration("max-lag", 5*time.Minute, "with --check: the oldest unacknowledged op allowed")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErr("PATTERN filtering is not supported yet (got %q)", fs.Arg(0))
+	if fs.NArg() > 1 {
+		return usageErr("one PATTERN at most (got %q)", fs.Args())
+	}
+	pattern := fs.Arg(0)
+	if fs.Changed("max-lag") && !*check {
+		return usageErr("--max-lag goes with --check")
+	}
+	if *check && (*asJSON || pattern != "") {
+		return usageErr("--check prints one line: it takes neither --json nor a PATTERN")
+	}
+	if *maxLag <= 0 {
+		return usageErr("--max-lag must be positive")
 	}
 	dir, err := filepath.Abs(*store)
 	if err != nil {
@@ -35,11 +56,29 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	var rep statusReply
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = queryStore(ctx, paths, stderr, controlRequest{Cmd: "status"},
+	if *check {
+		err := controlCall(ctx, paths, controlRequest{Cmd: "status"},
+			func(raw json.RawMessage) error { return json.Unmarshal(raw, &rep) })
+		if errors.Is(err, errNotRunning) {
+			fmt.Fprintf(stdout, "MAILFS CRITICAL - mailfs is not running for store %s\n", dir)
+			return &exitError{code: exitCheckFailed, silent: true, err: errors.New("not running")}
+		}
+		if err != nil {
+			fmt.Fprintf(stdout, "MAILFS CRITICAL - status: %v\n", err)
+			return &exitError{code: exitCheckFailed, silent: true, err: err}
+		}
+		line, ok := checkLine(rep, *maxLag)
+		fmt.Fprintln(stdout, line)
+		if !ok {
+			return &exitError{code: exitCheckFailed, silent: true, err: errors.New(line)}
+		}
+		return nil
+	}
+	err = queryStore(ctx, paths, stderr, controlRequest{Cmd: "status", Pattern: pattern},
 		func(raw json.RawMessage) error { return json.Unmarshal(raw, &rep) },
 		func(st *openedStore) error {
-			ps, err := peerStatus(st)
-			rep = statusReply{Node: nodeStatus(st), Peers: ps}
+			var err error
+			rep, err = buildStatus(st, pattern)
 			return err
 		})
 	if err != nil {
@@ -51,6 +90,9 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		_, err := stdout.Write(mustJSON(rep))
 		return err
+	}
+	if pattern != "" {
+		return printUsers(stdout, rep, pattern)
 	}
 	n := rep.Node
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -72,12 +114,121 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tID\tADDRESS\tCONNECTED\tACKED\tLAG OPS\tLAST SUCCESS\tLAST ERROR")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tCONNECTED\tINBOUND\tACKED\tLAG OPS\tLAG BYTES\tLAG\tLAST SUCCESS\tLAST FAILURE\tLAST ERROR")
 	for _, p := range rep.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%s\t%s\n", orDash(p.Name), p.ID, orDash(p.Address), p.Connected,
-			p.AckedSeq, p.LagOps, orDash(deref(p.LastSuccess)), orDash(p.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), orDash(p.Address),
+			yesNo(p.Connected), yesNo(p.Inbound), p.AckedSeq, p.LagOps, humanBytes(p.LagBytes), lagAge(p),
+			ago(p.LastSuccess), ago(p.LastFailure), orDash(p.LastError))
+	}
+	tw.Flush()
+	fmt.Fprintln(stdout)
+	for _, p := range rep.Peers {
+		fmt.Fprintf(stdout, "%s  %s\n", orDash(p.Name), p.ID)
+		if c := p.CatchUp; c != nil {
+			eta := "-"
+			if c.ETASeconds > 0 {
+				eta = (time.Duration(c.ETASeconds) * time.Second).String()
+			}
+			fmt.Fprintf(stdout, "  catching up: %d of %d ops (%.0f%%), %s sent of %s, %.0f ops/s, ETA %s\n",
+				c.DoneOps, c.TotalOps, 100*float64(c.DoneOps)/float64(max(c.TotalOps, 1)), humanBytes(c.SentBytes),
+				humanBytes(c.TotalBytes), c.OpsPerSec, eta)
+		}
+	}
+	return nil
+}
+
+// exitCheckFailed is status --check's "not healthy": Nagios's CRITICAL.
+const exitCheckFailed = 2
+
+// checkLine judges rep for status --check: healthy when every paired peer
+// is connected and none lacks an op older than maxLag.
+func checkLine(rep statusReply, maxLag time.Duration) (string, bool) {
+	if len(rep.Peers) == 0 {
+		return "MAILFS CRITICAL - no peer is paired: nothing is replicated", false
+	}
+	var bad []string
+	var worst time.Duration
+	for _, p := range rep.Peers {
+		lag := time.Duration(p.LagSeconds * float64(time.Second)).Round(time.Second)
+		worst = max(worst, lag)
+		switch {
+		case !p.Connected:
+			msg := fmt.Sprintf("peer %s disconnected (%d ops unacknowledged, oldest %s)", orDash(p.Name), p.LagOps, lag)
+			if p.LastError != "" {
+				msg += ": " + p.LastError
+			}
+			bad = append(bad, msg)
+		case p.LagOps > 0 && lag > maxLag:
+			bad = append(bad, fmt.Sprintf("peer %s lacks %d ops, the oldest %s old (max %s)", orDash(p.Name), p.LagOps, lag, maxLag))
+		}
+	}
+	if len(bad) > 0 {
+		return "MAILFS CRITICAL - " + strings.Join(bad, "; "), false
+	}
+	return fmt.Sprintf("MAILFS OK - %d of %d peers connected, oldest unacknowledged op %s (max %s)",
+		len(rep.Peers), len(rep.Peers), worst, maxLag), true
+}
+
+// printUsers prints status PATTERN's table: one row per user, with the ops
+// of theirs each peer still lacks.
+func printUsers(w io.Writer, rep statusReply, pattern string) error {
+	if len(rep.Users) == 0 {
+		fmt.Fprintf(w, "no user matches %q\n", pattern)
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	head := "USER\tMAILBOXES\tMESSAGES"
+	for _, p := range rep.Peers {
+		head += "\tPENDING " + orDash(p.Name)
+	}
+	fmt.Fprintln(tw, head)
+	for _, u := range rep.Users {
+		row := fmt.Sprintf("%s\t%d\t%d", u.User, u.Mailboxes, u.Messages)
+		for _, p := range rep.Peers {
+			row += fmt.Sprintf("\t%d", u.Pending[p.ID])
+		}
+		fmt.Fprintln(tw, row)
 	}
 	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// lagAge is the age of the oldest op the peer lacks, "-" when none.
+func lagAge(p statusPeer) string {
+	if p.LagOps == 0 {
+		return "-"
+	}
+	return time.Duration(p.LagSeconds * float64(time.Second)).Round(time.Second).String()
+}
+
+// ago renders an RFC 3339 time as its age ("3m12s ago"), "-" for never.
+func ago(ts *string) string {
+	if ts == nil {
+		return "-"
+	}
+	t, err := time.Parse(time.RFC3339Nano, *ts)
+	if err != nil {
+		return *ts
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 }
 
 func orDash(s string) string {

@@ -299,8 +299,16 @@ func (t *tx) recordFileOp(op *journal.Op) error {
 	if err != nil {
 		return err
 	}
+	restore := op.Seq == 0 // a version put back (a full sync's restore), not a change
+	if restore {
+		if steps, err = t.showingRegister(op); err != nil {
+			return err
+		}
+	}
 	for _, st := range steps {
-		if err := t.putRec(fileRegKey(st.path), &st.after); err != nil {
+		if restore {
+			// Registers stay as they are; the file only gets its dot.
+		} else if err := t.putRec(fileRegKey(st.path), &st.after); err != nil {
 			return err
 		}
 		for _, s := range st.after.view(st.path) {
@@ -322,6 +330,28 @@ func (t *tx) recordFileOp(op *journal.Op) error {
 		}
 	}
 	return nil
+}
+
+// showingRegister is the register whose view has a file at op.Path,
+// unchanged: the path's own, or, for a conflict copy, the original's. A file
+// no register has (from before mailfs kept versions) is shown as op says.
+func (t *tx) showingRegister(op *journal.Op) ([]regStep, error) {
+	path := op.Path
+	for p := path; ; {
+		r, err := t.fileReg(p)
+		if err != nil {
+			return nil, err
+		}
+		if slices.ContainsFunc(r.view(p), func(s ShownFile) bool { return s.Path == path }) {
+			return []regStep{{path: p, before: r, after: r}}, nil
+		}
+		i := strings.LastIndex(p, ".mailfs-conflict-")
+		if i <= 0 {
+			r := fileRegRec{Heads: []FileHead{headOf(op)}}
+			return []regStep{{path: path, before: r, after: r}}, nil
+		}
+		p = p[:i]
+	}
 }
 
 // shownDots are the versions a local change at path replaces, as op.Seen:
@@ -373,6 +403,11 @@ func (v PeerView) PlainFileChanges(op *journal.Op) ([]FileChange, error) {
 		return nil, fmt.Errorf("index: %s is not a plain-file op", op.Kind)
 	}
 	steps, err := v.t.fileSteps(op)
+	if op.Seq == 0 && err == nil {
+		// A version put back (a full sync's restore) changes no register:
+		// the tree shows again what the register of the file shows.
+		steps, err = v.t.showingRegister(op)
+	}
 	if err != nil {
 		return nil, err
 	}

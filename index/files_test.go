@@ -335,3 +335,42 @@ func TestLocalPlainFileOpsNameWhatTheyReplace(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRestoredVersionShowsWhereItsRegisterDoes: a full sync puts back a
+// vanished file as a version without an op of its own (seq 0); a conflict
+// copy goes back where its original's register shows it, and no register
+// changes.
+func TestRestoredVersionShowsWhereItsRegisterDoes(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	const p = "u/sieve/main.sieve"
+	content := sha256.Sum256([]byte("older"))
+	if _, err := s.Commit(ctx, Event{Kind: EvWrite, Path: p, File: FileInfo{Mode: 0o100644, Size: 5, Content: sha256.Sum256([]byte("newer"))}}); err != nil {
+		t.Fatal(err)
+	}
+	older := &journal.Op{Kind: journal.FileWrite, Origin: nodeB, Seq: 7, Time: journal.HLC{WallMs: 1}, Path: p, Mode: 0o100644,
+		Size: 5, Content: content}
+	cp := ConflictName(p, Dot{nodeB, 7})
+	for _, ev := range []Event{{Kind: EvWrite, Path: cp, File: FileInfo{Mode: 0o100644, Size: 5, Content: content}, Remote: older},
+		{Kind: EvRemoteMeta, Remote: older}} {
+		if _, err := s.Commit(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore := &journal.Op{Kind: journal.FileWrite, Origin: nodeB, Time: older.Time, Path: cp, Mode: 0o100644, Size: 5,
+		Content: content}
+	var changes []FileChange
+	if err := s.View(func(v PeerView) error {
+		var err error
+		changes, err = v.PlainFileChanges(restore)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 1 || changes[0].Path != p || len(changes[0].After) != 2 || changes[0].After[1].Path != cp ||
+		!slices.Equal(changes[0].Before, changes[0].After) {
+		t.Fatalf("restoring %s: %+v, want %s's register shown as it is", cp, changes, p)
+	}
+}

@@ -11,8 +11,9 @@ import (
 
 // Plain files (design §6 rule 10) are multi-value registers, one per path.
 // Every FileWrite and FileDelete is a version of its path, named by its dot
-// (origin, seq), and says which version it replaced (op.Seen, one entry: the
-// version the writer had at the path). The register keeps its heads: the
+// (origin, seq), and names the versions it replaced (op.Seen, by origin:
+// the version the writer had at the path, and those with the same bytes the
+// tree showed as that one file). The register keeps its heads: the
 // versions no op known here replaced. What the tree shows is a function of
 // the heads alone, so every node that applied the same ops shows the same
 // files, in any order of arrival:
@@ -28,7 +29,9 @@ import (
 // empties the path and the write is kept as a conflict copy; older, the
 // write stays at the path. A change to a conflict copy (an edit, a delete)
 // replaces that version in the register of the original path, so the copy
-// is not made again anywhere; an edited copy is a plain file of its own.
+// is not made again anywhere; an edited copy is a plain file of its own. A
+// local write that puts a conflict copy's bytes back at the path hides the
+// copy: the syncer removes that file, as a local delete.
 //
 // An op that replaced a version not yet here (a third node's, still in
 // flight) is remembered as pending, and that version is dropped on arrival:
@@ -251,7 +254,23 @@ func fileSteps(load func(path string) (fileRegRec, error), self journal.NodeID, 
 		steps = append(steps, regStep{path: path, before: r, after: r.clone()})
 		return &steps[len(steps)-1], nil
 	}
-	if replaced := ReplacedDots(op); len(replaced) > 0 {
+	if replaced := ReplacedDots(op); len(replaced) == 0 && op.Seq != 0 {
+		// No version named: its writer's register had none, so a version
+		// of that same writer still here was replaced there, by an op on
+		// its way here too; or the op was journaled before ops named what
+		// they replace. Either way it replaces its writer's last version.
+		st, err := get(op.Path)
+		if err != nil {
+			return nil, err
+		}
+		var own Dot
+		for _, h := range st.after.Heads {
+			if h.Origin == op.Origin && h.Seq < op.Seq && h.Seq > own.Seq {
+				own = h.Dot
+			}
+		}
+		st.after.replace(own, self)
+	} else if len(replaced) > 0 {
 		// The replaced versions are of one register: the original path's
 		// when op.Path is the conflict copy of one of them.
 		at := op.Path

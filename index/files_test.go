@@ -171,6 +171,12 @@ func TestPlainFileVersionsConverge(t *testing.T) {
 			{write(nodeC, 1, 200, p, "same")}},
 		want: map[string]string{p: dotName(nodeB, 1), ConflictName(p, Dot{nodeC, 1}): dotName(nodeC, 1)},
 	}, {
+		name: "ops that name no replaced version (journaled before they did) replace their writer's own",
+		streams: [][]*journal.Op{
+			{write(nodeA, 1, 100, p, "a1"), write(nodeA, 2, 300, p, "a2")},
+			{write(nodeB, 1, 200, p, "b1"), write(nodeB, 2, 400, p, "b2")}},
+		want: map[string]string{p: dotName(nodeB, 2), ConflictName(p, Dot{nodeA, 2}): dotName(nodeA, 2)},
+	}, {
 		name: "three nodes write concurrently",
 		streams: [][]*journal.Op{
 			{write(nodeA, 1, 300, p, "a")}, {write(nodeB, 1, 100, p, "b")}, {write(nodeC, 1, 200, p, "c")}},

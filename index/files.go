@@ -154,6 +154,9 @@ func (r *fileRegRec) add(h FileHead) {
 		r.Pending = slices.Delete(r.Pending, i, i+1)
 		return
 	}
+	// An earlier pending version of the same origin would have arrived
+	// before this one: it was no version of this path.
+	r.Pending = slices.DeleteFunc(r.Pending, func(d Dot) bool { return d.Origin == h.Origin && d.Seq < h.Seq })
 	r.Heads = append(r.Heads, h)
 	r.prune()
 }

@@ -380,3 +380,19 @@ func TestRestoredVersionShowsWhereItsRegisterDoes(t *testing.T) {
 		t.Fatalf("restoring %s: %+v, want %s's register shown as it is", cp, changes, p)
 	}
 }
+
+// TestPendingVersionsAreBounded: a version named as replaced before it
+// arrived waits for it; one that cannot arrive any more (its origin's
+// later op came first) is forgotten.
+func TestPendingVersionsAreBounded(t *testing.T) {
+	const p = "u/sieve/x"
+	n := &registers{self: nodeC, regs: map[string]fileRegRec{}}
+	n.apply(t, write(nodeB, 1, 200, p, "b", Dot{nodeA, 5}, Dot{nodeC, 9}))
+	if got := n.regs[p].Pending; !slices.Equal(got, []Dot{{nodeA, 5}}) {
+		t.Fatalf("pending %v, want only A's version 5 (this node's own are all here)", got)
+	}
+	n.apply(t, write(nodeA, 7, 300, p, "a"))
+	if got := n.regs[p].Pending; len(got) != 0 {
+		t.Fatalf("pending %v after A's op 7, want none (A's op 5 would have come first)", got)
+	}
+}

@@ -21,6 +21,7 @@ const (
 	pJournal     = "j/"  // + seq (8 bytes big endian) → encoded op
 	pOrphans     = "or/" // + GUID: messages of a deleted mailbox left to sweep
 	pPeer        = "pe/" // + node ID: paired peer (node-local, never journaled) → peerRec
+	pPeerSync    = "ps/" // + node ID: what this node last did with that peer (node-local) → PeerSync
 	pApplied     = "ap/" // + origin node ID → appliedRec: how far that origin's ops are applied
 	pSubStamp    = "ss/" // + dir + "\x00" + name → subStampRec: the newest (un)subscribe
 	pAlias       = "al/" // + GUID → GUID: a mailbox GUID merged into another (rule 3, 4)

@@ -122,6 +122,9 @@ func (s *Store) RemovePeer(id journal.NodeID) error {
 		if !ok {
 			return fmt.Errorf("node %s: %w", peers.FormatID(id), peers.ErrUnknownPeer)
 		}
+		if err := txn.Delete(peerSyncKey(id)); err != nil {
+			return err
+		}
 		return txn.Delete(peerKey(id))
 	})
 	if err != nil {

@@ -157,3 +157,49 @@ func TestPeerStoreConfigNeedsIndex(t *testing.T) {
 		t.Fatalf("config open of an empty dir: %v, want ErrNotCreated", err)
 	}
 }
+
+// The last full sync with a peer survives a reopen and a re-pairing, and
+// goes with the peer when it is removed.
+func TestPeerSyncState(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	id, other := randomNode(t), randomNode(t)
+	for _, p := range []journal.NodeID{id, other} {
+		if err := s.PutPeer(peers.Peer{ID: p, Name: "mx2", Address: "10.0.0.2:7000"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ps, err := s.PeerSyncOf(id); err != nil || !ps.LastFullSync.IsZero() || ps.FullSyncResult != "" {
+		t.Fatalf("before any full sync: %+v, %v; want the zero record", ps, err)
+	}
+	at := time.Date(2026, 12, 1, 3, 0, 0, 0, time.FixedZone("CET", 3600))
+	want := PeerSync{LastFullSync: at, FullSyncOK: true, FullSyncResult: "ok, 3 mailboxes compared, 1 restored"}
+	if err := s.PutPeerSync(id, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutPeerSync(other, PeerSync{LastFullSync: at, FullSyncResult: "failed: refused"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutPeer(peers.Peer{ID: id, Name: "renamed", Address: "10.0.0.3:7000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemovePeer(other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	got, err := s2.PeerSyncOf(id)
+	if err != nil || !got.LastFullSync.Equal(at) || got.FullSyncOK != want.FullSyncOK || got.FullSyncResult != want.FullSyncResult {
+		t.Fatalf("after reopen and re-pairing: %+v, %v; want %+v", got, err, want)
+	}
+	if got, err := s2.PeerSyncOf(other); err != nil || !got.LastFullSync.IsZero() {
+		t.Fatalf("a removed peer's full sync: %+v, %v; want none left", got, err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -69,6 +70,9 @@ type FullSyncPeerReport struct {
 	// (dial, handshake, timeout), not the peer's answer.
 	Err         error
 	Unreachable bool
+	// clock is the peer's clock measured at the hello (unknown when the
+	// exchange failed before, or the peer sends no time).
+	clock clockSample
 }
 
 // FullSyncReport is a full sync with every paired peer.
@@ -133,6 +137,18 @@ func (s *Syncer) FullSync(ctx context.Context, opts FullSyncOptions) (FullSyncRe
 		plog.Info("full sync with peer done", "compared", pr.Compared, "differing", pr.Differing, "restored", pr.Restored,
 			"added", pr.Added, "flagged", pr.Flagged, "files", pr.Files, "unrepaired", pr.Unrepaired, "raced", pr.Raced,
 			"bytes_fetched", pr.BytesFetched, "ok", pr.Err == nil)
+		if pr.clock.known() {
+			s.noteClock(p.ID, pr.clock)
+		}
+		if opts.Mailbox == "" && s.ctx.Err() == nil {
+			// Only a pass over every mailbox counts as the peer's last
+			// full sync; one --mailbox says nothing of the others. One cut
+			// short by this node's own shutdown says nothing of the peer.
+			rec := index.PeerSync{LastFullSync: time.Now(), FullSyncOK: pr.Err == nil, FullSyncResult: pr.Summary()}
+			if err := s.cfg.Store.PutPeerSync(p.ID, rec); err != nil {
+				plog.Warn("recording the full sync's result failed", "err", err)
+			}
+		}
 		rep.Peers = append(rep.Peers, pr)
 	}
 	t := rep.Total()
@@ -140,6 +156,56 @@ func (s *Syncer) FullSync(ctx context.Context, opts FullSyncOptions) (FullSyncRe
 		"compared", t.Compared, "differing", t.Differing, "restored", t.Restored, "added", t.Added, "flagged", t.Flagged,
 		"files", t.Files, "unrepaired", t.Unrepaired, "raced", t.Raced, "bytes_fetched", t.BytesFetched)
 	return rep, nil
+}
+
+// Summary is the report in a few words, for status: "ok, 12 mailboxes
+// compared, nothing to repair", or what was repaired, or why it failed.
+func (r FullSyncPeerReport) Summary() string {
+	var parts []string
+	add := func(n int, what string) {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, what))
+		}
+	}
+	add(r.Differing, "differing")
+	add(r.Restored, "restored")
+	add(r.Added, "added")
+	add(r.Flagged, "flags taken")
+	add(r.Files, "files restored")
+	add(r.Unrepaired, "unrepaired")
+	add(r.Raced, "raced")
+	if r.Err != nil {
+		what := "failed"
+		if r.Unreachable {
+			what = "failed (unreachable)"
+		}
+		if r.Compared > 0 {
+			parts = append([]string{mailboxesCompared(r.Compared)}, parts...)
+		}
+		if len(parts) > 0 {
+			what += " after " + strings.Join(parts, ", ")
+		}
+		return clipReason(what + ": " + r.Err.Error())
+	}
+	if len(parts) == 0 {
+		parts = []string{"nothing to repair"}
+	}
+	return fmt.Sprintf("ok, %s, %s", mailboxesCompared(r.Compared), strings.Join(parts, ", "))
+}
+
+func mailboxesCompared(n int) string {
+	if n == 1 {
+		return "1 mailbox compared"
+	}
+	return fmt.Sprintf("%d mailboxes compared", n)
+}
+
+// clipReason bounds a result kept in the index and shown by status.
+func clipReason(s string) string {
+	if len(s) > maxReason {
+		return strings.ToValidUTF8(s[:maxReason], "")
+	}
+	return s
 }
 
 type fullTotals struct {
@@ -226,13 +292,11 @@ func (s *Syncer) fullSyncPeer(ctx context.Context, p peers.Peer, only journal.GU
 }
 
 func (s *Syncer) fullExchange(ctx context.Context, fc *fullConn, only journal.GUID, rep *FullSyncPeerReport, log *slog.Logger) error {
-	var h fsHello
-	if err := fc.call(fsRequest{Op: "hello", Version: FullSyncVersion}, frameAnswer, 1024, &h); err != nil {
+	clock, err := fc.hello()
+	if err != nil {
 		return err
 	}
-	if h.Version != FullSyncVersion {
-		return fmt.Errorf("%w: peer speaks full sync version %d, this mailfs %d", ErrVersion, h.Version, FullSyncVersion)
-	}
+	rep.clock = clock
 	var after journal.GUID
 	total := 0
 	for {

@@ -55,10 +55,17 @@ type fsRequest struct {
 	Key     string `json:"key,omitempty"`
 	Content string `json:"content,omitempty"`
 	Limit   int    `json:"limit,omitempty"`
+	// TimeMs is the asker's wall clock (unix ms) when it sent a hello: a
+	// sample of its clock for the answering side (see clock.go).
+	TimeMs int64 `json:"time_ms,omitempty"`
 }
 
 type fsHello struct {
 	Version uint16 `json:"version"`
+	// TimeMs is the answering side's wall clock (unix ms): the asker
+	// estimates the skew from it (see clock.go). A mailfs from before it
+	// leaves it out, and the skew stays unknown.
+	TimeMs int64 `json:"time_ms,omitempty"`
 }
 
 type fsDigest struct {

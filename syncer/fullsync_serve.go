@@ -46,6 +46,11 @@ func (s *Syncer) ServeFullSync(ctx context.Context, conn net.Conn, id journal.No
 	// fine as long as it moves.
 	bw := bufio.NewWriterSize(&countingWriter{w: conn, conn: conn, idle: 2 * time.Minute}, 64<<10)
 	greeted := false
+	// helloAnswered is when the answer to the last request, a hello, was
+	// sent (zero when the last request was something else): with the next
+	// hello it measures the asker's clock (answerClock).
+	var helloAnswered time.Time
+	var clock clockSample
 	for {
 		conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		var req fsRequest
@@ -55,9 +60,19 @@ func (s *Syncer) ServeFullSync(ctx context.Context, conn net.Conn, id journal.No
 			}
 			return
 		}
+		if req.Op == "hello" {
+			if c, ok := answerClock(helloAnswered, time.Now(), req.TimeMs); ok && better(clock, c) == c {
+				clock = c
+				s.noteClock(id, c)
+			}
+		}
+		helloAnswered = time.Time{}
 		err := s.answerFull(bw, &req, &greeted)
 		if ferr := bw.Flush(); err == nil {
 			err = ferr
+		}
+		if err == nil && req.Op == "hello" {
+			helloAnswered = time.Now()
 		}
 		if err != nil {
 			var re *RefusedError
@@ -93,7 +108,7 @@ func (s *Syncer) answerFull(w io.Writer, req *fsRequest, greeted *bool) error {
 			return refusef("full sync version %d not supported, this mailfs speaks %d", req.Version, FullSyncVersion)
 		}
 		*greeted = true
-		return writeFrame(w, frameAnswer, fsHello{Version: FullSyncVersion})
+		return writeFrame(w, frameAnswer, fsHello{Version: FullSyncVersion, TimeMs: wallMs(time.Now())})
 	case "digests":
 		var after journal.GUID
 		if req.After != "" {

@@ -105,11 +105,27 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 		}
 		from = 0
 	}
+	upToDate := from == s.cfg.Store.Seq()
 	s.update(p.ID, func(st *peerState) {
 		st.connected = true
 		st.acked, st.ackedEpoch = from, epoch
 		st.lastError = ""
+		if upToDate {
+			st.lastFastSync = time.Now()
+		}
 	})
+	// The peer's clock is measured while the session lasts, on a side
+	// connection: the push stream's format stays as it is.
+	clockCtx, stopClock := context.WithCancel(ctx)
+	clockDone := make(chan struct{})
+	go func() {
+		defer close(clockDone)
+		s.clockLoop(clockCtx, p)
+	}()
+	defer func() {
+		stopClock()
+		<-clockDone
+	}()
 	s.log.Info("pushing to peer", "peer", peers.FormatID(p.ID), "peer_name", p.Name, "from_seq", from+1,
 		"journal_seq", s.cfg.Store.Seq())
 	s.update(p.ID, func(st *peerState) { st.catchUp = nil })
@@ -172,9 +188,15 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 			if len(inflight) > 0 {
 				armAck()
 			}
+			// An ack up to the journal's end is a fast sync: the peer
+			// then had every op this node had journaled.
+			upToDate := seq >= s.cfg.Store.Seq()
 			s.update(p.ID, func(st *peerState) {
 				st.acked = seq
 				st.lastSuccess = time.Now()
+				if upToDate {
+					st.lastFastSync = st.lastSuccess
+				}
 			})
 			s.catchUpAcked(p, seq, cw.n-sentAtAck)
 			sentAtAck = cw.n

@@ -81,14 +81,19 @@ type peerState struct {
 	acked       uint64
 	ackedEpoch  uint64
 	lastSuccess time.Time
-	lastFailure time.Time
-	lastError   string
-	lastReceive time.Time
-	bytesSent   int64
-	bytesRecv   int64
-	opsSent     int64
-	opsApplied  int64
-	refused     int64
+	// lastFastSync is when an ack last covered every op journaled at that
+	// moment: the peer was fully up to date.
+	lastFastSync time.Time
+	lastFailure  time.Time
+	lastError    string
+	lastReceive  time.Time
+	bytesSent    int64
+	bytesRecv    int64
+	opsSent      int64
+	opsApplied   int64
+	refused      int64
+	// clock is the last measurement of the peer's clock (clock.go).
+	clock clockSample
 	// catchUp tracks a session that started far behind (nil: none).
 	catchUp *catchUp
 }
@@ -103,14 +108,23 @@ type PeerStatus struct {
 	AckedSeq    uint64
 	LagOps      uint64
 	LastSuccess time.Time
-	LastFailure time.Time
-	LastError   string
-	LastReceive time.Time
-	BytesSent   int64
-	BytesRecv   int64
-	OpsSent     int64
-	OpsApplied  int64
-	Refused     int64
+	// LastFastSync is when the peer last acknowledged every op journaled
+	// at that moment (zero: not since this node started).
+	LastFastSync time.Time
+	LastFailure  time.Time
+	LastError    string
+	LastReceive  time.Time
+	// ClockSkew is the peer's wall clock minus this node's, measured at
+	// ClockMeasured (zero: never since this node started) over a round trip
+	// of ClockRTT, which bounds its error to ClockRTT/2.
+	ClockSkew     time.Duration
+	ClockRTT      time.Duration
+	ClockMeasured time.Time
+	BytesSent     int64
+	BytesRecv     int64
+	OpsSent       int64
+	OpsApplied    int64
+	Refused       int64
 	// CatchUp is the progress of a catch-up running now (a first sync to
 	// an empty peer, or one back from a long outage), nil if none.
 	CatchUp *CatchUp
@@ -269,7 +283,8 @@ func (s *Syncer) Status() []PeerStatus {
 		ps := PeerStatus{ID: p.ID, Name: p.Name, Address: p.Address, Connected: st.connected, Inbound: st.inbound > 0,
 			AckedSeq: st.acked, LastSuccess: st.lastSuccess, LastFailure: st.lastFailure, LastError: st.lastError,
 			LastReceive: st.lastReceive, BytesSent: st.bytesSent, BytesRecv: st.bytesRecv, OpsSent: st.opsSent,
-			OpsApplied: st.opsApplied, Refused: st.refused}
+			OpsApplied: st.opsApplied, Refused: st.refused, LastFastSync: st.lastFastSync,
+			ClockSkew: st.clock.Skew, ClockRTT: st.clock.RTT, ClockMeasured: st.clock.At}
 		if st.catchUp != nil {
 			pr := st.catchUp.progress(time.Now())
 			ps.CatchUp = &pr

@@ -70,6 +70,29 @@ func TestMetricsDuringReplication(t *testing.T) {
 	if v := metric(t, m, "mailfs_peer_sent_ops_total", peer); v < 20 {
 		t.Fatalf("ops sent to the peer: %v, want at least 20", v)
 	}
+	if v := metric(t, m, "mailfs_peer_last_fast_sync_timestamp_seconds", peer); time.Since(time.Unix(int64(v), 0)) > time.Minute {
+		t.Fatalf("last fast sync at %v, want just now (the sync after the heal)", v)
+	}
+	// The clock is measured at each push connection: on loopback the skew
+	// is about zero.
+	waitPeer(t, a, b.ID, func(p map[string]any) bool { return p["clock_skew_ms"] != nil })
+	m = scrape(t, url)
+	if v := metric(t, m, "mailfs_peer_clock_skew_seconds", peer); v < -1 || v > 1 {
+		t.Fatalf("clock skew on loopback %v s, want |skew| < 1 s", v)
+	}
+	if _, ok := m[fmt.Sprintf("mailfs_peer_last_full_sync_timestamp_seconds{%s,peer_id=%q}", peer, b.ID)]; ok {
+		t.Fatal("a last full sync reported before any ran")
+	}
+	if out, errs, code := runMailfs(t, "sync", "--full", "--store", a.Store, "--timeout", "60s"); code != 0 {
+		t.Fatalf("sync --full: exit %d: %s%s", code, out, errs)
+	}
+	m = scrape(t, url)
+	if v := metric(t, m, "mailfs_peer_last_full_sync_timestamp_seconds", peer); time.Since(time.Unix(int64(v), 0)) > time.Minute {
+		t.Fatalf("last full sync at %v, want just now", v)
+	}
+	if v := metric(t, m, "mailfs_peer_last_full_sync_ok", peer); v != 1 {
+		t.Fatalf("mailfs_peer_last_full_sync_ok %v, want 1", v)
+	}
 
 	for i := 0; i < 3; i++ {
 		deliverMsg(t, b.Mnt, "example.com/alice/Maildir", "new", fmt.Sprintf("1700000200.M%dP1.metricsb", i), []byte("from b\n"), when)

@@ -3,7 +3,9 @@ package tests
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -117,4 +119,122 @@ func waitPeer(t *testing.T, n *node, id string, ok func(map[string]any) bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestStatusSyncHistory covers what status says of each peer's sync
+// history and clock: the last fast sync (the peer acknowledged every op),
+// the last full sync with its result (kept in the store: shown unmounted
+// and across a restart), a failed full sync, and the clock skew, which on
+// loopback is about zero.
+func TestStatusSyncHistory(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	mkMailbox(t, a.Mnt, "example.com/carol/Maildir")
+	beforeDelivery := time.Now()
+	deliverMsg(t, a.Mnt, "example.com/carol/Maildir", "new", "1700000000.M1P1.history", []byte("Subject: hi\r\n\r\nhi\r\n"),
+		time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC))
+	syncAll(t, a, b)
+
+	// Fast sync: the ack of the delivery covered the whole journal.
+	waitPeer(t, a, b.ID, func(p map[string]any) bool { return !timeField(t, p, "last_fast_sync").Before(beforeDelivery) })
+	// The clock is measured once the push connection is up.
+	waitPeer(t, a, b.ID, func(p map[string]any) bool { return p["clock_skew_ms"] != nil })
+	p := peerState(t, a, b.ID)
+	if skew := p["clock_skew_ms"].(float64); skew < -1000 || skew > 1000 {
+		t.Fatalf("clock skew on loopback %v ms, want |skew| < 1 s", skew)
+	}
+	if p["clock_skew_rtt_ms"] == nil || p["clock_skew_measured"] == nil {
+		t.Fatalf("clock skew without its round trip and time: %v", p)
+	}
+	for _, f := range []string{"last_full_sync", "last_full_sync_ok", "last_full_sync_result"} {
+		if _, ok := p[f]; !ok {
+			t.Fatalf("status --json lacks %s: %v", f, p)
+		}
+	}
+	if p["last_full_sync"] != nil {
+		t.Fatalf("a fresh pair has a last full sync: %v", p)
+	}
+
+	beforeFull := time.Now()
+	if out, errs, code := runMailfs(t, "sync", "--full", "--store", a.Store, "--timeout", "60s"); code != 0 {
+		t.Fatalf("sync --full: exit %d: %s%s", code, out, errs)
+	}
+	p = peerState(t, a, b.ID)
+	if timeField(t, p, "last_full_sync").Before(beforeFull) || p["last_full_sync_ok"] != true ||
+		!strings.HasPrefix(fmt.Sprint(p["last_full_sync_result"]), "ok, 1 mailbox compared") {
+		t.Fatalf("after sync --full: last_full_sync %v ok %v result %q, want a time after %s, ok, 1 mailbox compared",
+			p["last_full_sync"], p["last_full_sync_ok"], p["last_full_sync_result"], beforeFull.UTC().Format(time.RFC3339Nano))
+	}
+	out, errs, code := runMailfs(t, "status", "--store", a.Store)
+	for _, want := range []string{"FAST SYNC", "FULL SYNC", "CLOCK SKEW", "full sync    ", "ok, 1 mailbox compared"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("status table lacks %q: exit %d:\n%s%s", want, code, out, errs)
+		}
+	}
+	if !regexp.MustCompile(`\n  clock +\S+ (ahead of|behind) this node's \(within \S+, measured \S+ ago\)\n|\n  clock +the same as this node's`).MatchString(out) {
+		t.Fatalf("status table does not say the clock's measurement:\n%s", out)
+	}
+	if out, _, code := runMailfs(t, "status", "--store", a.Store, "--check"); code != 0 || !strings.Contains(out, "clock skew") {
+		t.Fatalf("status --check with the clock measured: exit %d: %q, want OK naming the clock skew", code, out)
+	}
+	// The peer's side: B measured A's clock too (its own probe, and A's
+	// hellos).
+	waitPeer(t, b, a.ID, func(p map[string]any) bool { return p["clock_skew_ms"] != nil })
+
+	// A full sync that cannot reach the peer is recorded as failed.
+	c.cut(0, 1)
+	if out, errs, code := runMailfs(t, "sync", "--full", "--store", a.Store, "--timeout", "30s"); code != 75 {
+		t.Fatalf("sync --full with the peer cut off: exit %d, want 75: %s%s", code, out, errs)
+	}
+	p = peerState(t, a, b.ID)
+	if p["last_full_sync_ok"] != false || !strings.HasPrefix(fmt.Sprint(p["last_full_sync_result"]), "failed (unreachable)") {
+		t.Fatalf("after a full sync with the peer cut off: ok %v result %q, want a failure", p["last_full_sync_ok"], p["last_full_sync_result"])
+	}
+	out, _, _ = runMailfs(t, "status", "--store", a.Store)
+	if !strings.Contains(out, "failed ") {
+		t.Fatalf("status table does not show the failed full sync:\n%s", out)
+	}
+	c.heal(0, 1)
+	if out, errs, code := runMailfs(t, "sync", "--full", "--store", a.Store, "--timeout", "60s"); code != 0 {
+		t.Fatalf("sync --full once healed: exit %d: %s%s", code, out, errs)
+	}
+	want := peerState(t, a, b.ID)
+
+	// Unmounted, and after a restart, the last full sync is read from the
+	// store; what is measured live (fast sync, clock) is not known.
+	a.Stop()
+	p = peerState(t, a, b.ID)
+	if p["last_full_sync"] != want["last_full_sync"] || p["last_full_sync_result"] != want["last_full_sync_result"] ||
+		p["last_full_sync_ok"] != true {
+		t.Fatalf("unmounted: last full sync %v %v %q, want %v ok %q", p["last_full_sync"], p["last_full_sync_ok"],
+			p["last_full_sync_result"], want["last_full_sync"], want["last_full_sync_result"])
+	}
+	if p["clock_skew_ms"] != nil || p["last_fast_sync"] != nil {
+		t.Fatalf("unmounted: clock skew %v, last fast sync %v, want null (not measured)", p["clock_skew_ms"], p["last_fast_sync"])
+	}
+	a.mailfsProc = startMailfsFor(c.t, c.owner, a.Store, a.Mnt, "--listen", a.Addr)
+	p = peerState(t, a, b.ID)
+	if p["last_full_sync"] != want["last_full_sync"] || p["last_full_sync_result"] != want["last_full_sync_result"] {
+		t.Fatalf("after a restart: last full sync %v %q, want %v %q", p["last_full_sync"], p["last_full_sync_result"],
+			want["last_full_sync"], want["last_full_sync_result"])
+	}
+}
+
+// timeField parses an RFC 3339 field of a status entry (the zero time for
+// null).
+func timeField(t *testing.T, p map[string]any, name string) time.Time {
+	t.Helper()
+	v, ok := p[name]
+	if !ok {
+		t.Fatalf("status entry lacks %s: %v", name, p)
+	}
+	if v == nil {
+		return time.Time{}
+	}
+	ts, err := time.Parse(time.RFC3339Nano, fmt.Sprint(v))
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, v, err)
+	}
+	return ts
 }

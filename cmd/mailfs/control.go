@@ -65,6 +65,22 @@ type statusPeer struct {
 	LastSuccess *string `json:"last_success"`
 	LastFailure *string `json:"last_failure"`
 	LastError   string  `json:"last_error"`
+	// LastFastSync is when the peer last acknowledged every op journaled
+	// at that moment (null: not since this node started).
+	LastFastSync *string `json:"last_fast_sync"`
+	// LastFullSync is when this node's last full sync (every mailbox)
+	// with the peer ended, LastFullSyncOK whether it went through, and
+	// LastFullSyncResult what it repaired or why it failed; kept in the
+	// store, so also known unmounted and across restarts.
+	LastFullSync       *string `json:"last_full_sync"`
+	LastFullSyncOK     bool    `json:"last_full_sync_ok"`
+	LastFullSyncResult string  `json:"last_full_sync_result"`
+	// ClockSkewMs is the peer's wall clock minus this node's, in ms (null:
+	// not measured since this node started), good to ClockSkewRTTMs/2,
+	// measured at ClockSkewMeasured.
+	ClockSkewMs       *int64  `json:"clock_skew_ms"`
+	ClockSkewRTTMs    *int64  `json:"clock_skew_rtt_ms"`
+	ClockSkewMeasured *string `json:"clock_skew_measured"`
 	// LagBytes, LagSeconds and OldestUnacked say how much and how old is
 	// what the peer lacks (oldest_unacked null, lag 0: it has everything).
 	LagBytes      int64   `json:"lag_bytes"`
@@ -191,13 +207,20 @@ func nodeStatus(st *openedStore) statusNode {
 // matching users with their pending ops.
 func buildStatus(st *openedStore, pattern string) (statusReply, error) {
 	rep := statusReply{Node: nodeStatus(st), Peers: []statusPeer{}}
+	var ids []journal.NodeID // rep.Peers' IDs
 	if st.sync != nil {
 		for _, p := range st.sync.Status() {
+			ids = append(ids, p.ID)
 			rep.Peers = append(rep.Peers, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address,
 				Connected: p.Connected, AckedSeq: p.AckedSeq, LagOps: p.LagOps, LastSuccess: rfc3339(p.LastSuccess),
 				LastFailure: rfc3339(p.LastFailure), LastError: p.LastError, Inbound: p.Inbound, BytesSent: p.BytesSent,
 				BytesReceived: p.BytesRecv, OpsSent: p.OpsSent, OpsApplied: p.OpsApplied, SegmentsRefused: p.Refused,
-				CatchUp: catchUpOf(p.CatchUp)})
+				CatchUp: catchUpOf(p.CatchUp), LastFastSync: rfc3339(p.LastFastSync)})
+			if !p.ClockMeasured.IsZero() {
+				sp := &rep.Peers[len(rep.Peers)-1]
+				skew, rtt := p.ClockSkew.Milliseconds(), p.ClockRTT.Milliseconds()
+				sp.ClockSkewMs, sp.ClockSkewRTTMs, sp.ClockSkewMeasured = &skew, &rtt, rfc3339(p.ClockMeasured)
+			}
 		}
 	} else {
 		ps, err := st.index.ListPeers()
@@ -205,8 +228,17 @@ func buildStatus(st *openedStore, pattern string) (statusReply, error) {
 			return rep, fmt.Errorf("list peers: %w", err)
 		}
 		for _, p := range ps {
+			ids = append(ids, p.ID)
 			rep.Peers = append(rep.Peers, statusPeer{ID: peers.FormatID(p.ID), Name: p.Name, Address: p.Address})
 		}
+	}
+	for i, id := range ids {
+		p := &rep.Peers[i]
+		fs, err := st.index.PeerSyncOf(id)
+		if err != nil {
+			return rep, err
+		}
+		p.LastFullSync, p.LastFullSyncOK, p.LastFullSyncResult = rfc3339(fs.LastFullSync), fs.FullSyncOK, fs.FullSyncResult
 	}
 	acked := make([]uint64, len(rep.Peers))
 	for i, p := range rep.Peers {

@@ -60,6 +60,14 @@ var (
 	descOpsSent   = prometheus.NewDesc("mailfs_peer_sent_ops_total", "Ops pushed to the peer.", peerLabels, nil)
 	descOpsApply  = prometheus.NewDesc("mailfs_peer_applied_ops_total", "Ops of the peer applied here.", peerLabels, nil)
 	descRefusedP  = prometheus.NewDesc("mailfs_peer_refused_segments_total", "Segments of the peer refused here.", peerLabels, nil)
+	descFastSync  = prometheus.NewDesc("mailfs_peer_last_fast_sync_timestamp_seconds",
+		"When the peer last acknowledged every op journaled at that moment (unix time; absent: not since start).", peerLabels, nil)
+	descFullSync = prometheus.NewDesc("mailfs_peer_last_full_sync_timestamp_seconds",
+		"When this node's last full sync with the peer ended (unix time; absent: never).", peerLabels, nil)
+	descFullOK = prometheus.NewDesc("mailfs_peer_last_full_sync_ok",
+		"1 if this node's last full sync with the peer went through, 0 if it failed (absent: never ran).", peerLabels, nil)
+	descSkew = prometheus.NewDesc("mailfs_peer_clock_skew_seconds",
+		"The peer's wall clock minus this node's, last measured (absent: not measured since start).", peerLabels, nil)
 	descApplied   = prometheus.NewDesc("mailfs_applied_ops_total", "Peer ops applied here, by kind.", []string{"kind"}, nil)
 	descRefused   = prometheus.NewDesc("mailfs_refused_segments_total", "Peer data refused here, by reason.", []string{"reason"}, nil)
 	descConflicts = prometheus.NewDesc("mailfs_conflicts_resolved_total", "Conflicts resolved while merging, by rule of the design.", []string{"rule"}, nil)
@@ -68,7 +76,7 @@ var (
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSeq, descMailboxes, descMessages, descConnected, descInbound, descAcked,
 		descLagOps, descLagBytes, descLagSecs, descSent, descReceived, descOpsSent, descOpsApply, descRefusedP,
-		descApplied, descRefused, descConflicts} {
+		descFastSync, descFullSync, descFullOK, descSkew, descApplied, descRefused, descConflicts} {
 		ch <- d
 	}
 }
@@ -102,6 +110,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descOpsSent, float64(p.OpsSent), l...)
 		counter(descOpsApply, float64(p.OpsApplied), l...)
 		counter(descRefusedP, float64(p.SegmentsRefused), l...)
+		if t, ok := parseTime(p.LastFastSync); ok {
+			gauge(descFastSync, unixSeconds(t), l...)
+		}
+		if t, ok := parseTime(p.LastFullSync); ok {
+			gauge(descFullSync, unixSeconds(t), l...)
+			gauge(descFullOK, b2f(p.LastFullSyncOK), l...)
+		}
+		if p.ClockSkewMs != nil {
+			gauge(descSkew, float64(*p.ClockSkewMs)/1000, l...)
+		}
 	}
 	if m.st.sync == nil {
 		return
@@ -117,6 +135,17 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descConflicts, float64(v), k)
 	}
 }
+
+// parseTime reads a status timestamp (nil: none).
+func parseTime(ts *string) (time.Time, bool) {
+	if ts == nil {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, *ts)
+	return t, err == nil
+}
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 func b2f(b bool) float64 {
 	if b {

@@ -19,14 +19,15 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status [--store DIR] [--json] [--check [--max-lag DUR]] [PATTERN]",
 		"Show this node's state and its peers' replication: per peer whether it is connected, what it lacks\n"+
 			"of this node's journal (ops, bytes, and the age of the oldest op it has not acknowledged), the last\n"+
-			"success and the last failure with its error. Asks the running daemon through STORE/mailfs.sock\n"+
-			"when mounted, else reads the store (then no peer is connected).\n\n"+
+			"fast sync (every op acknowledged), the last full sync and its result, the last success, the last\n"+
+			"failure with its error, and the peer's clock skew. Asks the running daemon through\n"+
+			"STORE/mailfs.sock when mounted, else reads the store (then no peer is connected).\n\n"+
 			"PATTERN lists the users it matches ('*' any characters, '?' one; a user is the directory that\n"+
 			"holds a Maildir, e.g. example.com/alice) with their mailboxes, messages and, per peer, the ops of\n"+
 			"theirs that peer still lacks.\n\n"+
 			"--check is a monitoring probe (Nagios convention): it prints one line and exits 0 when every\n"+
-			"paired peer is connected and none lacks an op older than --max-lag, else 2 (also when mailfs is\n"+
-			"not running or no peer is paired).",
+			"paired peer is connected, none lacks an op older than --max-lag and no peer's clock is more than\n"+
+			"1 minute off, else 2 (also when mailfs is not running or no peer is paired).",
 		"mailfs status --check --max-lag 10m\n  mailfs status 'example.com/*'\n  mailfs status --json", stderr)
 	store := fs.String("store", defaultStore(), "store directory")
 	asJSON := fs.Bool("json", false, "print JSON (the fields of design §9 and more)")
@@ -113,41 +114,123 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "peers: none paired")
 		return nil
 	}
-	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tCONNECTED\tINBOUND\tACKED\tLAG OPS\tLAG BYTES\tLAG\tLAST SUCCESS\tLAST FAILURE\tLAST ERROR")
-	for _, p := range rep.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name), orDash(p.Address),
+	printPeers(stdout, rep.Peers)
+	return nil
+}
+
+// printPeers prints the peers' table, then per peer what does not fit in
+// it: its ID and address, the last error, the last full sync's result, the
+// clock measurement and a running catch-up.
+func printPeers(w io.Writer, ps []statusPeer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tCONNECTED\tINBOUND\tACKED\tLAG OPS\tLAG BYTES\tLAG\tFAST SYNC\tFULL SYNC\tLAST SUCCESS\tLAST FAILURE\tCLOCK SKEW")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(p.Name),
 			yesNo(p.Connected), yesNo(p.Inbound), p.AckedSeq, p.LagOps, humanBytes(p.LagBytes), lagAge(p),
-			ago(p.LastSuccess), ago(p.LastFailure), orDash(p.LastError))
+			ago(p.LastFastSync), fullSyncAge(p), ago(p.LastSuccess), ago(p.LastFailure), skewText(p.ClockSkewMs))
 	}
 	tw.Flush()
-	fmt.Fprintln(stdout)
-	for _, p := range rep.Peers {
-		fmt.Fprintf(stdout, "%s  %s\n", orDash(p.Name), p.ID)
+	for _, p := range ps {
+		fmt.Fprintf(w, "\n%s  %s\n", orDash(p.Name), p.ID)
+		line := func(label, format string, a ...any) {
+			fmt.Fprintf(w, "  %-12s %s\n", label, fmt.Sprintf(format, a...))
+		}
+		line("address", "%s", orDash(p.Address))
+		if p.LastError != "" {
+			line("last error", "%s", p.LastError)
+		}
+		if p.LastFullSync != nil {
+			line("full sync", "%s: %s", ago(p.LastFullSync), p.LastFullSyncResult)
+		}
+		if p.ClockSkewMs != nil {
+			// Good to half the round trip, and to the millisecond the
+			// peer's time is given in.
+			line("clock", "%s (within %s, measured %s)", skewSentence(*p.ClockSkewMs),
+				time.Duration((deref64(p.ClockSkewRTTMs)+1)/2+1)*time.Millisecond, ago(p.ClockSkewMeasured))
+		}
 		if c := p.CatchUp; c != nil {
 			eta := "-"
 			if c.ETASeconds > 0 {
 				eta = (time.Duration(c.ETASeconds) * time.Second).String()
 			}
-			fmt.Fprintf(stdout, "  catching up: %d of %d ops (%.0f%%), %s sent of %s, %.0f ops/s, ETA %s\n",
+			line("catching up", "%d of %d ops (%.0f%%), %s sent of %s, %.0f ops/s, ETA %s",
 				c.DoneOps, c.TotalOps, 100*float64(c.DoneOps)/float64(max(c.TotalOps, 1)), humanBytes(c.SentBytes),
 				humanBytes(c.TotalBytes), c.OpsPerSec, eta)
 		}
 	}
-	return nil
 }
+
+// fullSyncAge is the FULL SYNC column: the last full sync's age, marked
+// when it failed.
+func fullSyncAge(p statusPeer) string {
+	if p.LastFullSync == nil {
+		return "-"
+	}
+	if !p.LastFullSyncOK {
+		return "failed " + ago(p.LastFullSync)
+	}
+	return ago(p.LastFullSync)
+}
+
+// skewText is the CLOCK SKEW column: the peer's clock minus this node's,
+// signed ("+12ms", "-2m3s"), "-" when not measured.
+func skewText(ms *int64) string {
+	if ms == nil {
+		return "-"
+	}
+	d := roundSkew(*ms)
+	if d > 0 {
+		return "+" + d.String()
+	}
+	return d.String()
+}
+
+// skewSentence says the skew in words.
+func skewSentence(ms int64) string {
+	d := roundSkew(ms)
+	switch {
+	case d > 0:
+		return d.String() + " ahead of this node's"
+	case d < 0:
+		return (-d).String() + " behind this node's"
+	}
+	return "the same as this node's"
+}
+
+// roundSkew keeps milliseconds under 10 s and seconds above.
+func roundSkew(ms int64) time.Duration {
+	d := time.Duration(ms) * time.Millisecond
+	if d.Abs() >= 10*time.Second {
+		return d.Round(time.Second)
+	}
+	return d
+}
+
+func deref64(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// maxSkew is the clock skew past which status --check is CRITICAL: the HLC
+// orders ops whatever the clocks say, but a node's clock that far off
+// gives its messages and logs wrong times, and means NTP is broken.
+const maxSkew = time.Minute
 
 // exitCheckFailed is status --check's "not healthy": Nagios's CRITICAL.
 const exitCheckFailed = 2
 
 // checkLine judges rep for status --check: healthy when every paired peer
-// is connected and none lacks an op older than maxLag.
+// is connected, none lacks an op older than maxLag, and no peer's clock is
+// off by more than maxSkew.
 func checkLine(rep statusReply, maxLag time.Duration) (string, bool) {
 	if len(rep.Peers) == 0 {
 		return "MAILFS CRITICAL - no peer is paired: nothing is replicated", false
 	}
 	var bad []string
-	var worst time.Duration
+	var worst, worstSkew time.Duration
+	skewKnown := false
 	for _, p := range rep.Peers {
 		lag := time.Duration(p.LagSeconds * float64(time.Second)).Round(time.Second)
 		worst = max(worst, lag)
@@ -161,12 +244,24 @@ func checkLine(rep statusReply, maxLag time.Duration) (string, bool) {
 		case p.LagOps > 0 && lag > maxLag:
 			bad = append(bad, fmt.Sprintf("peer %s lacks %d ops, the oldest %s old (max %s)", orDash(p.Name), p.LagOps, lag, maxLag))
 		}
+		if p.ClockSkewMs != nil {
+			skew := time.Duration(*p.ClockSkewMs) * time.Millisecond
+			worstSkew, skewKnown = max(worstSkew, skew.Abs()), true
+			if skew.Abs() > maxSkew {
+				bad = append(bad, fmt.Sprintf("peer %s's clock is %s (max %s): fix NTP", orDash(p.Name),
+					skewSentence(*p.ClockSkewMs), maxSkew))
+			}
+		}
 	}
 	if len(bad) > 0 {
 		return "MAILFS CRITICAL - " + strings.Join(bad, "; "), false
 	}
-	return fmt.Sprintf("MAILFS OK - %d of %d peers connected, oldest unacknowledged op %s (max %s)",
-		len(rep.Peers), len(rep.Peers), worst, maxLag), true
+	line := fmt.Sprintf("MAILFS OK - %d of %d peers connected, oldest unacknowledged op %s (max %s)",
+		len(rep.Peers), len(rep.Peers), worst, maxLag)
+	if skewKnown {
+		line += fmt.Sprintf(", clock skew %s (max %s)", roundSkew(worstSkew.Milliseconds()), maxSkew)
+	}
+	return line, true
 }
 
 // printUsers prints status PATTERN's table: one row per user, with the ops

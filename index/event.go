@@ -337,10 +337,10 @@ func (t *tx) mailboxesUnder(dir string) ([]*mailboxRec, error) {
 	return out, err
 }
 
-// rekeySubtree moves the plain dir, plain file and subscription records at
-// and below from to the same place below to.
+// rekeySubtree moves the plain dir, plain file, plain-file version and
+// subscription records at and below from to the same place below to.
 func (t *tx) rekeySubtree(from, to string) error {
-	for _, p := range []string{pDir, pFile} {
+	for _, p := range []string{pDir, pFile, pFileReg} {
 		if err := t.rekey([]byte(p+from), []byte(p+to), true); err != nil {
 			return err
 		}
@@ -374,7 +374,7 @@ func (t *tx) rekey(from, to []byte, exact bool) error {
 
 // dropSubtree forgets the plain records at and below dir (it went to trash).
 func (t *tx) dropSubtree(dir string) error {
-	for _, p := range []string{pFile, pDir, pSubscribed} {
+	for _, p := range []string{pFile, pFileReg, pDir, pSubscribed} {
 		if err := t.scanKeys([]byte(p+dir+"/"), t.del); err != nil {
 			return err
 		}

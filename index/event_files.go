@@ -327,14 +327,25 @@ func (t *tx) depart(path string) error {
 		last := t.lastOp
 		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
 	case maildir.KindPlainFile:
-		ok, err := t.has(fileKey(path))
+		var old fileRec
+		ok, err := t.getRec(fileKey(path), &old)
 		if err != nil || !ok {
 			return err
 		}
 		if err := t.del(fileKey(path)); err != nil {
 			return err
 		}
-		return t.journal(journal.Op{Kind: journal.FileDelete, Path: path})
+		if t.remote != nil {
+			return t.journal(journal.Op{Kind: journal.FileDelete, Path: path})
+		}
+		replaced, err := t.shownDots(path, &old)
+		if err != nil {
+			return err
+		}
+		if err := t.journal(journal.Op{Kind: journal.FileDelete, Path: path, Seen: replaced}); err != nil {
+			return err
+		}
+		return t.recordFileOp(&t.lastOp)
 	case maildir.KindSubscriptions:
 		return t.setSubscriptions(c.Dir, nil)
 	case maildir.KindKeywords:
@@ -370,12 +381,31 @@ func (t *tx) writePlain(path string, ev Event, from string, rescan bool) error {
 	if from == "" && had && !old.Missing && old.Content == rec.Content && old.LinkTarget == rec.LinkTarget && old.Mode == rec.Mode {
 		return nil
 	}
-	if err := t.journal(journal.Op{Kind: journal.FileWrite, Path: path, From: from, Mode: rec.Mode,
-		Mtime: rec.Mtime, Size: rec.Size, Content: rec.Content, LinkTarget: rec.LinkTarget}); err != nil {
+	op := journal.Op{Kind: journal.FileWrite, Path: path, From: from, Mode: rec.Mode,
+		Mtime: rec.Mtime, Size: rec.Size, Content: rec.Content, LinkTarget: rec.LinkTarget}
+	if t.remote == nil {
+		// The version this write replaces (rule 10): what was at path.
+		var shown *fileRec
+		if had {
+			shown = &old
+		}
+		replaced, err := t.shownDots(path, shown)
+		if err != nil {
+			return err
+		}
+		op.Seen = replaced
+	}
+	if err := t.journal(op); err != nil {
 		return err
 	}
-	rec.Stamp = journal.StampOf(&t.lastOp)
-	return t.putRec(fileKey(path), &rec)
+	rec.Stamp, rec.Seq = journal.StampOf(&t.lastOp), t.lastOp.Seq
+	if err := t.putRec(fileKey(path), &rec); err != nil {
+		return err
+	}
+	if t.remote != nil {
+		return nil // the applier records the peer op's versions when it is done
+	}
+	return t.recordFileOp(&t.lastOp)
 }
 
 func (t *tx) touch(path string, mtime int64) error {

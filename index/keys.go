@@ -26,6 +26,7 @@ const (
 	pSubStamp    = "ss/" // + dir + "\x00" + name → subStampRec: the newest (un)subscribe
 	pAlias       = "al/" // + GUID → GUID: a mailbox GUID merged into another (rule 3, 4)
 	pEarlyFlags  = "ef/" // + GUID + key → earlyFlagsRec: flag changes that arrived before their message
+	pFileReg     = "pv/" // + path → fileRegRec: the versions of a plain file (rule 10)
 
 	kNode    = "meta/node"
 	kName    = "meta/name"
@@ -49,6 +50,7 @@ func mailboxKey(g journal.GUID) []byte    { return append([]byte(pMailbox), g[:]
 func mailboxPathKey(p string) []byte      { return []byte(pMailboxPath + p) }
 func dirKey(p string) []byte              { return []byte(pDir + p) }
 func fileKey(p string) []byte             { return []byte(pFile + p) }
+func fileRegKey(p string) []byte          { return []byte(pFileReg + p) }
 func subKey(dir, name string) []byte      { return []byte(pSubscribed + dir + "\x00" + name) }
 func subPrefix(dir string) []byte         { return []byte(pSubscribed + dir + "\x00") }
 func messagePrefix(g journal.GUID) []byte { return append([]byte(pMessage), g[:]...) }
@@ -149,8 +151,9 @@ type fileRec struct {
 	Content    journal.ContentID `json:"content"`
 	LinkTarget string            `json:"link,omitempty"`
 	Missing    bool              `json:"missing,omitempty"`
-	// Stamp is the op that wrote this version: newest wins (rule 10).
+	// Stamp and Seq name the op that wrote this version (its dot, rule 10).
 	Stamp journal.Stamp `json:"stamp,omitempty"`
+	Seq   uint64        `json:"seq,omitempty"`
 }
 
 type dirRec struct {

@@ -134,6 +134,8 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			Path: op.Path, Seen: op.Seen})
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
+	case journal.FileWrite, journal.FileDelete:
+		return t.recordFileOp(op)
 	}
 	return nil
 }
@@ -371,6 +373,7 @@ type File struct {
 	Content    journal.ContentID
 	LinkTarget string
 	Stamp      journal.Stamp
+	Seq        uint64
 }
 
 // File returns the plain file at path.
@@ -380,7 +383,8 @@ func (v PeerView) File(path string) (File, bool, error) {
 	if err != nil || !ok || f.Missing {
 		return File{}, false, err
 	}
-	return File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}, true, nil
+	return File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp,
+		Seq: f.Seq}, true, nil
 }
 
 // DirKnown reports whether the plain directory path is in the index.

@@ -124,8 +124,10 @@ type VersionVector map[NodeID]uint64
 //     Content, Replaced.
 //   - MessageExpunge: Mailbox, Path, Key.
 //   - FileWrite: Path, From (the source of a rename, if the write was one),
-//     Mode, Mtime, Size, Content, LinkTarget for symlinks.
-//   - FileDelete: Path.
+//     Mode, Mtime, Size, Content, LinkTarget for symlinks, Seen (the
+//     versions of Path it replaced, by origin and seq: the one its writer
+//     had there and others with the same bytes; none when the path had none).
+//   - FileDelete: Path, Seen (as for FileWrite).
 type Op struct {
 	Kind       Kind
 	Origin     NodeID

@@ -115,10 +115,8 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 		return a.dirCreate(op)
 	case journal.DirDelete:
 		return a.dirDelete(op)
-	case journal.FileWrite:
-		return a.fileWrite(ctx, op, bodies)
-	case journal.FileDelete:
-		return a.fileDelete(op)
+	case journal.FileWrite, journal.FileDelete:
+		return a.plainFile(ctx, op, bodies)
 	}
 	return fmt.Errorf("%w: kind %s", ErrBadOp, op.Kind)
 }
@@ -1212,106 +1210,6 @@ func (a *applier) dirDelete(op *journal.Op) error {
 			return nil
 		}
 		return err
-	})
-}
-
-func (a *applier) fileWrite(ctx context.Context, op *journal.Op, bodies Bodies) error {
-	var (
-		f    index.File
-		have bool
-		err  error
-	)
-	err = a.view(func(v index.PeerView) error {
-		f, have, err = v.File(op.Path)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if have && journal.StampOf(op).Less(f.Stamp) {
-		return nil // a newer write decided (rule 10)
-	}
-	if have && f.Content == op.Content && f.LinkTarget == op.LinkTarget && f.Mode == op.Mode {
-		return nil
-	}
-	if err := a.mkdirAll(path.Dir(op.Path)); err != nil {
-		return err
-	}
-	dir := path.Dir(op.Path)
-	tmp := a.abs(path.Join(dir, ".mailfs-in-"+path.Base(op.Path)))
-	os.Remove(tmp)
-	if op.From != "" {
-		var src index.File
-		var ok bool
-		if err := a.view(func(v index.PeerView) error {
-			src, ok, err = v.File(op.From)
-			return err
-		}); err != nil {
-			return err
-		}
-		if ok && src.Content == op.Content && src.LinkTarget == op.LinkTarget {
-			return a.mnt.Apply(op, func() error { return os.Rename(a.abs(op.From), a.abs(op.Path)) })
-		}
-	}
-	return a.mnt.Apply(op, func() error {
-		if op.LinkTarget != "" {
-			if err := os.Symlink(op.LinkTarget, tmp); err != nil {
-				return err
-			}
-			return os.Rename(tmp, a.abs(op.Path))
-		}
-		body, ok := bodies.Body(op.Content)
-		if !ok {
-			if op.Size == 0 {
-				body = os.DevNull
-			} else {
-				a.log.Debug("peer file write without its body; a later op carries it", "op", op.String())
-				return nil
-			}
-		}
-		src, err := os.Open(body)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		uid, gid, _ := a.owner(dir)
-		out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(op.Mode&0o7777))
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(out, src)
-		if err == nil {
-			err = out.Chmod(os.FileMode(op.Mode & 0o7777))
-		}
-		if err == nil && uid >= 0 {
-			err = out.Chown(uid, gid)
-		}
-		if err == nil {
-			err = out.Sync()
-		}
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil && op.Mtime != 0 {
-			t := time.Unix(0, op.Mtime)
-			err = os.Chtimes(tmp, t, t)
-		}
-		if err == nil {
-			err = os.Rename(tmp, a.abs(op.Path))
-		}
-		if err != nil {
-			os.Remove(tmp)
-		}
-		return err
-	})
-}
-
-func (a *applier) fileDelete(op *journal.Op) error {
-	return a.mnt.Apply(op, func() error {
-		if err := os.Remove(a.abs(op.Path)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
 	})
 }
 

@@ -354,11 +354,14 @@ func currentPath(v index.PeerView, op *journal.Op) string {
 		}
 		return joinRel(mb.Path, subName(m.Sub), m.Name)
 	case journal.FileWrite:
-		f, ok, err := v.File(op.Path)
-		if err != nil || !ok || f.Content != op.Content {
-			return ""
+		// The version is at its path, or kept as a conflict copy when a
+		// newer one took the path since (rule 10).
+		for _, p := range []string{op.Path, index.ConflictName(op.Path, index.DotOf(op))} {
+			if f, ok, err := v.File(p); err == nil && ok && f.Content == op.Content {
+				return p
+			}
 		}
-		return op.Path
+		return ""
 	}
 	return ""
 }

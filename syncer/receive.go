@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"mailfs/index"
@@ -24,6 +25,9 @@ type receiver struct {
 	peer journal.NodeID
 	log  *slog.Logger
 }
+
+// stagedSeq numbers staged body files.
+var stagedSeq atomic.Uint64
 
 // staged is the bodies of one segment, on disk.
 type staged map[journal.ContentID]string
@@ -219,7 +223,10 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 		if _, dup := bodies[b.Content]; dup {
 			return h, nil, bodies, fmt.Errorf("%w: body %s sent twice", ErrProtocol, b.Content.String()[:16])
 		}
-		p := filepath.Join(r.s.cfg.StagingDir, b.Content.String())
+		// A name of its own: segments of two peers (or of one peer on an
+		// old and a new connection) can carry the same body at once, and
+		// each removes its own when done.
+		p := filepath.Join(r.s.cfg.StagingDir, fmt.Sprintf("%s.%d", b.Content, stagedSeq.Add(1)))
 		if err := stageBody(p, body); err != nil {
 			return h, nil, bodies, err
 		}

@@ -182,8 +182,9 @@ func (s *Syncer) Start() error {
 		return fmt.Errorf("sync: list peers: %w", err)
 	}
 	s.cfg.Store.Subscribe(s.notify)
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.fanOut()
+	go s.tidyLoop()
 	for _, p := range list {
 		s.AddPeer(p)
 	}

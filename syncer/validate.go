@@ -141,6 +141,9 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 		if op.From != "" && (!cleanRel(op.From, false) || maildir.Classify(op.From, false).Kind != maildir.KindPlainFile) {
 			return badOp(op, "file rename source %q invalid", op.From)
 		}
+		if len(op.Seen) > maxReplacedVersions {
+			return badOp(op, "file op replaces %d versions, more than %d", len(op.Seen), maxReplacedVersions)
+		}
 		if op.LinkTarget != "" {
 			t := op.LinkTarget
 			if strings.HasPrefix(t, "/") || t == ".." || strings.HasPrefix(t, "../") || strings.Contains(t, "/../") ||
@@ -153,3 +156,8 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 	}
 	return nil
 }
+
+// maxReplacedVersions bounds the versions one plain-file op replaces (one
+// per origin that wrote the same bytes concurrently): far more nodes than
+// any pairing has.
+const maxReplacedVersions = 256

@@ -2,9 +2,12 @@ package tests
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -219,11 +222,132 @@ func TestMergeRules(t *testing.T) {
 			t.Fatalf("no conflict copy: %v", st.Mailboxes[mb])
 		}
 	})
+	t.Run("plain file written differently on both sides", func(t *testing.T) {
+		script := "u9/sieve/main.sieve"
+		mkMailbox(t, a.Mnt, "u9/Maildir")
+		writePlain(t, a.Mnt, script, "require \"fileinto\";\n", 0o644)
+		c.converge("setup")
+		c.partition()
+		// A edits twice (only its last version meets B's), B edits later.
+		writePlain(t, a.Mnt, script, "# a, draft\n", 0o640)
+		writePlain(t, a.Mnt, script, "# a, final\n", 0o640)
+		time.Sleep(20 * time.Millisecond)
+		writePlain(t, b.Mnt, script, "# b\n", 0o644)
+		journaled := map[string]int{}
+		for _, n := range c.nodes {
+			journaled[n.Name] = len(journalOps(t, n.Store))
+		}
+		st := c.converge("plain file vs plain file")
+		if got := st.Files[script]; got != sum8("# b\n") {
+			t.Fatalf("%s holds %s, want B's newer version %s", script, got, sum8("# b\n"))
+		}
+		copies := conflictCopies(st, script)
+		if len(copies) != 1 || st.Files[copies[0]] != sum8("# a, final\n") {
+			t.Fatalf("conflict copies of %s: %v, want one holding A's last version (%v)", script, copies, st.Files)
+		}
+		if want := script + ".mailfs-conflict-" + strings.ToLower(strings.ReplaceAll(a.ID, "-", ""))[:8] + "-"; !strings.HasPrefix(copies[0], want) {
+			t.Fatalf("conflict copy %s, want it named %s<seq> (A's version)", copies[0], want)
+		}
+		for _, n := range c.nodes {
+			fi, err := os.Stat(filepath.Join(n.Mnt, copies[0]))
+			if err != nil || fi.Mode().Perm() != 0o640 {
+				t.Fatalf("%s: conflict copy %s: %v, mode %v; want mode 0640 like A's version", n.Name, copies[0], err, fi.Mode())
+			}
+			// Each node derives the copy from the ops it applied: none is
+			// journaled (no echo, rule 11).
+			ops := journalOps(t, n.Store)
+			for _, op := range ops {
+				if strings.Contains(op.Path, ".mailfs-conflict-") {
+					t.Fatalf("%s journaled an op for a conflict copy: %+v", n.Name, op)
+				}
+			}
+			if len(ops) != journaled[n.Name] {
+				t.Fatalf("%s journaled %d ops while applying the other's, want none: %+v", n.Name, len(ops)-journaled[n.Name],
+					ops[journaled[n.Name]:])
+			}
+		}
+	})
+
+	t.Run("plain file written alike on both sides", func(t *testing.T) {
+		acl := "u10/Maildir/dovecot-acl"
+		mkMailbox(t, a.Mnt, "u10/Maildir")
+		c.converge("setup")
+		c.partition()
+		writePlain(t, a.Mnt, acl, "owner lrwstipekxa\n", 0o600)
+		writePlain(t, b.Mnt, acl, "owner lrwstipekxa\n", 0o600)
+		st := c.converge("same plain file on both")
+		if st.Files[acl] != sum8("owner lrwstipekxa\n") || len(conflictCopies(st, acl)) != 0 {
+			t.Fatalf("%s after writing the same bytes on both: %v", acl, st.Files)
+		}
+	})
+
+	t.Run("plain file deleted on one side, written on the other", func(t *testing.T) {
+		dir := "u11/Maildir"
+		mkMailbox(t, a.Mnt, dir)
+		kept, gone := dir+"/kept.sieve", dir+"/gone.sieve"
+		writePlain(t, a.Mnt, kept, "v1\n", 0o644)
+		writePlain(t, a.Mnt, gone, "v1\n", 0o644)
+		c.converge("setup")
+		c.partition()
+		// kept: the write is newer than the delete and stays at the path.
+		// gone: the delete is newer; the write it had not seen is kept as
+		// a conflict copy.
+		if err := os.Remove(filepath.Join(a.Mnt, kept)); err != nil {
+			t.Fatal(err)
+		}
+		writePlain(t, b.Mnt, gone, "v2 on b\n", 0o644)
+		time.Sleep(20 * time.Millisecond)
+		writePlain(t, b.Mnt, kept, "v2 on b\n", 0o644)
+		if err := os.Remove(filepath.Join(a.Mnt, gone)); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("delete vs write")
+		if st.Files[kept] != sum8("v2 on b\n") || len(conflictCopies(st, kept)) != 0 {
+			t.Fatalf("%s after an older delete and a newer write: %v", kept, st.Files)
+		}
+		copies := conflictCopies(st, gone)
+		if _, there := st.Files[gone]; there || len(copies) != 1 || st.Files[copies[0]] != sum8("v2 on b\n") {
+			t.Fatalf("%s after a newer delete of an older write: %v", gone, st.Files)
+		}
+	})
 	for _, n := range c.nodes {
 		if strings.Contains(n.Log(), "level=ERROR") {
 			t.Errorf("%s logged errors:\n%s", n.Name, n.Log())
 		}
 	}
+}
+
+// writePlain writes a plain file through the mount as an editor does
+// (truncate, write, close), with mode perm.
+func writePlain(t *testing.T, mnt, rel, content string, perm os.FileMode) {
+	t.Helper()
+	p := filepath.Join(mnt, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sum8(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:8])
+}
+
+// conflictCopies lists the conflict copies of the plain file rel.
+func conflictCopies(st treeState, rel string) []string {
+	var out []string
+	for p := range st.Files {
+		if strings.HasPrefix(p, rel+".mailfs-conflict-") {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func keys[V any](m map[string]V) []string {

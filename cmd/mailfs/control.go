@@ -155,6 +155,9 @@ type journalLine struct {
 	Mtime      int64    `json:"mtime,omitempty"`
 	Size       int64    `json:"size,omitempty"`
 	Content    string   `json:"content,omitempty"`
+	// Seen: what a mailbox delete or create had applied; the version a
+	// plain-file write or delete replaced.
+	Seen map[string]uint64 `json:"seen,omitempty"`
 }
 
 func opLine(op *journal.Op) journalLine {
@@ -169,6 +172,12 @@ func opLine(op *journal.Op) journalLine {
 	}
 	if !op.Content.IsZero() {
 		l.Content = op.Content.String()
+	}
+	if len(op.Seen) > 0 {
+		l.Seen = map[string]uint64{}
+		for o, s := range op.Seen {
+			l.Seen[o.String()] = s
+		}
 	}
 	return l
 }

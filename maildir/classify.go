@@ -136,6 +136,11 @@ func isCacheName(name string) bool {
 		strings.HasPrefix(name, "dovecot.map.index"),
 		strings.HasPrefix(name, "dovecot-uidvalidity"),
 		strings.HasPrefix(name, "dovecot.mailbox.log"),
+		// Per node by nature: LDA/LMTP's duplicate-delivery database and
+		// Sieve's log. Replicated as plain files they would make conflict
+		// copies whenever both nodes deliver.
+		strings.HasPrefix(name, ".dovecot.lda-dupes"),
+		strings.HasPrefix(name, ".dovecot.sieve.log"),
 		strings.HasPrefix(name, ".temp."),
 		strings.HasPrefix(name, "mailboxes.lock"),
 		strings.HasPrefix(name, ".mailfs-"),

@@ -116,6 +116,9 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 	case journal.DirDelete:
 		return a.dirDelete(op)
 	case journal.FileWrite, journal.FileDelete:
+		if maildir.Classify(op.Path, false).Kind != maildir.KindPlainFile {
+			return nil // kept per node by this version (see validateOp)
+		}
 		return a.plainFile(ctx, op, bodies)
 	}
 	return fmt.Errorf("%w: kind %s", ErrBadOp, op.Kind)

@@ -135,10 +135,13 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 			return badOp(op, "message subdirectory %d invalid", op.Sub)
 		}
 	case journal.FileWrite, journal.FileDelete:
-		if !cleanRel(op.Path, false) || maildir.Classify(op.Path, false).Kind != maildir.KindPlainFile {
+		// A path this version keeps per node (KindCache) is accepted and
+		// ignored: a journal written before it was classified so must
+		// still replicate.
+		if k := maildir.Classify(op.Path, false).Kind; !cleanRel(op.Path, false) || (k != maildir.KindPlainFile && k != maildir.KindCache) {
 			return badOp(op, "file path %q invalid", op.Path)
 		}
-		if op.From != "" && (!cleanRel(op.From, false) || maildir.Classify(op.From, false).Kind != maildir.KindPlainFile) {
+		if k := maildir.Classify(op.From, false).Kind; op.From != "" && (!cleanRel(op.From, false) || (k != maildir.KindPlainFile && k != maildir.KindCache)) {
 			return badOp(op, "file rename source %q invalid", op.From)
 		}
 		if len(op.Seen) > maxReplacedVersions {

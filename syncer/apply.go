@@ -128,15 +128,23 @@ func (a *applier) view(fn func(v index.PeerView) error) error { return a.store.V
 // mailbox that its deleter had not seen to the mailbox recreated in its
 // place (rule 4). errSkip: g was deleted, and op was seen by the deleter.
 func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, op *journal.Op) (index.Mailbox, error) {
+	var recreatedFrom journal.GUID // the deleted mailbox whose unseen mail goes to g
 	for depth := 0; depth < 4; depth++ {
 		var (
 			mb, at      index.Mailbox
 			have, taken bool
 			tomb        index.Tombstone
 			dead        bool
+			seenDead    bool
 		)
 		err := a.view(func(v index.PeerView) error {
-			var err error
+			// g itself deleted by a node that had seen op: op went with it,
+			// even where g now names the mailbox recreated for unseen mail.
+			t, ok, err := v.MailboxTombstone(g)
+			if err != nil || (ok && t.Seen[op.Origin] >= op.Seq) {
+				seenDead = ok
+				return err
+			}
 			if mb, have, err = v.Mailbox(g); err != nil || have {
 				return err
 			}
@@ -160,8 +168,23 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			at, taken, err = v.MailboxAt(p)
 			return err
 		})
-		if err != nil || have {
+		if err != nil {
 			return mb, err
+		}
+		if seenDead {
+			return index.Mailbox{}, errSkip
+		}
+		if have {
+			if !recreatedFrom.IsZero() {
+				// Every later op naming the deleted mailbox that its deleter
+				// had not seen (flags, expunges, moves of the mail kept)
+				// finds the recreated one, as on the nodes that applied the
+				// delete (deleteMailbox rekeys it).
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: recreatedFrom, NewGUID: mb.GUID}); err != nil {
+					return index.Mailbox{}, err
+				}
+			}
+			return mb, nil
 		}
 		if dead {
 			if tomb.Seen[op.Origin] >= op.Seq || op.Kind == journal.MailboxCreate || op.Kind == journal.MailboxRename {
@@ -173,6 +196,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if err := a.view(func(v index.PeerView) error { deleted = v.Resolve(g); return nil }); err != nil {
 				return index.Mailbox{}, err
 			}
+			recreatedFrom = deleted
 			g, p = index.RecreatedGUID(deleted), tomb.Path
 			if tomb.Path == "" && op.Path != "" {
 				p = op.Path
@@ -302,6 +326,11 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		hasNested bool
 	)
 	err := a.view(func(v index.PeerView) error {
+		if t, ok, err := v.MailboxTombstone(op.Mailbox); err != nil || (ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
+			// This delete is applied already (replayed after a crash): its
+			// GUID may name the mailbox recreated for unseen mail now.
+			return err
+		}
 		var err error
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
 			return err

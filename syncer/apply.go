@@ -292,7 +292,12 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 			return err
 		}
 	}
-	if !mb.Renamed.Less(journal.StampOf(op)) || mb.Path == op.NewPath {
+	// Only a newer rename decides against op: a mailbox created here with
+	// a newer stamp (this op's own create where the peer's create has not
+	// arrived yet, or another node's same-name create merged with it) was
+	// renamed by op on the nodes that had it first.
+	renamed := mb.Renamed != mb.Created || mb.Path != mb.CreatedPath
+	if (renamed && !mb.Renamed.Less(journal.StampOf(op))) || mb.Path == op.NewPath {
 		return nil // a newer rename (or this one) decided the path
 	}
 	target := op.NewPath

@@ -43,4 +43,77 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A same-name folder created on the other side after a rename there
+	// merges with the renamed folder; the merged folder has the renamed
+	// path on both sides (the other side's create is no rename).
+	t.Run("folder created, renamed, and created again on the other side", func(t *testing.T) {
+		c.t = t
+		root := "r2/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, a.Mnt, root+"/.W")
+		deliverMsg(t, a.Mnt, root+"/.W", "new", "2000.M1.a", body("on a"), when)
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".W"), filepath.Join(a.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		mkMailbox(t, b.Mnt, root+"/.W")
+		deliverMsg(t, b.Mnt, root+"/.W", "new", "2001.M1.b", body("on b"), when)
+		st := c.converge("create, rename vs create")
+		if len(st.Mailboxes[root+"/.R"]) != 2 || st.Mailboxes[root+"/.W"] != nil {
+			t.Fatalf("after create+rename vs create: .R %v, .W %v; want both messages in .R", st.Mailboxes[root+"/.R"],
+				st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
+}
+
+// TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for
+// interleavings that need a third node.
+func TestConvergenceRegressionsThreeNodes(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3)
+	a, b, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	when := time.Date(2025, 6, 2, 8, 0, 0, 0, time.UTC)
+	body := func(s string) []byte { return []byte("Subject: " + s + "\r\n\r\n" + s + "\r\n") }
+
+	// A's rename of the third node's new folder reaches B before the
+	// folder's create does: B creates it where it was and renames it.
+	t.Run("rename arrives before the create", func(t *testing.T) {
+		c.t = t
+		root := "r3/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.cut(1, 2)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		deliverMsg(t, n3.Mnt, root+"/.W", "new", "3000.M1.c", body("on c"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".W", "new", "3000.M1.c"))
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".W"), filepath.Join(a.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(b.Mnt, root, ".R", "cur"))
+		st := c.converge("rename before create")
+		if len(st.Mailboxes[root+"/.R"]) != 1 || st.Mailboxes[root+"/.W"] != nil {
+			t.Fatalf("after the rename overtook the create: .R %v, .W %v; want the message in .R", st.Mailboxes[root+"/.R"],
+				st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
+}
+
+// waitForPath waits until p exists (replication is asynchronous).
+func waitForPath(t *testing.T, p string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear within 20s", p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -169,6 +169,11 @@ type tombstone struct {
 	// peer's flag change to it there still finds it.
 	MovedTo  *journal.GUID `json:"moved_to,omitempty"`
 	MovedKey string        `json:"moved_key,omitempty"`
+	// AddedOrigin and AddedSeq, for a message expunged or moved away: the
+	// op that had added it, so a mailbox delete that had not seen the add
+	// still knows the mail was there (rule 4; see ExpungedUnseen).
+	AddedOrigin journal.NodeID `json:"added_origin,omitempty"`
+	AddedSeq    uint64         `json:"added_seq,omitempty"`
 }
 
 type counts struct {

@@ -338,6 +338,27 @@ func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, boo
 	return v.t.resolve(*ts.MovedTo), ts.MovedKey, true, nil
 }
 
+// ExpungedUnseen reports whether mailbox g had a message, expunged or
+// moved away since, whose add the version vector seen does not include: a
+// delete with seen had not seen that mail, and on its deleter the mail
+// arrives (and leaves) after the delete, in the mailbox recreated for it.
+func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
+	g = v.t.resolve(g)
+	prefix := append([]byte(pTombMessage), g[:]...)
+	found := false
+	err := v.t.scanKeys(prefix, func(k []byte) error {
+		var ts tombstone
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok {
+			return err
+		}
+		if ts.AddedSeq != 0 && seen[ts.AddedOrigin] < ts.AddedSeq {
+			found = true
+		}
+		return nil
+	})
+	return found, err
+}
+
 func (v PeerView) MessageExpunged(g journal.GUID, key string) (bool, error) {
 	return v.t.has(tombMessageKey(v.t.resolve(g), key))
 }

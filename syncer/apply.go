@@ -328,6 +328,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		have      bool
 		seen      []index.Message
 		unseen    int
+		keptEmpty bool
 		hasNested bool
 	)
 	err := a.view(func(v index.PeerView) error {
@@ -340,7 +341,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
 			return err
 		}
-		return v.Messages(mb.GUID, func(m index.Message) error {
+		err = v.Messages(mb.GUID, func(m index.Message) error {
 			if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
 				unseen++
 				return nil
@@ -348,6 +349,17 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			seen = append(seen, m)
 			return nil
 		})
+		if err != nil || unseen > 0 {
+			return err
+		}
+		// Mail the deleter had not seen and that is gone again here still
+		// recreates the mailbox on the deleter (it gets the add after its
+		// delete): keep the mailbox, empty, as it will be there.
+		gone, err := v.ExpungedUnseen(mb.GUID, op.Seen)
+		if gone {
+			unseen, keptEmpty = 1, true
+		}
+		return err
 	})
 	if err != nil {
 		return err
@@ -393,8 +405,12 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 		}
 		if unseen > 0 {
+			kept := unseen
+			if keptEmpty {
+				kept = 0
+			}
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
-				"mailbox", mb.GUID.String(), "kept", unseen)
+				"mailbox", mb.GUID.String(), "kept", kept)
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
 				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
 				return err

@@ -68,6 +68,41 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// Mail the deleter had not seen recreates the folder on the deleter
+	// even when it was expunged or moved away before the delete arrived on
+	// the other side: the other side keeps the folder (empty) too.
+	t.Run("folder deleted while the other side added and removed mail", func(t *testing.T) {
+		c.t = t
+		root := "r4/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.E")
+		mkMailbox(t, a.Mnt, root+"/.M")
+		deliverMsg(t, a.Mnt, root+"/.E", "cur", "4000.M1.a:2,S", body("seen by a"), when)
+		deliverMsg(t, a.Mnt, root+"/.M", "cur", "4001.M1.a:2,S", body("seen by a"), when)
+		c.converge("setup")
+		c.partition()
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.E")
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.M")
+		deliverMsg(t, b.Mnt, root+"/.E", "new", "4002.M2.b", body("expunged"), when)
+		if err := os.Remove(filepath.Join(b.Mnt, root, ".E", "new", "4002.M2.b")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, b.Mnt, root+"/.M", "new", "4003.M2.b", body("moved"), when)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".M", "new", "4003.M2.b"), filepath.Join(b.Mnt, root, "new", "4003.M2.b")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("delete vs mail added and removed")
+		if _, ok := st.Mailboxes[root]["4003.M2.b"]; !ok {
+			t.Fatalf("the moved message is not in %s: %v", root, st.Mailboxes[root])
+		}
+		for _, mb := range []string{root + "/.E", root + "/.M"} {
+			if got, ok := st.Mailboxes[mb]; !ok || len(got) != 0 {
+				t.Fatalf("%s: %v (there: %v); want it kept, empty", mb, got, ok)
+			}
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -47,6 +47,9 @@ func newApplier(store *index.Store, mnt Mount, log *slog.Logger) *applier {
 	return &applier{store: store, mnt: mnt, log: log, locks: map[string]string{}}
 }
 
+// processStarted is when this process started: before its mount existed.
+var processStarted = time.Now()
+
 // errRace is a local change that raced the applier (a file renamed or
 // removed between the decision and the syscall): the op is decided again.
 var errRace = errors.New("a local change raced the applier")
@@ -921,8 +924,12 @@ func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byt
 		if err == nil || !errors.Is(err, os.ErrExist) {
 			break
 		}
-		if fi, serr := os.Stat(lock); serr == nil && time.Since(fi.ModTime()) > 2*time.Minute {
-			os.Remove(lock) // stale, as Dovecot's dotlocks count it
+		if fi, serr := os.Stat(lock); serr == nil && (time.Since(fi.ModTime()) > 2*time.Minute || fi.ModTime().Before(processStarted)) {
+			// Stale, as Dovecot's dotlocks count it, or older than this
+			// process and so older than its mount, which every writer
+			// goes through: left by a daemon killed while it held it.
+			a.log.Warn("removing a stale lock", "path", lock, "modified", fi.ModTime())
+			os.Remove(lock)
 		}
 		time.Sleep(25 * time.Millisecond)
 	}

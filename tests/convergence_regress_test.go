@@ -103,6 +103,33 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A daemon killed while it rewrote a subscriptions file leaves the
+	// dotlock behind; the next daemon must not wait two minutes for it.
+	t.Run("subscriptions lock left by a killed daemon", func(t *testing.T) {
+		c.t = t
+		dir := "r5/Maildir"
+		mkMailbox(t, a.Mnt, dir)
+		writeSubscriptions(t, a.Mnt, dir, "INBOX")
+		c.converge("setup")
+		lock := filepath.Join(a.Store, "maildir", dir, "subscriptions.lock")
+		if err := os.WriteFile(lock, []byte("V\t2\n\nINBOX\nHalf\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-30 * time.Second) // before a's daemon started, well within 2 minutes
+		if err := os.Chtimes(lock, old, old); err != nil {
+			t.Fatal(err)
+		}
+		writeSubscriptions(t, b.Mnt, dir, "INBOX", "Work")
+		start := time.Now()
+		st := c.converge("subscriptions after a stale lock")
+		if got := st.Subs[dir+"/subscriptions"]; got != "INBOX|Work" {
+			t.Fatalf("subscriptions: %q, want INBOX|Work", got)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Fatalf("converging took %v: the stale lock held it up", d)
+		}
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -130,12 +130,37 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if ok, err := t.has(mailboxKey(op.Mailbox)); err != nil || ok {
 			return err
 		}
+		var old tombstone
+		ok, err := t.getRec(tombMailboxKey(op.Mailbox), &old)
+		if err != nil {
+			return err
+		}
+		if ok {
+			// Deleted by two nodes: mail either deleter had seen is gone
+			// (the other keeps only what neither had seen).
+			old.Seen = mergeSeen(old.Seen, op.Seen)
+			return t.putRec(tombMailboxKey(op.Mailbox), &old)
+		}
 		return t.putRec(tombMailboxKey(op.Mailbox), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
 			Path: op.Path, Seen: op.Seen})
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
 	}
 	return nil
+}
+
+// mergeSeen is the pointwise maximum of two version vectors.
+func mergeSeen(a, b journal.VersionVector) journal.VersionVector {
+	out := journal.VersionVector{}
+	for n, s := range a {
+		out[n] = s
+	}
+	for n, s := range b {
+		if s > out[n] {
+			out[n] = s
+		}
+	}
+	return out
 }
 
 // noteEarlyFlags keeps the flag changes of op for a message not here yet.

@@ -327,20 +327,25 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 
 func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	var (
-		mb        index.Mailbox
-		have      bool
-		seen      []index.Message
-		unseen    int
-		keptEmpty bool
-		hasNested bool
+		mb            index.Mailbox
+		have          bool
+		seen          []index.Message
+		unseen        int
+		keptEmpty     bool
+		deletedBefore bool
+		hasNested     bool
 	)
 	err := a.view(func(v index.PeerView) error {
-		if t, ok, err := v.MailboxTombstone(op.Mailbox); err != nil || (ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
+		t, ok, err := v.MailboxTombstone(op.Mailbox)
+		if err != nil || (ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
 			// This delete is applied already (replayed after a crash): its
 			// GUID may name the mailbox recreated for unseen mail now.
 			return err
 		}
-		var err error
+		// Deleted here before (by another node's delete, or this node's):
+		// the GUID names the mailbox recreated for the mail that delete had
+		// not seen, and this delete takes what it had seen of that.
+		deletedBefore = ok
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
 			return err
 		}
@@ -386,7 +391,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	creationUnseen := mb.CreatedSeq != 0 && op.Seen[mb.Created.Origin] < mb.CreatedSeq
 	if creationUnseen {
 		for _, m := range seen {
-			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
@@ -403,7 +408,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		// Remove only what the deleter had seen; the mailbox stays (for
 		// unseen mail, under the GUID every node derives for it).
 		for _, m := range seen {
-			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
@@ -414,13 +419,15 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
 				"mailbox", mb.GUID.String(), "kept", kept)
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
-				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
-				return err
+			if !deletedBefore {
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
+					NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
+					return err
+				}
 			}
 			return a.meta(ctx, op)
 		}
-		return a.mnt.Apply(op, func() error {
+		err := a.mnt.Apply(op, func() error {
 			for _, sub := range []string{"cur", "new", "tmp"} {
 				d := a.abs(path.Join(mb.Path, sub))
 				if sub == "tmp" {
@@ -432,13 +439,17 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 			return nil
 		})
+		if err == nil && deletedBefore {
+			err = a.meta(ctx, op) // the deleted GUID's record learns this delete's view
+		}
+		return err
 	}
 	// Like Dovecot: rename the mailbox into its trash name, then remove it.
 	trash := path.Join(path.Dir(mb.Path), "..DOVECOT-TRASHED-mailfs-"+mb.GUID.String())
 	if path.Dir(mb.Path) == "." {
 		trash = "..DOVECOT-TRASHED-mailfs-" + mb.GUID.String()
 	}
-	return a.mnt.Apply(op, func() error {
+	err = a.mnt.Apply(op, func() error {
 		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
 			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
 		}
@@ -447,6 +458,10 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		}
 		return nil
 	})
+	if err == nil && deletedBefore {
+		err = a.meta(ctx, op) // the deleted GUID's record learns this delete's view
+	}
+	return err
 }
 
 func clearDir(d string) {
@@ -832,6 +847,24 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 		return err
 	}
 	return a.unlinkMessage(op, mb, local)
+}
+
+// unlinkDeleted removes message m of mailbox mb, deleted with it by op. A
+// message renamed meanwhile (a local flag change) is decided again where
+// it is now; one whose file is gone already needs nothing.
+func (a *applier) unlinkDeleted(op *journal.Op, mb index.Mailbox, m index.Message) error {
+	err := a.unlinkMessage(op, mb, m)
+	if !errors.Is(err, syscall.ENOENT) {
+		return err
+	}
+	now, have, lerr := a.message(mb.GUID, m.Key)
+	if lerr != nil {
+		return lerr
+	}
+	if have && (now.Name != m.Name || now.Sub != m.Sub) {
+		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
+	}
+	return nil
 }
 
 func (a *applier) unlinkMessage(op *journal.Op, mb index.Mailbox, m index.Message) error {

@@ -163,6 +163,31 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// Two nodes delete the same folder; mail either had seen goes, mail
+	// neither had seen stays (in the folder recreated for it), on every
+	// node whatever order the deletes and the mail arrive in.
+	t.Run("folder deleted on two nodes while the third added mail", func(t *testing.T) {
+		c.t = t
+		root := "r6/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.S")
+		c.converge("setup")
+		c.cut(1, 2)
+		c.cut(0, 1)
+		deliverMsg(t, n3.Mnt, root+"/.S", "new", "6000.M1.c", body("seen by a only"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".S", "new", "6000.M1.c"))
+		c.cut(0, 2)
+		deliverMsg(t, n3.Mnt, root+"/.S", "new", "6001.M2.c", body("seen by neither"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.S")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.S")
+		st := c.converge("two deletes vs new mail")
+		got := st.Mailboxes[root+"/.S"]
+		if _, ok := got["6001.M2.c"]; !ok || len(got) != 1 {
+			t.Fatalf(".S holds %v; want only the mail neither deleter had seen", got)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

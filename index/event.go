@@ -28,10 +28,11 @@ const (
 	EvApplied                         // every op of Remote.Origin up to Remote.Seq is applied (cursor)
 	EvRemoteMeta                      // Remote changes index state only: stamps and tombstones
 	EvRekey                           // the mailbox GUID becomes NewGUID (rules 3 and 4)
+	EvApplying                        // Remote's effects are committed (it merged mailboxes only): seen
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey"}
+	"applied", "remote-meta", "rekey", "applying"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -82,6 +83,11 @@ func (t *tx) apply(ev Event) error {
 		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() {
 			ev.GUID = g
 		}
+		if ev.Kind != EvApplied {
+			if err := t.noteApplying(ev.Remote); err != nil {
+				return err
+			}
+		}
 	}
 	switch ev.Kind {
 	case EvApplied:
@@ -90,6 +96,8 @@ func (t *tx) apply(ev Event) error {
 		return t.remoteMeta(ev.Remote)
 	case EvRekey:
 		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
+	case EvApplying:
+		return nil // noted above
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:

@@ -112,6 +112,11 @@ type messageRec struct {
 type appliedRec struct {
 	Epoch uint64 `json:"epoch"`
 	Seq   uint64 `json:"seq"`
+	// Applying is the seq of the op of the segment being applied whose
+	// effects are committed (wholly or in part) beyond Seq: part of what
+	// this node has seen, for the version vector of a local op made
+	// meanwhile, though not yet a resume point.
+	Applying uint64 `json:"applying,omitempty"`
 }
 
 type subStampRec struct {
@@ -174,6 +179,9 @@ type tombstone struct {
 	// still knows the mail was there (rule 4; see ExpungedUnseen).
 	AddedOrigin journal.NodeID `json:"added_origin,omitempty"`
 	AddedSeq    uint64         `json:"added_seq,omitempty"`
+	// Renamed, for a mailbox: the stamp of the newest rename its deleter
+	// had not seen, which moved Path (the mail kept from it is there).
+	Renamed *journal.Stamp `json:"renamed,omitempty"`
 }
 
 type counts struct {

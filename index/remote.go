@@ -44,6 +44,24 @@ func (t *tx) setApplied(op *journal.Op) error {
 	return t.putRec(appliedKey(op.Origin), &appliedRec{Epoch: uint64(op.Mtime), Seq: op.Seq})
 }
 
+// noteApplying records that effects of peer op op are committed: a local
+// op made from now on has seen it (a mailbox deleted here now took op's
+// message with it, and the rest of op, if any, finds the mailbox gone).
+func (t *tx) noteApplying(op *journal.Op) error {
+	if op.Origin.IsZero() || op.Origin == t.s.node {
+		return nil
+	}
+	var a appliedRec
+	if _, err := t.getRec(appliedKey(op.Origin), &a); err != nil {
+		return err
+	}
+	if op.Seq <= a.Seq || op.Seq == a.Applying {
+		return nil
+	}
+	a.Applying = op.Seq
+	return t.putRec(appliedKey(op.Origin), &a)
+}
+
 // AppliedOp builds the event that records every op of origin up to seq (of
 // journal epoch epoch) as applied.
 func AppliedOp(origin journal.NodeID, epoch, seq uint64) Event {
@@ -62,7 +80,7 @@ func (t *tx) versionVector() (journal.VersionVector, error) {
 		if ok, err := t.getRec(k, &a); err != nil || !ok {
 			return err
 		}
-		vv[journal.NodeID(k[len(pApplied):])] = a.Seq
+		vv[journal.NodeID(k[len(pApplied):])] = max(a.Seq, a.Applying)
 		return nil
 	})
 	if t.remote != nil {
@@ -145,6 +163,21 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			Path: op.Path, Seen: op.Seen})
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
+	case journal.MailboxRename:
+		// A rename of a mailbox deleted here by a node that had not seen
+		// it: the nodes that renamed it before the delete keep its unseen
+		// mail at the new path, so the mailbox recreated here for that mail
+		// goes there too.
+		if ok, err := t.has(mailboxKey(t.resolve(op.Mailbox))); err != nil || ok {
+			return err
+		}
+		var ts tombstone
+		ok, err := t.getRec(tombMailboxKey(op.Mailbox), &ts)
+		if err != nil || !ok || ts.Seen[op.Origin] >= op.Seq || (ts.Renamed != nil && st.Less(*ts.Renamed)) {
+			return err
+		}
+		ts.Path, ts.Renamed = op.NewPath, &st
+		return t.putRec(tombMailboxKey(op.Mailbox), &ts)
 	}
 	return nil
 }

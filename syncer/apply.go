@@ -87,6 +87,12 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 		if errors.Is(err, errSkip) {
 			return nil
 		}
+		if err != nil {
+			return err
+		}
+		// A create merged with a mailbox here (rule 3) changed nothing on
+		// disk: a delete made here from now on has still seen it.
+		_, err = a.store.Commit(ctx, index.Event{Kind: index.EvApplying, Remote: op})
 		return err
 	case journal.MailboxRename:
 		return a.renameMailbox(ctx, op)
@@ -289,7 +295,7 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 		// then it is renamed like any other.
 		mb, err = a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
 		if errors.Is(err, errSkip) {
-			return nil
+			return a.meta(ctx, op) // deleted: where its unseen mail goes may move
 		}
 		if err != nil {
 			return err

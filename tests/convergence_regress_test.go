@@ -188,6 +188,34 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A folder renamed by one node and filled by another, while a third
+	// deleted it: the deleter gets the rename first and the mail later, and
+	// must keep that mail where the others do, at the renamed path.
+	t.Run("folder renamed and filled while deleted elsewhere", func(t *testing.T) {
+		c.t = t
+		root := "r7/Maildir"
+		mkMailbox(t, b.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.A")
+		c.converge("setup")
+		c.cut(0, 1)
+		c.cut(1, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".A"), filepath.Join(n3.Mnt, root, ".B")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(a.Mnt, root, ".B", "cur"))
+		deliverMsg(t, a.Mnt, root+"/.B", "new", "7000.M1.a", body("kept"), when)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.A")
+		c.heal(1, 2)
+		if out, errs, code := runMailfs(t, "sync", "--store", n3.Store, "--timeout", "30s"); code != 0 {
+			t.Fatalf("mailfs sync on %s: exit %d: %s%s", n3.Name, code, out, errs)
+		}
+		st := c.converge("rename, new mail vs delete")
+		if got := st.Mailboxes[root+"/.B"]; len(got) != 1 || st.Mailboxes[root+"/.A"] != nil {
+			t.Fatalf(".B holds %v, .A %v; want the new mail in .B", got, st.Mailboxes[root+"/.A"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -220,9 +220,32 @@ func (t *tx) noteEarlyFlags(g journal.GUID, key string, op *journal.Op) error {
 	return t.putRec(earlyFlagsKey(g, key), &ef)
 }
 
+// EarlyFlagsUnder is EarlyFlags of the changes kept under the GUID g
+// itself, not the mailbox it names now.
+func (v PeerView) EarlyFlagsUnder(g journal.GUID, key string) (map[string]FlagChange, bool, error) {
+	var ef earlyFlagsRec
+	_, err := v.t.getRec(earlyFlagsKey(g, key), &ef)
+	return ef.Flags, ef.Cur, err
+}
+
 // takeEarlyFlags merges the early flag changes of a message that just
 // arrived into its stamps, and forgets them.
 func (t *tx) takeEarlyFlags(g journal.GUID, key string, rec *messageRec) error {
+	if t.remote == nil {
+		return t.takeEarlyFlagsOf(g, key, rec)
+	}
+	if raw := remoteMailboxGUID(t.remote); !raw.IsZero() && raw != g {
+		// The peer's op names a mailbox this one stands for (recreated for
+		// a deleted one's unseen mail, or merged): flag changes that came
+		// first were kept under the name the peer used.
+		if err := t.takeEarlyFlagsOf(raw, key, rec); err != nil {
+			return err
+		}
+	}
+	return t.takeEarlyFlagsOf(g, key, rec)
+}
+
+func (t *tx) takeEarlyFlagsOf(g journal.GUID, key string, rec *messageRec) error {
 	var ef earlyFlagsRec
 	ok, err := t.getRec(earlyFlagsKey(g, key), &ef)
 	if err != nil || !ok {

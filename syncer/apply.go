@@ -563,6 +563,25 @@ func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]
 	if err := a.view(func(v index.PeerView) error {
 		var err error
 		early, cur, err = v.EarlyFlags(g, key)
+		named := op.Mailbox
+		if op.Kind == journal.MessageMove {
+			named = op.Target
+		}
+		if err != nil || named == g {
+			return err
+		}
+		// Changes that came before the mailbox g stands for existed here
+		// (recreated for a deleted one's unseen mail) are under op's name.
+		also, alsoCur, err := v.EarlyFlagsUnder(named, key)
+		for f, c := range also {
+			if old, ok := early[f]; !ok || old.Stamp.Less(c.Stamp) {
+				if early == nil {
+					early = map[string]index.FlagChange{}
+				}
+				early[f] = c
+			}
+		}
+		cur = cur || alsoCur
 		return err
 	}); err != nil || len(early) == 0 {
 		return op.Flags, cur, err

@@ -216,6 +216,32 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// The deleter gets a flag change to mail it had not seen before the
+	// mail itself (from another node): the change must not be lost when the
+	// mail arrives in the folder recreated for it.
+	t.Run("flag change overtakes mail into a deleted folder", func(t *testing.T) {
+		c.t = t
+		root := "r8/Maildir"
+		mkMailbox(t, n3.Mnt, root)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		c.converge("setup")
+		c.cut(1, 2)
+		c.cut(0, 1)
+		deliverMsg(t, n3.Mnt, root+"/.W", "new", "8000.M1.c", body("flagged on a"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".W", "new", "8000.M1.c"))
+		setFlags(t, a.Mnt, root+"/.W", "8000.M1.c", "S")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.W")
+		c.heal(0, 1)
+		if out, errs, code := runMailfs(t, "sync", "--store", a.Store, "--timeout", "30s"); code != 0 {
+			t.Fatalf("mailfs sync on %s: exit %d: %s%s", a.Name, code, out, errs)
+		}
+		st := c.converge("flags before mail into a deleted folder")
+		if m, ok := st.Mailboxes[root+"/.W"]["8000.M1.c"]; !ok || m.Flags != `\Seen` || m.Sub != "cur" {
+			t.Fatalf(".W holds %+v; want 8000.M1.c seen, in cur", st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

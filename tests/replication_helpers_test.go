@@ -237,7 +237,8 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 			var ops strings.Builder
 			for _, m := range nodes {
 				for _, op := range journalOps(t, m.Store) {
-					if (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
+					inSub := sub != "" && (strings.HasPrefix(op.Path, sub+"/") || strings.HasPrefix(op.NewPath, sub+"/"))
+					if inSub || (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
 						(strings.HasSuffix(op.Kind, "ubscribe") && strings.Contains(d, "subscriptions")) ||
 						strings.HasPrefix(op.Kind, "Mailbox") {
 						fmt.Fprintf(&ops, "%s: %+v\n", m.Name, op)

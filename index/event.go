@@ -28,7 +28,7 @@ const (
 	EvApplied                         // every op of Remote.Origin up to Remote.Seq is applied (cursor)
 	EvRemoteMeta                      // Remote changes index state only: stamps and tombstones
 	EvRekey                           // the mailbox GUID becomes NewGUID (rules 3 and 4)
-	EvApplying                        // Remote's effects are committed (it merged mailboxes only): seen
+	EvApplying                        // Remote is applied, its segment not yet: a local op has seen it
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
@@ -83,11 +83,6 @@ func (t *tx) apply(ev Event) error {
 		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() {
 			ev.GUID = g
 		}
-		if ev.Kind != EvApplied {
-			if err := t.noteApplying(ev.Remote); err != nil {
-				return err
-			}
-		}
 	}
 	switch ev.Kind {
 	case EvApplied:
@@ -97,7 +92,7 @@ func (t *tx) apply(ev Event) error {
 	case EvRekey:
 		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
 	case EvApplying:
-		return nil // noted above
+		return t.noteApplying(ev.Remote)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:

@@ -44,9 +44,10 @@ func (t *tx) setApplied(op *journal.Op) error {
 	return t.putRec(appliedKey(op.Origin), &appliedRec{Epoch: uint64(op.Mtime), Seq: op.Seq})
 }
 
-// noteApplying records that effects of peer op op are committed: a local
-// op made from now on has seen it (a mailbox deleted here now took op's
-// message with it, and the rest of op, if any, finds the mailbox gone).
+// noteApplying records that peer op op is applied, though the segment it
+// came in is not yet: a local op made from now on has seen it (a mailbox
+// deleted here now takes op's message with it). Only a whole op counts: a
+// delete made between the effects of one op has not seen it.
 func (t *tx) noteApplying(op *journal.Op) error {
 	if op.Origin.IsZero() || op.Origin == t.s.node {
 		return nil

@@ -73,6 +73,11 @@ func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) erro
 	if err != nil {
 		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
 	}
+	// A local op made from now on has seen op (its version vector says
+	// so), though the segment's cursor moves only when all of it is done.
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvApplying, Remote: op}); err != nil {
+		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
+	}
 	return nil
 }
 
@@ -87,12 +92,6 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 		if errors.Is(err, errSkip) {
 			return nil
 		}
-		if err != nil {
-			return err
-		}
-		// A create merged with a mailbox here (rule 3) changed nothing on
-		// disk: a delete made here from now on has still seen it.
-		_, err = a.store.Commit(ctx, index.Event{Kind: index.EvApplying, Remote: op})
 		return err
 	case journal.MailboxRename:
 		return a.renameMailbox(ctx, op)
@@ -225,6 +224,13 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			continue
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
+		if op.Kind != journal.MailboxCreate {
+			// Created here by an op that found it missing (its create has not
+			// arrived, or it is recreated for a deleted one's unseen mail):
+			// no create of op's origin, so no seq a delete could have missed
+			// (deleteMailbox would keep it as a create its deleter never saw).
+			create.Seq = 0
+		}
 		if err := a.mnt.Apply(create, func() error { return a.mkdirMailbox(p) }); err != nil {
 			return index.Mailbox{}, fmt.Errorf("create mailbox %s at %q: %w", g, p, err)
 		}

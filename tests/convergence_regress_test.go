@@ -242,6 +242,32 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A rename reaches A before the folder's create (A then makes the
+	// folder itself); the creator's delete, which had not seen the rename,
+	// still deletes it there: A's making it is no create the deleter missed.
+	t.Run("folder renamed before its create arrived, deleted by its creator", func(t *testing.T) {
+		c.t = t
+		root := "r9/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.cut(0, 2)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		waitForPath(t, filepath.Join(b.Mnt, root, ".W", "cur"))
+		c.cut(1, 2)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".W"), filepath.Join(b.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(a.Mnt, root, ".R", "cur"))
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.W")
+		st := c.converge("rename before create vs delete")
+		for _, mb := range []string{root + "/.W", root + "/.R"} {
+			if _, ok := st.Mailboxes[mb]; ok {
+				t.Fatalf("%s survives its delete: %v", mb, keys(st.Mailboxes))
+			}
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -44,10 +44,10 @@ func (t *tx) setApplied(op *journal.Op) error {
 	return t.putRec(appliedKey(op.Origin), &appliedRec{Epoch: uint64(op.Mtime), Seq: op.Seq})
 }
 
-// noteApplying records that peer op op is applied, though the segment it
-// came in is not yet: a local op made from now on has seen it (a mailbox
-// deleted here now takes op's message with it). Only a whole op counts: a
-// delete made between the effects of one op has not seen it.
+// noteApplying records that peer op op has taken visible effect (or is
+// applied), though the segment it came in is not yet: a local op made from
+// now on has seen it (a mailbox deleted here now takes op's message with
+// it, and what is left of op finds the mailbox gone).
 func (t *tx) noteApplying(op *journal.Op) error {
 	if op.Origin.IsZero() || op.Origin == t.s.node {
 		return nil

@@ -43,3 +43,36 @@ func TestVersionVectorCountsOpsBeingApplied(t *testing.T) {
 		t.Fatalf("local mkdir after the segment: %v, %v; want the peer seen up to 13", ops, err)
 	}
 }
+
+// Only a visible effect of a peer op counts as seen: its body written into
+// tmp/ does not (a mailbox deleted then does not hold the message), its
+// rename into new/ does.
+func TestVersionVectorIgnoresScratchEffects(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer := randomNode(t)
+	if _, err := s.Commit(ctx, AppliedOp(peer, 1, 3), Event{Kind: EvMkdir, Path: "u/Maildir/cur", IsDir: true}); err != nil {
+		t.Fatal(err)
+	}
+	add := &journal.Op{Kind: journal.MessageAdd, Origin: peer, Seq: 4, Time: journal.HLC{WallMs: 2}, Key: "1.M1.p"}
+	seenAfter := func(ev Event) uint64 {
+		t.Helper()
+		if _, err := s.Commit(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		ops, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "probe" + ev.Kind.String() + "/cur", IsDir: true})
+		if err != nil || len(ops) != 1 {
+			t.Fatalf("probe op: %v, %v", ops, err)
+		}
+		return ops[0].Seen[peer]
+	}
+	if got := seenAfter(Event{Kind: EvWrite, Path: "u/Maildir/tmp/1.M1.p", File: FileInfo{Size: 3}, Remote: add}); got != 3 {
+		t.Fatalf("after the body's write into tmp/: peer seen up to %d, want 3", got)
+	}
+	if got := seenAfter(Event{Kind: EvRename, Path: "u/Maildir/tmp/1.M1.p", NewPath: "u/Maildir/new/1.M1.p",
+		File: FileInfo{Size: 3, Content: journal.ContentID{1}}, Remote: add}); got != 4 {
+		t.Fatalf("after the rename into new/: peer seen up to %d, want 4", got)
+	}
+}

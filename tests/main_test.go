@@ -136,7 +136,11 @@ func startMailfsWrapped(t, owner testing.TB, wrapper []string, store, mnt string
 	args = append(args, mnt)
 	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = append(os.Environ(), "MAILFS_LOG=info")
+	level := "info"
+	if v := os.Getenv("MAILFS_TEST_LOG"); v != "" {
+		level = v // MAILFS_TEST_LOG=debug when chasing a failure
+	}
+	p.cmd.Env = append(os.Environ(), "MAILFS_LOG="+level)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start mailfs: %v", err)
 	}

@@ -246,7 +246,7 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 				}
 				for _, l := range strings.Split(m.Log(), "\n") {
 					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") ||
-						strings.Contains(l, "keeps mail") {
+						strings.Contains(l, "keeps mail") || (sub != "" && strings.Contains(l, sub+"/")) {
 						fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
 					}
 				}

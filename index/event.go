@@ -241,8 +241,11 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 		return err
 	}
 	last := t.lastOp
-	return t.putRec(tombMailboxKey(mb.GUID), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
-		Path: mb.Path, Seen: op.Seen})
+	ts := &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq, Path: mb.Path, Seen: op.Seen}
+	if renamed := mb.Renamed; renamed != (journal.Stamp{}) {
+		ts.Renamed = &renamed // an older rename the deleter had not seen does not move Path
+	}
+	return t.putRec(tombMailboxKey(mb.GUID), ts)
 }
 
 func (t *tx) rmdir(path string) error {

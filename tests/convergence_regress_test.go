@@ -130,6 +130,32 @@ func TestConvergenceRegressions(t *testing.T) {
 			t.Fatalf("converging took %v: the stale lock held it up", d)
 		}
 	})
+
+	// Both sides rename a folder; the newer rename's side then deletes it,
+	// the other had filled it: the mail it kept lives at the newer path on
+	// both, not at the older rename's.
+	t.Run("folder renamed on both sides, deleted by the newer renamer", func(t *testing.T) {
+		c.t = t
+		root := "r10/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.A")
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".A"), filepath.Join(b.Mnt, root, ".B")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, b.Mnt, root+"/.B", "new", "10000.M1.b", body("kept"), when)
+		time.Sleep(5 * time.Millisecond)
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".A"), filepath.Join(a.Mnt, root, ".C")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.C")
+		st := c.converge("renames vs delete with new mail")
+		if got := st.Mailboxes[root+"/.C"]; len(got) != 1 || st.Mailboxes[root+"/.B"] != nil {
+			t.Fatalf(".C holds %v, .B %v; want the new mail in .C", got, st.Mailboxes[root+"/.B"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

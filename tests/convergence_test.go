@@ -279,8 +279,16 @@ func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq 
 		}
 		trash := filepath.Join(n.Mnt, root, "..DOVECOT-TRASHED")
 		if os.Rename(filepath.Join(n.Mnt, mb), trash) == nil {
-			for _, m := range msgs {
-				w.inDeleted[baseOf(m[1])] = true
+			// What the folder held when it went (not the listing above: a
+			// peer's op may have added or moved mail since).
+			for _, sub := range []string{"new", "cur"} {
+				ents, err := os.ReadDir(filepath.Join(trash, sub))
+				if err != nil && !os.IsNotExist(err) {
+					t.Fatalf("list the deleted folder %s: %v", mb, err)
+				}
+				for _, e := range ents {
+					w.inDeleted[baseOf(e.Name())] = true
+				}
 			}
 			os.RemoveAll(trash)
 		}

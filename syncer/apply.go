@@ -462,6 +462,18 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		trash = "..DOVECOT-TRASHED-mailfs-" + mb.GUID.String()
 	}
 	err = a.mnt.Apply(op, func() error {
+		// Decided again at the last moment: mail delivered here since the
+		// decision, which the deleter had not seen, must stay.
+		if err := a.view(func(v index.PeerView) error {
+			return v.Messages(mb.GUID, func(m index.Message) error {
+				if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
+					return fmt.Errorf("%w: %s arrived in %s", errRace, m.Key, mb.Path)
+				}
+				return nil
+			})
+		}); err != nil {
+			return err
+		}
 		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
 			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
 		}

@@ -326,7 +326,7 @@ func (t *tx) depart(path string) error {
 		}
 		last := t.lastOp
 		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
-			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq})
+			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps})
 	case maildir.KindPlainFile:
 		ok, err := t.has(fileKey(path))
 		if err != nil || !ok {

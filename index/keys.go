@@ -179,6 +179,12 @@ type tombstone struct {
 	// still knows the mail was there (rule 4; see ExpungedUnseen).
 	AddedOrigin journal.NodeID `json:"added_origin,omitempty"`
 	AddedSeq    uint64         `json:"added_seq,omitempty"`
+	// Sub, Flags and FlagStamps, for a message expunged here: what it was
+	// when it went, so a concurrent move of it (which brings it back, in
+	// the target) keeps the flag changes made before the expunge.
+	Sub        journal.Sub              `json:"sub,omitempty"`
+	Flags      []string                 `json:"flags,omitempty"`
+	FlagStamps map[string]journal.Stamp `json:"flag_stamps,omitempty"`
 	// Renamed, for a mailbox: the stamp of the newest rename its deleter
 	// had not seen, which moved Path (the mail kept from it is there).
 	Renamed *journal.Stamp `json:"renamed,omitempty"`

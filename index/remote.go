@@ -420,6 +420,17 @@ func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, boo
 	return v.t.resolve(*ts.MovedTo), ts.MovedKey, true, nil
 }
 
+// ExpungedAs returns what message key of mailbox g was (directory, flags
+// and their stamps) when it was expunged here, if it was.
+func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	if err != nil || !ok || ts.MovedTo != nil || ts.FlagStamps == nil {
+		return Message{}, false, err
+	}
+	return Message{Key: key, Sub: ts.Sub, Flags: ts.Flags, FlagStamps: ts.FlagStamps}, true, nil
+}
+
 // ExpungedUnseen reports whether mailbox g had a message, expunged or
 // moved away since, whose add the version vector seen does not include: a
 // delete with seen had not seen that mail, and on its deleter the mail

@@ -813,8 +813,30 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	}
 	if !have || src.Content != op.Content {
 		// Not here (expunged concurrently, or never received): the move
-		// is an add in the target, with the body it carries.
-		if err := a.place(ctx, op, dst, newKey, op.Flags, bodies); err != nil {
+		// is an add in the target, with the body it carries, and the flag
+		// changes made here before the expunge (the mover's node gets them
+		// too, applied to the moved message).
+		add := op
+		if !have {
+			var was index.Message
+			var expunged bool
+			if err := a.view(func(v index.PeerView) error {
+				var err error
+				was, expunged, err = v.ExpungedAs(op.Mailbox, op.Key)
+				return err
+			}); err != nil {
+				return err
+			}
+			if expunged {
+				merged := *op
+				merged.Flags = mergedFlags(was, op, op.Changed)
+				if was.Sub == journal.SubCur {
+					merged.Sub = journal.SubCur // cur/ beats new/
+				}
+				add = &merged
+			}
+		}
+		if err := a.place(ctx, add, dst, newKey, add.Flags, bodies); err != nil {
 			return err
 		}
 		return a.meta(ctx, op)

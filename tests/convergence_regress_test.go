@@ -131,6 +131,29 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 	})
 
+	// One side flags and then expunges a message the other side moves: the
+	// move brings it back in the target, with the flag change on both.
+	t.Run("message flagged and expunged on one side, moved on the other", func(t *testing.T) {
+		c.t = t
+		root := "r11/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "new", "11000.M1.a", body("moved"), when)
+		c.converge("setup")
+		c.partition()
+		setFlags(t, a.Mnt, root, "11000.M1.a", "S")
+		if err := os.Remove(filepath.Join(a.Mnt, root, "cur", "11000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(b.Mnt, root, "new", "11000.M1.a"), filepath.Join(b.Mnt, root, ".X", "new", "11000.M1.a")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("flag+expunge vs move")
+		if m, ok := st.Mailboxes[root+"/.X"]["11000.M1.a"]; !ok || m.Sub != "cur" || m.Flags != `\Seen` {
+			t.Fatalf(".X holds %+v; want the moved message, seen, in cur", st.Mailboxes[root+"/.X"])
+		}
+	})
+
 	// Both sides rename a folder; the newer rename's side then deletes it,
 	// the other had filled it: the mail it kept lives at the newer path on
 	// both, not at the older rename's.

@@ -28,10 +28,11 @@ const (
 	EvApplied                         // every op of Remote.Origin up to Remote.Seq is applied (cursor)
 	EvRemoteMeta                      // Remote changes index state only: stamps and tombstones
 	EvRekey                           // the mailbox GUID becomes NewGUID (rules 3 and 4)
+	EvApplying                        // Remote is applied, its segment not yet: a local op has seen it (index-only)
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey"}
+	"applied", "remote-meta", "rekey", "applying"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -82,6 +83,13 @@ func (t *tx) apply(ev Event) error {
 		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() {
 			ev.GUID = g
 		}
+		if visibleEffect(ev) {
+			// A local op made from now on has seen the peer op: what it did
+			// is there to be seen (a mailbox, a message).
+			if err := t.noteApplying(ev.Remote); err != nil {
+				return err
+			}
+		}
 	}
 	switch ev.Kind {
 	case EvApplied:
@@ -90,6 +98,8 @@ func (t *tx) apply(ev Event) error {
 		return t.remoteMeta(ev.Remote)
 	case EvRekey:
 		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
+	case EvApplying:
+		return nil // noted above
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -116,6 +126,22 @@ func (t *tx) apply(ev Event) error {
 		return t.missing(ev.Path, ev.IsDir)
 	}
 	return fmt.Errorf("index: unknown event kind %d", ev.Kind)
+}
+
+// visibleEffect reports whether ev, made by the applier for a peer op,
+// changes what a client sees: not a scratch file in tmp/ or a lock, which
+// come before the effect (a body written before its rename into new/).
+func visibleEffect(ev Event) bool {
+	switch ev.Kind {
+	case EvApplied, EvRekey:
+		return false
+	case EvRemoteMeta, EvApplying:
+		return true
+	}
+	if maildir.Classify(ev.Path, ev.IsDir).Kind.Replicated() {
+		return true
+	}
+	return ev.NewPath != "" && maildir.Classify(ev.NewPath, ev.IsDir).Kind.Replicated()
 }
 
 func (t *tx) mkdir(ev Event) error {
@@ -215,8 +241,11 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 		return err
 	}
 	last := t.lastOp
-	return t.putRec(tombMailboxKey(mb.GUID), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
-		Path: mb.Path, Seen: op.Seen})
+	ts := &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq, Path: mb.Path, Seen: op.Seen}
+	if renamed := mb.Renamed; renamed != (journal.Stamp{}) {
+		ts.Renamed = &renamed // an older rename the deleter had not seen does not move Path
+	}
+	return t.putRec(tombMailboxKey(mb.GUID), ts)
 }
 
 func (t *tx) rmdir(path string) error {

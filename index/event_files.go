@@ -293,7 +293,7 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	}
 	to := mbT.GUID
 	return t.putRec(tombMessageKey(mbF.GUID, nf.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
-		MovedTo: &to, MovedKey: nt.Base})
+		MovedTo: &to, MovedKey: nt.Base, AddedOrigin: recF.Added.Origin, AddedSeq: recF.AddedSeq})
 }
 
 // depart records that the file at path is gone (unlinked or renamed away).
@@ -325,7 +325,8 @@ func (t *tx) depart(path string) error {
 			return err
 		}
 		last := t.lastOp
-		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq})
+		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
+			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps})
 	case maildir.KindPlainFile:
 		var old fileRec
 		ok, err := t.getRec(fileKey(path), &old)

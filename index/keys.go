@@ -115,6 +115,11 @@ type messageRec struct {
 type appliedRec struct {
 	Epoch uint64 `json:"epoch"`
 	Seq   uint64 `json:"seq"`
+	// Applying is the seq of the op of the segment being applied whose
+	// effects are committed (wholly or in part) beyond Seq: part of what
+	// this node has seen, for the version vector of a local op made
+	// meanwhile, though not yet a resume point.
+	Applying uint64 `json:"applying,omitempty"`
 }
 
 type subStampRec struct {
@@ -173,6 +178,20 @@ type tombstone struct {
 	// peer's flag change to it there still finds it.
 	MovedTo  *journal.GUID `json:"moved_to,omitempty"`
 	MovedKey string        `json:"moved_key,omitempty"`
+	// AddedOrigin and AddedSeq, for a message expunged or moved away: the
+	// op that had added it, so a mailbox delete that had not seen the add
+	// still knows the mail was there (rule 4; see ExpungedUnseen).
+	AddedOrigin journal.NodeID `json:"added_origin,omitempty"`
+	AddedSeq    uint64         `json:"added_seq,omitempty"`
+	// Sub, Flags and FlagStamps, for a message expunged here: what it was
+	// when it went, so a concurrent move of it (which brings it back, in
+	// the target) keeps the flag changes made before the expunge.
+	Sub        journal.Sub              `json:"sub,omitempty"`
+	Flags      []string                 `json:"flags,omitempty"`
+	FlagStamps map[string]journal.Stamp `json:"flag_stamps,omitempty"`
+	// Renamed, for a mailbox: the stamp of the newest rename its deleter
+	// had not seen, which moved Path (the mail kept from it is there).
+	Renamed *journal.Stamp `json:"renamed,omitempty"`
 }
 
 type counts struct {

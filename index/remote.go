@@ -44,6 +44,25 @@ func (t *tx) setApplied(op *journal.Op) error {
 	return t.putRec(appliedKey(op.Origin), &appliedRec{Epoch: uint64(op.Mtime), Seq: op.Seq})
 }
 
+// noteApplying records that peer op op has taken visible effect (or is
+// applied), though the segment it came in is not yet: a local op made from
+// now on has seen it (a mailbox deleted here now takes op's message with
+// it, and what is left of op finds the mailbox gone).
+func (t *tx) noteApplying(op *journal.Op) error {
+	if op.Origin.IsZero() || op.Origin == t.s.node {
+		return nil
+	}
+	var a appliedRec
+	if _, err := t.getRec(appliedKey(op.Origin), &a); err != nil {
+		return err
+	}
+	if op.Seq <= a.Seq || op.Seq == a.Applying {
+		return nil
+	}
+	a.Applying = op.Seq
+	return t.putRec(appliedKey(op.Origin), &a)
+}
+
 // AppliedOp builds the event that records every op of origin up to seq (of
 // journal epoch epoch) as applied.
 func AppliedOp(origin journal.NodeID, epoch, seq uint64) Event {
@@ -62,7 +81,7 @@ func (t *tx) versionVector() (journal.VersionVector, error) {
 		if ok, err := t.getRec(k, &a); err != nil || !ok {
 			return err
 		}
-		vv[journal.NodeID(k[len(pApplied):])] = a.Seq
+		vv[journal.NodeID(k[len(pApplied):])] = max(a.Seq, a.Applying)
 		return nil
 	})
 	if t.remote != nil {
@@ -130,14 +149,54 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if ok, err := t.has(mailboxKey(op.Mailbox)); err != nil || ok {
 			return err
 		}
+		var old tombstone
+		ok, err := t.getRec(tombMailboxKey(op.Mailbox), &old)
+		if err != nil {
+			return err
+		}
+		if ok {
+			// Deleted by two nodes: mail either deleter had seen is gone
+			// (the other keeps only what neither had seen).
+			old.Seen = mergeSeen(old.Seen, op.Seen)
+			return t.putRec(tombMailboxKey(op.Mailbox), &old)
+		}
 		return t.putRec(tombMailboxKey(op.Mailbox), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
 			Path: op.Path, Seen: op.Seen})
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
 	case journal.FileWrite, journal.FileDelete:
 		return t.recordFileOp(op)
+	case journal.MailboxRename:
+		// A rename of a mailbox deleted here by a node that had not seen
+		// it: the nodes that renamed it before the delete keep its unseen
+		// mail at the new path, so the mailbox recreated here for that mail
+		// goes there too.
+		if ok, err := t.has(mailboxKey(t.resolve(op.Mailbox))); err != nil || ok {
+			return err
+		}
+		var ts tombstone
+		ok, err := t.getRec(tombMailboxKey(op.Mailbox), &ts)
+		if err != nil || !ok || ts.Seen[op.Origin] >= op.Seq || (ts.Renamed != nil && st.Less(*ts.Renamed)) {
+			return err
+		}
+		ts.Path, ts.Renamed = op.NewPath, &st
+		return t.putRec(tombMailboxKey(op.Mailbox), &ts)
 	}
 	return nil
+}
+
+// mergeSeen is the pointwise maximum of two version vectors.
+func mergeSeen(a, b journal.VersionVector) journal.VersionVector {
+	out := journal.VersionVector{}
+	for n, s := range a {
+		out[n] = s
+	}
+	for n, s := range b {
+		if s > out[n] {
+			out[n] = s
+		}
+	}
+	return out
 }
 
 // noteEarlyFlags keeps the flag changes of op for a message not here yet.
@@ -164,9 +223,32 @@ func (t *tx) noteEarlyFlags(g journal.GUID, key string, op *journal.Op) error {
 	return t.putRec(earlyFlagsKey(g, key), &ef)
 }
 
+// EarlyFlagsUnder is EarlyFlags of the changes kept under the GUID g
+// itself, not the mailbox it names now.
+func (v PeerView) EarlyFlagsUnder(g journal.GUID, key string) (map[string]FlagChange, bool, error) {
+	var ef earlyFlagsRec
+	_, err := v.t.getRec(earlyFlagsKey(g, key), &ef)
+	return ef.Flags, ef.Cur, err
+}
+
 // takeEarlyFlags merges the early flag changes of a message that just
 // arrived into its stamps, and forgets them.
 func (t *tx) takeEarlyFlags(g journal.GUID, key string, rec *messageRec) error {
+	if t.remote == nil {
+		return t.takeEarlyFlagsOf(g, key, rec)
+	}
+	if raw := remoteMailboxGUID(t.remote); !raw.IsZero() && raw != g {
+		// The peer's op names a mailbox this one stands for (recreated for
+		// a deleted one's unseen mail, or merged): flag changes that came
+		// first were kept under the name the peer used.
+		if err := t.takeEarlyFlagsOf(raw, key, rec); err != nil {
+			return err
+		}
+	}
+	return t.takeEarlyFlagsOf(g, key, rec)
+}
+
+func (t *tx) takeEarlyFlagsOf(g journal.GUID, key string, rec *messageRec) error {
 	var ef earlyFlagsRec
 	ok, err := t.getRec(earlyFlagsKey(g, key), &ef)
 	if err != nil || !ok {
@@ -338,6 +420,38 @@ func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, boo
 		return journal.GUID{}, "", false, err
 	}
 	return v.t.resolve(*ts.MovedTo), ts.MovedKey, true, nil
+}
+
+// ExpungedAs returns what message key of mailbox g was (directory, flags
+// and their stamps) when it was expunged here, if it was.
+func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	if err != nil || !ok || ts.MovedTo != nil || ts.FlagStamps == nil {
+		return Message{}, false, err
+	}
+	return Message{Key: key, Sub: ts.Sub, Flags: ts.Flags, FlagStamps: ts.FlagStamps}, true, nil
+}
+
+// ExpungedUnseen reports whether mailbox g had a message, expunged or
+// moved away since, whose add the version vector seen does not include: a
+// delete with seen had not seen that mail, and on its deleter the mail
+// arrives (and leaves) after the delete, in the mailbox recreated for it.
+func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
+	g = v.t.resolve(g)
+	prefix := append([]byte(pTombMessage), g[:]...)
+	found := false
+	err := v.t.scanKeys(prefix, func(k []byte) error {
+		var ts tombstone
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok {
+			return err
+		}
+		if ts.AddedSeq != 0 && seen[ts.AddedOrigin] < ts.AddedSeq {
+			found = true
+		}
+		return nil
+	})
+	return found, err
 }
 
 func (v PeerView) MessageExpunged(g journal.GUID, key string) (bool, error) {

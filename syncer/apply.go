@@ -54,6 +54,9 @@ func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *a
 	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {}}
 }
 
+// processStarted is when this process started: before its mount existed.
+var processStarted = time.Now()
+
 // errRace is a local change that raced the applier (a file renamed or
 // removed between the decision and the syscall): the op is decided again.
 var errRace = errors.New("a local change raced the applier")
@@ -80,6 +83,11 @@ func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) erro
 		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
 	if err != nil {
+		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
+	}
+	// A local op made from now on has seen op (its version vector says
+	// so), though the segment's cursor moves only when all of it is done.
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvApplying, Remote: op}); err != nil {
 		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
 	}
 	return nil
@@ -141,15 +149,23 @@ func (a *applier) view(fn func(v index.PeerView) error) error { return a.store.V
 // mailbox that its deleter had not seen to the mailbox recreated in its
 // place (rule 4). errSkip: g was deleted, and op was seen by the deleter.
 func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, op *journal.Op) (index.Mailbox, error) {
+	var recreatedFrom journal.GUID // the deleted mailbox whose unseen mail goes to g
 	for depth := 0; depth < 4; depth++ {
 		var (
 			mb, at      index.Mailbox
 			have, taken bool
 			tomb        index.Tombstone
 			dead        bool
+			seenDead    bool
 		)
 		err := a.view(func(v index.PeerView) error {
-			var err error
+			// g itself deleted by a node that had seen op: op went with it,
+			// even where g now names the mailbox recreated for unseen mail.
+			t, ok, err := v.MailboxTombstone(g)
+			if err != nil || (ok && t.Seen[op.Origin] >= op.Seq) {
+				seenDead = ok
+				return err
+			}
 			if mb, have, err = v.Mailbox(g); err != nil || have {
 				return err
 			}
@@ -173,8 +189,23 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			at, taken, err = v.MailboxAt(p)
 			return err
 		})
-		if err != nil || have {
+		if err != nil {
 			return mb, err
+		}
+		if seenDead {
+			return index.Mailbox{}, errSkip
+		}
+		if have {
+			if !recreatedFrom.IsZero() {
+				// Every later op naming the deleted mailbox that its deleter
+				// had not seen (flags, expunges, moves of the mail kept)
+				// finds the recreated one, as on the nodes that applied the
+				// delete (deleteMailbox rekeys it).
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: recreatedFrom, NewGUID: mb.GUID}); err != nil {
+					return index.Mailbox{}, err
+				}
+			}
+			return mb, nil
 		}
 		if dead {
 			if tomb.Seen[op.Origin] >= op.Seq || op.Kind == journal.MailboxCreate || op.Kind == journal.MailboxRename {
@@ -186,6 +217,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if err := a.view(func(v index.PeerView) error { deleted = v.Resolve(g); return nil }); err != nil {
 				return index.Mailbox{}, err
 			}
+			recreatedFrom = deleted
 			g, p = index.RecreatedGUID(deleted), tomb.Path
 			if tomb.Path == "" && op.Path != "" {
 				p = op.Path
@@ -206,6 +238,13 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			continue
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
+		if op.Kind != journal.MailboxCreate {
+			// Created here by an op that found it missing (its create has not
+			// arrived, or it is recreated for a deleted one's unseen mail):
+			// no create of op's origin, so no seq a delete could have missed
+			// (deleteMailbox would keep it as a create its deleter never saw).
+			create.Seq = 0
+		}
 		if err := a.mnt.Apply(create, func() error { return a.mkdirMailbox(p) }); err != nil {
 			return index.Mailbox{}, fmt.Errorf("create mailbox %s at %q: %w", g, p, err)
 		}
@@ -276,13 +315,18 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 		// then it is renamed like any other.
 		mb, err = a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
 		if errors.Is(err, errSkip) {
-			return nil
+			return a.meta(ctx, op) // deleted: where its unseen mail goes may move
 		}
 		if err != nil {
 			return err
 		}
 	}
-	if !mb.Renamed.Less(journal.StampOf(op)) || mb.Path == op.NewPath {
+	// Only a newer rename decides against op: a mailbox created here with
+	// a newer stamp (this op's own create where the peer's create has not
+	// arrived yet, or another node's same-name create merged with it) was
+	// renamed by op on the nodes that had it first.
+	renamed := mb.Renamed != mb.Created || mb.Path != mb.CreatedPath
+	if (renamed && !mb.Renamed.Less(journal.StampOf(op))) || mb.Path == op.NewPath {
 		return nil // a newer rename (or this one) decided the path
 	}
 	target := op.NewPath
@@ -309,18 +353,29 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 
 func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	var (
-		mb        index.Mailbox
-		have      bool
-		seen      []index.Message
-		unseen    int
-		hasNested bool
+		mb            index.Mailbox
+		have          bool
+		seen          []index.Message
+		unseen        int
+		keptEmpty     bool
+		deletedBefore bool
+		hasNested     bool
 	)
 	err := a.view(func(v index.PeerView) error {
-		var err error
+		t, ok, err := v.MailboxTombstone(op.Mailbox)
+		if err != nil || (ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
+			// This delete is applied already (replayed after a crash): its
+			// GUID may name the mailbox recreated for unseen mail now.
+			return err
+		}
+		// Deleted here before (by another node's delete, or this node's):
+		// the GUID names the mailbox recreated for the mail that delete had
+		// not seen, and this delete takes what it had seen of that.
+		deletedBefore = ok
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
 			return err
 		}
-		return v.Messages(mb.GUID, func(m index.Message) error {
+		err = v.Messages(mb.GUID, func(m index.Message) error {
 			if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
 				unseen++
 				return nil
@@ -328,6 +383,17 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			seen = append(seen, m)
 			return nil
 		})
+		if err != nil || unseen > 0 {
+			return err
+		}
+		// Mail the deleter had not seen and that is gone again here still
+		// recreates the mailbox on the deleter (it gets the add after its
+		// delete): keep the mailbox, empty, as it will be there.
+		gone, err := v.ExpungedUnseen(mb.GUID, op.Seen)
+		if gone {
+			unseen, keptEmpty = 1, true
+		}
+		return err
 	})
 	if err != nil {
 		return err
@@ -351,7 +417,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	creationUnseen := mb.CreatedSeq != 0 && op.Seen[mb.Created.Origin] < mb.CreatedSeq
 	if creationUnseen {
 		for _, m := range seen {
-			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
@@ -368,21 +434,27 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		// Remove only what the deleter had seen; the mailbox stays (for
 		// unseen mail, under the GUID every node derives for it).
 		for _, m := range seen {
-			if err := a.unlinkMessage(op, mb, m); err != nil && !errors.Is(err, syscall.ENOENT) {
+			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
 		if unseen > 0 {
+			kept := unseen
+			if keptEmpty {
+				kept = 0
+			}
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
-				"mailbox", mb.GUID.String(), "kept", unseen)
+				"mailbox", mb.GUID.String(), "kept", kept)
 			a.resolved(ruleUnseenKept)
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
-				NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
-				return err
+			if !deletedBefore {
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
+					NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
+					return err
+				}
 			}
 			return a.meta(ctx, op)
 		}
-		return a.mnt.Apply(op, func() error {
+		err := a.mnt.Apply(op, func() error {
 			for _, sub := range []string{"cur", "new", "tmp"} {
 				d := a.abs(path.Join(mb.Path, sub))
 				if sub == "tmp" {
@@ -394,13 +466,29 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 			return nil
 		})
+		if err == nil && deletedBefore {
+			err = a.meta(ctx, op) // the deleted GUID's record learns this delete's view
+		}
+		return err
 	}
 	// Like Dovecot: rename the mailbox into its trash name, then remove it.
 	trash := path.Join(path.Dir(mb.Path), "..DOVECOT-TRASHED-mailfs-"+mb.GUID.String())
 	if path.Dir(mb.Path) == "." {
 		trash = "..DOVECOT-TRASHED-mailfs-" + mb.GUID.String()
 	}
-	return a.mnt.Apply(op, func() error {
+	err = a.mnt.Apply(op, func() error {
+		// Decided again at the last moment: mail delivered here since the
+		// decision, which the deleter had not seen, must stay.
+		if err := a.view(func(v index.PeerView) error {
+			return v.Messages(mb.GUID, func(m index.Message) error {
+				if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
+					return fmt.Errorf("%w: %s arrived in %s", errRace, m.Key, mb.Path)
+				}
+				return nil
+			})
+		}); err != nil {
+			return err
+		}
 		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
 			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
 		}
@@ -409,6 +497,10 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		}
 		return nil
 	})
+	if err == nil && deletedBefore {
+		err = a.meta(ctx, op) // the deleted GUID's record learns this delete's view
+	}
+	return err
 }
 
 func clearDir(d string) {
@@ -504,6 +596,25 @@ func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]
 	if err := a.view(func(v index.PeerView) error {
 		var err error
 		early, cur, err = v.EarlyFlags(g, key)
+		named := op.Mailbox
+		if op.Kind == journal.MessageMove {
+			named = op.Target
+		}
+		if err != nil || named == g {
+			return err
+		}
+		// Changes that came before the mailbox g stands for existed here
+		// (recreated for a deleted one's unseen mail) are under op's name.
+		also, alsoCur, err := v.EarlyFlagsUnder(named, key)
+		for f, c := range also {
+			if old, ok := early[f]; !ok || old.Stamp.Less(c.Stamp) {
+				if early == nil {
+					early = map[string]index.FlagChange{}
+				}
+				early[f] = c
+			}
+		}
+		cur = cur || alsoCur
 		return err
 	}); err != nil || len(early) == 0 {
 		return op.Flags, cur, err
@@ -719,8 +830,30 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	}
 	if !have || src.Content != op.Content {
 		// Not here (expunged concurrently, or never received): the move
-		// is an add in the target, with the body it carries.
-		if err := a.place(ctx, op, dst, newKey, op.Flags, bodies); err != nil {
+		// is an add in the target, with the body it carries, and the flag
+		// changes made here before the expunge (the mover's node gets them
+		// too, applied to the moved message).
+		add := op
+		if !have {
+			var was index.Message
+			var expunged bool
+			if err := a.view(func(v index.PeerView) error {
+				var err error
+				was, expunged, err = v.ExpungedAs(op.Mailbox, op.Key)
+				return err
+			}); err != nil {
+				return err
+			}
+			if expunged {
+				merged := *op
+				merged.Flags = mergedFlags(was, op, op.Changed)
+				if was.Sub == journal.SubCur {
+					merged.Sub = journal.SubCur // cur/ beats new/
+				}
+				add = &merged
+			}
+		}
+		if err := a.place(ctx, add, dst, newKey, add.Flags, bodies); err != nil {
 			return err
 		}
 		return a.meta(ctx, op)
@@ -796,6 +929,24 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 		return err
 	}
 	return a.unlinkMessage(op, mb, local)
+}
+
+// unlinkDeleted removes message m of mailbox mb, deleted with it by op. A
+// message renamed meanwhile (a local flag change) is decided again where
+// it is now; one whose file is gone already needs nothing.
+func (a *applier) unlinkDeleted(op *journal.Op, mb index.Mailbox, m index.Message) error {
+	err := a.unlinkMessage(op, mb, m)
+	if !errors.Is(err, syscall.ENOENT) {
+		return err
+	}
+	now, have, lerr := a.message(mb.GUID, m.Key)
+	if lerr != nil {
+		return lerr
+	}
+	if have && (now.Name != m.Name || now.Sub != m.Sub) {
+		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
+	}
+	return nil
 }
 
 func (a *applier) unlinkMessage(op *journal.Op, mb index.Mailbox, m index.Message) error {
@@ -888,8 +1039,12 @@ func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byt
 		if err == nil || !errors.Is(err, os.ErrExist) {
 			break
 		}
-		if fi, serr := os.Stat(lock); serr == nil && time.Since(fi.ModTime()) > 2*time.Minute {
-			os.Remove(lock) // stale, as Dovecot's dotlocks count it
+		if fi, serr := os.Stat(lock); serr == nil && (time.Since(fi.ModTime()) > 2*time.Minute || fi.ModTime().Before(processStarted)) {
+			// Stale, as Dovecot's dotlocks count it, or older than this
+			// process and so older than its mount, which every writer
+			// goes through: left by a daemon killed while it held it.
+			a.log.Warn("removing a stale lock", "path", lock, "modified", fi.ModTime())
+			os.Remove(lock)
 		}
 		time.Sleep(25 * time.Millisecond)
 	}

@@ -299,11 +299,14 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 			continue
 		}
 		// The message may be renamed (a flag change) between the index
-		// read and the open: look again. Only a message that is no longer
-		// there at all (expunged, or moved: the move carries it) goes
-		// without its body.
+		// read and the open: look again, for as long as the index still
+		// has it (the rename's index commit follows the rename on disk; on
+		// a loaded machine that can take a while). Only a message that is
+		// no longer there at all (expunged, or moved: the move carries it)
+		// goes without its body: the peer could never get it otherwise.
 		var f *os.File
-		for try := 0; try < 20 && f == nil; try++ {
+		deadline := time.Now().Add(10 * time.Second)
+		for try := 0; f == nil && (try < 20 || time.Now().Before(deadline)); try++ {
 			var rel string
 			_ = s.cfg.Store.View(func(v index.PeerView) error {
 				rel = currentPath(v, op)
@@ -315,7 +318,7 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 			var err error
 			if f, err = os.Open(filepath.Join(s.cfg.Root, filepath.FromSlash(rel))); err != nil {
 				f = nil
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Duration(min(try+1, 20)) * time.Millisecond)
 			}
 		}
 		if f == nil {

@@ -160,3 +160,10 @@ func (c *cluster) converge(step string) treeState {
 	c.healAll()
 	return checkConverged(c.t, step, c.nodes...)
 }
+
+// convergeUnder is converge comparing only the subtree sub of every node.
+func (c *cluster) convergeUnder(step, sub string) treeState {
+	c.t.Helper()
+	c.healAll()
+	return checkConvergedUnder(c.t, step, sub, c.nodes...)
+}

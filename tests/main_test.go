@@ -43,9 +43,23 @@ func TestMain(m *testing.M) {
 	// A -race binary sleeps a second at exit by default; the tests start
 	// and stop mailfs many times.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	mountFusectl()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// mountFusectl mounts the FUSE control filesystem when it is not (a fresh
+// boot may not have it): Kill aborts a dead daemon's connection through it.
+func mountFusectl() {
+	const dir = "/sys/fs/fuse/connections"
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil || strings.Contains(string(mounts), " "+dir+" ") {
+		return
+	}
+	if err := syscall.Mount("fusectl", dir, "fusectl", 0, ""); err != nil && err != syscall.EBUSY {
+		fmt.Fprintf(os.Stderr, "mount fusectl on %s: %v (a SIGKILLed daemon stuck on its own mount cannot be cleared)\n", dir, err)
+	}
 }
 
 // mailfsProc is a `mailfs mount` child process.
@@ -122,7 +136,11 @@ func startMailfsWrapped(t, owner testing.TB, wrapper []string, store, mnt string
 	args = append(args, mnt)
 	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = append(os.Environ(), "MAILFS_LOG=info")
+	level := "info"
+	if v := os.Getenv("MAILFS_TEST_LOG"); v != "" {
+		level = v // MAILFS_TEST_LOG=debug when chasing a failure
+	}
+	p.cmd.Env = append(os.Environ(), "MAILFS_LOG="+level)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start mailfs: %v", err)
 	}
@@ -179,8 +197,15 @@ func (p *mailfsProc) Kill() {
 	case <-time.After(2 * time.Second):
 		// Stuck on a request to its own mount: abort the connection, as
 		// an admin would (echo 1 > /sys/fs/fuse/connections/N/abort).
-		os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", p.fuseConn), []byte("1"), 0)
-		<-p.done
+		abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", p.fuseConn)
+		if err := os.WriteFile(abort, []byte("1"), 0); err != nil {
+			p.t.Errorf("abort the FUSE connection of a killed mailfs: %v", err)
+		}
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			p.t.Fatalf("a SIGKILLed mailfs did not exit 30s after its FUSE connection was aborted (%s)", abort)
+		}
 	}
 	for i := 0; i < 50; i++ {
 		if err := syscall.Unmount(p.Mnt, syscall.MNT_DETACH); err == nil || err == syscall.EINVAL || err == syscall.ENOENT {

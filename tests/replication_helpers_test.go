@@ -104,8 +104,19 @@ type treeState struct {
 // it.
 func snapshot(t *testing.T, root string) treeState {
 	t.Helper()
+	return snapshotUnder(t, root, "")
+}
+
+// snapshotUnder is snapshot of the subtree sub of root only (paths stay
+// relative to root).
+func snapshotUnder(t *testing.T, root, sub string) treeState {
+	t.Helper()
 	ts := treeState{Mailboxes: map[string]map[string]msgState{}, Subs: map[string]string{}, Files: map[string]string{}}
-	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+	top := filepath.Join(root, filepath.FromSlash(sub))
+	err := filepath.Walk(top, func(p string, fi os.FileInfo, err error) error {
+		if err != nil && p == top && sub != "" && os.IsNotExist(err) {
+			return nil // no such subtree: nothing in it
+		}
 		if err != nil {
 			return err
 		}
@@ -212,14 +223,22 @@ func diffTrees(a, b treeState, an, bn string) string {
 // checkConverged syncs every node and checks that all trees are equal.
 func checkConverged(t *testing.T, step string, nodes ...*node) treeState {
 	t.Helper()
+	return checkConvergedUnder(t, step, "", nodes...)
+}
+
+// checkConvergedUnder is checkConverged comparing only the subtree sub of
+// every mount ("" is all of it).
+func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeState {
+	t.Helper()
 	syncAll(t, nodes...)
-	first := snapshot(t, nodes[0].Mnt)
+	first := snapshotUnder(t, nodes[0].Mnt, sub)
 	for _, n := range nodes[1:] {
-		if d := diffTrees(first, snapshot(t, n.Mnt), nodes[0].Name, n.Name); d != "" {
+		if d := diffTrees(first, snapshotUnder(t, n.Mnt, sub), nodes[0].Name, n.Name); d != "" {
 			var ops strings.Builder
 			for _, m := range nodes {
 				for _, op := range journalOps(t, m.Store) {
-					if (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
+					inSub := sub != "" && (strings.HasPrefix(op.Path, sub+"/") || strings.HasPrefix(op.NewPath, sub+"/"))
+					if inSub || (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
 						(strings.HasSuffix(op.Kind, "ubscribe") && strings.Contains(d, "subscriptions")) ||
 						strings.HasPrefix(op.Kind, "Mailbox") {
 						fmt.Fprintf(&ops, "%s: %+v\n", m.Name, op)
@@ -227,7 +246,7 @@ func checkConverged(t *testing.T, step string, nodes ...*node) treeState {
 				}
 				for _, l := range strings.Split(m.Log(), "\n") {
 					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") ||
-						strings.Contains(l, "keeps mail") {
+						strings.Contains(l, "keeps mail") || (sub != "" && strings.Contains(l, sub+"/")) {
 						fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
 					}
 				}

@@ -1,0 +1,78 @@
+package index
+
+import (
+	"context"
+	"testing"
+
+	"mailfs/journal"
+)
+
+// A local op made while a peer's segment is being applied has seen the
+// peer ops whose effects are committed already, though the segment's
+// cursor is not durable yet: a mailbox deleted now takes their mail (and
+// the other nodes must decide so too). The cursor itself stays where it is.
+func TestVersionVectorCountsOpsBeingApplied(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer := randomNode(t)
+	if _, err := s.Commit(ctx, AppliedOp(peer, 7, 10)); err != nil {
+		t.Fatal(err)
+	}
+	create := &journal.Op{Kind: journal.MailboxCreate, Origin: peer, Seq: 12, Time: journal.HLC{WallMs: 1},
+		Mailbox: journal.GUID{1}, Path: "u/Maildir"}
+	if _, err := s.Commit(ctx, Event{Kind: EvApplying, Remote: create}); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "v/Maildir/cur", IsDir: true})
+	if err != nil || len(ops) != 1 || ops[0].Kind != journal.MailboxCreate {
+		t.Fatalf("local mkdir: %v, %v", ops, err)
+	}
+	if got := ops[0].Seen[peer]; got != 12 {
+		t.Fatalf("local op's version vector has %d of the peer, want 12 (the op being applied)", got)
+	}
+	if epoch, seq, err := s.Applied(peer); err != nil || epoch != 7 || seq != 10 {
+		t.Fatalf("cursor %d/%d (%v), want 7/10: it moves only when the segment is applied", epoch, seq, err)
+	}
+	if _, err := s.Commit(ctx, AppliedOp(peer, 7, 13)); err != nil {
+		t.Fatal(err)
+	}
+	ops, err = s.Commit(ctx, Event{Kind: EvMkdir, Path: "w/Maildir/cur", IsDir: true})
+	if err != nil || len(ops) != 1 || ops[0].Seen[peer] != 13 {
+		t.Fatalf("local mkdir after the segment: %v, %v; want the peer seen up to 13", ops, err)
+	}
+}
+
+// Only a visible effect of a peer op counts as seen: its body written into
+// tmp/ does not (a mailbox deleted then does not hold the message), its
+// rename into new/ does.
+func TestVersionVectorIgnoresScratchEffects(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer := randomNode(t)
+	if _, err := s.Commit(ctx, AppliedOp(peer, 1, 3), Event{Kind: EvMkdir, Path: "u/Maildir/cur", IsDir: true}); err != nil {
+		t.Fatal(err)
+	}
+	add := &journal.Op{Kind: journal.MessageAdd, Origin: peer, Seq: 4, Time: journal.HLC{WallMs: 2}, Key: "1.M1.p"}
+	seenAfter := func(ev Event) uint64 {
+		t.Helper()
+		if _, err := s.Commit(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		ops, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "probe" + ev.Kind.String() + "/cur", IsDir: true})
+		if err != nil || len(ops) != 1 {
+			t.Fatalf("probe op: %v, %v", ops, err)
+		}
+		return ops[0].Seen[peer]
+	}
+	if got := seenAfter(Event{Kind: EvWrite, Path: "u/Maildir/tmp/1.M1.p", File: FileInfo{Size: 3}, Remote: add}); got != 3 {
+		t.Fatalf("after the body's write into tmp/: peer seen up to %d, want 3", got)
+	}
+	if got := seenAfter(Event{Kind: EvRename, Path: "u/Maildir/tmp/1.M1.p", NewPath: "u/Maildir/new/1.M1.p",
+		File: FileInfo{Size: 3, Content: journal.ContentID{1}}, Remote: add}); got != 4 {
+		t.Fatalf("after the rename into new/: peer seen up to %d, want 4", got)
+	}
+}

@@ -1,0 +1,335 @@
+package tests
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestConvergenceRegressions replays, over cut links, interleavings the
+// randomized convergence test found diverging, each reduced to the few
+// operations that matter.
+func TestConvergenceRegressions(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	when := time.Date(2025, 6, 1, 8, 0, 0, 0, time.UTC)
+	body := func(s string) []byte { return []byte("Subject: " + s + "\r\n\r\n" + s + "\r\n") }
+
+	// The deleter recreates the folder for the mail it had not seen; the
+	// flag changes and expunges that followed that mail on the other side
+	// must find it there too (they name the deleted folder's GUID).
+	t.Run("mail kept from a deleted folder is flagged and expunged afterwards", func(t *testing.T) {
+		c.t = t
+		root := "r1/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.D")
+		deliverMsg(t, a.Mnt, root+"/.D", "cur", "1000.M1.a:2,S", body("seen by b"), when)
+		c.converge("setup")
+		c.partition()
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.D")
+		deliverMsg(t, a.Mnt, root+"/.D", "new", "1001.M2.a", body("kept"), when)
+		deliverMsg(t, a.Mnt, root+"/.D", "new", "1002.M3.a", body("expunged later"), when)
+		setFlags(t, a.Mnt, root+"/.D", "1001.M2.a", "FS")
+		sub, name := findMsg(t, a.Mnt, root+"/.D", "1002.M3.a")
+		if err := os.Remove(filepath.Join(a.Mnt, root+"/.D", sub, name)); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("delete vs new mail, flagged and expunged")
+		got := st.Mailboxes[root+"/.D"]
+		if m, ok := got["1001.M2.a"]; !ok || len(got) != 1 || m.Flags != `\Flagged \Seen` || m.Sub != "cur" {
+			t.Fatalf(".D holds %+v; want only 1001.M2.a, flagged and seen, in cur", got)
+		}
+		sameGUIDs(t, c)
+	})
+
+	// A same-name folder created on the other side after a rename there
+	// merges with the renamed folder; the merged folder has the renamed
+	// path on both sides (the other side's create is no rename).
+	t.Run("folder created, renamed, and created again on the other side", func(t *testing.T) {
+		c.t = t
+		root := "r2/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, a.Mnt, root+"/.W")
+		deliverMsg(t, a.Mnt, root+"/.W", "new", "2000.M1.a", body("on a"), when)
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".W"), filepath.Join(a.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		mkMailbox(t, b.Mnt, root+"/.W")
+		deliverMsg(t, b.Mnt, root+"/.W", "new", "2001.M1.b", body("on b"), when)
+		st := c.converge("create, rename vs create")
+		if len(st.Mailboxes[root+"/.R"]) != 2 || st.Mailboxes[root+"/.W"] != nil {
+			t.Fatalf("after create+rename vs create: .R %v, .W %v; want both messages in .R", st.Mailboxes[root+"/.R"],
+				st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
+
+	// Mail the deleter had not seen recreates the folder on the deleter
+	// even when it was expunged or moved away before the delete arrived on
+	// the other side: the other side keeps the folder (empty) too.
+	t.Run("folder deleted while the other side added and removed mail", func(t *testing.T) {
+		c.t = t
+		root := "r4/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.E")
+		mkMailbox(t, a.Mnt, root+"/.M")
+		deliverMsg(t, a.Mnt, root+"/.E", "cur", "4000.M1.a:2,S", body("seen by a"), when)
+		deliverMsg(t, a.Mnt, root+"/.M", "cur", "4001.M1.a:2,S", body("seen by a"), when)
+		c.converge("setup")
+		c.partition()
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.E")
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.M")
+		deliverMsg(t, b.Mnt, root+"/.E", "new", "4002.M2.b", body("expunged"), when)
+		if err := os.Remove(filepath.Join(b.Mnt, root, ".E", "new", "4002.M2.b")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, b.Mnt, root+"/.M", "new", "4003.M2.b", body("moved"), when)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".M", "new", "4003.M2.b"), filepath.Join(b.Mnt, root, "new", "4003.M2.b")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("delete vs mail added and removed")
+		if _, ok := st.Mailboxes[root]["4003.M2.b"]; !ok {
+			t.Fatalf("the moved message is not in %s: %v", root, st.Mailboxes[root])
+		}
+		for _, mb := range []string{root + "/.E", root + "/.M"} {
+			if got, ok := st.Mailboxes[mb]; !ok || len(got) != 0 {
+				t.Fatalf("%s: %v (there: %v); want it kept, empty", mb, got, ok)
+			}
+		}
+		sameGUIDs(t, c)
+	})
+
+	// A daemon killed while it rewrote a subscriptions file leaves the
+	// dotlock behind; the next daemon must not wait two minutes for it.
+	t.Run("subscriptions lock left by a killed daemon", func(t *testing.T) {
+		c.t = t
+		dir := "r5/Maildir"
+		mkMailbox(t, a.Mnt, dir)
+		writeSubscriptions(t, a.Mnt, dir, "INBOX")
+		c.converge("setup")
+		lock := filepath.Join(a.Store, "maildir", dir, "subscriptions.lock")
+		if err := os.WriteFile(lock, []byte("V\t2\n\nINBOX\nHalf\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-30 * time.Second) // before a's daemon started, well within 2 minutes
+		if err := os.Chtimes(lock, old, old); err != nil {
+			t.Fatal(err)
+		}
+		writeSubscriptions(t, b.Mnt, dir, "INBOX", "Work")
+		start := time.Now()
+		st := c.converge("subscriptions after a stale lock")
+		if got := st.Subs[dir+"/subscriptions"]; got != "INBOX|Work" {
+			t.Fatalf("subscriptions: %q, want INBOX|Work", got)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Fatalf("converging took %v: the stale lock held it up", d)
+		}
+	})
+
+	// One side flags and then expunges a message the other side moves: the
+	// move brings it back in the target, with the flag change on both.
+	t.Run("message flagged and expunged on one side, moved on the other", func(t *testing.T) {
+		c.t = t
+		root := "r11/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "new", "11000.M1.a", body("moved"), when)
+		c.converge("setup")
+		c.partition()
+		setFlags(t, a.Mnt, root, "11000.M1.a", "S")
+		if err := os.Remove(filepath.Join(a.Mnt, root, "cur", "11000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(b.Mnt, root, "new", "11000.M1.a"), filepath.Join(b.Mnt, root, ".X", "new", "11000.M1.a")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("flag+expunge vs move")
+		if m, ok := st.Mailboxes[root+"/.X"]["11000.M1.a"]; !ok || m.Sub != "cur" || m.Flags != `\Seen` {
+			t.Fatalf(".X holds %+v; want the moved message, seen, in cur", st.Mailboxes[root+"/.X"])
+		}
+	})
+
+	// Both sides rename a folder; the newer rename's side then deletes it,
+	// the other had filled it: the mail it kept lives at the newer path on
+	// both, not at the older rename's.
+	t.Run("folder renamed on both sides, deleted by the newer renamer", func(t *testing.T) {
+		c.t = t
+		root := "r10/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.A")
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".A"), filepath.Join(b.Mnt, root, ".B")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, b.Mnt, root+"/.B", "new", "10000.M1.b", body("kept"), when)
+		time.Sleep(5 * time.Millisecond)
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".A"), filepath.Join(a.Mnt, root, ".C")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.C")
+		st := c.converge("renames vs delete with new mail")
+		if got := st.Mailboxes[root+"/.C"]; len(got) != 1 || st.Mailboxes[root+"/.B"] != nil {
+			t.Fatalf(".C holds %v, .B %v; want the new mail in .C", got, st.Mailboxes[root+"/.B"])
+		}
+		sameGUIDs(t, c)
+	})
+}
+
+// TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for
+// interleavings that need a third node.
+func TestConvergenceRegressionsThreeNodes(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3)
+	a, b, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	when := time.Date(2025, 6, 2, 8, 0, 0, 0, time.UTC)
+	body := func(s string) []byte { return []byte("Subject: " + s + "\r\n\r\n" + s + "\r\n") }
+
+	// A's rename of the third node's new folder reaches B before the
+	// folder's create does: B creates it where it was and renames it.
+	t.Run("rename arrives before the create", func(t *testing.T) {
+		c.t = t
+		root := "r3/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.cut(1, 2)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		deliverMsg(t, n3.Mnt, root+"/.W", "new", "3000.M1.c", body("on c"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".W", "new", "3000.M1.c"))
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".W"), filepath.Join(a.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(b.Mnt, root, ".R", "cur"))
+		st := c.converge("rename before create")
+		if len(st.Mailboxes[root+"/.R"]) != 1 || st.Mailboxes[root+"/.W"] != nil {
+			t.Fatalf("after the rename overtook the create: .R %v, .W %v; want the message in .R", st.Mailboxes[root+"/.R"],
+				st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
+
+	// Two nodes delete the same folder; mail either had seen goes, mail
+	// neither had seen stays (in the folder recreated for it), on every
+	// node whatever order the deletes and the mail arrive in.
+	t.Run("folder deleted on two nodes while the third added mail", func(t *testing.T) {
+		c.t = t
+		root := "r6/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.S")
+		c.converge("setup")
+		c.cut(1, 2)
+		c.cut(0, 1)
+		deliverMsg(t, n3.Mnt, root+"/.S", "new", "6000.M1.c", body("seen by a only"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".S", "new", "6000.M1.c"))
+		c.cut(0, 2)
+		deliverMsg(t, n3.Mnt, root+"/.S", "new", "6001.M2.c", body("seen by neither"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.S")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.S")
+		st := c.converge("two deletes vs new mail")
+		got := st.Mailboxes[root+"/.S"]
+		if _, ok := got["6001.M2.c"]; !ok || len(got) != 1 {
+			t.Fatalf(".S holds %v; want only the mail neither deleter had seen", got)
+		}
+		sameGUIDs(t, c)
+	})
+
+	// A folder renamed by one node and filled by another, while a third
+	// deleted it: the deleter gets the rename first and the mail later, and
+	// must keep that mail where the others do, at the renamed path.
+	t.Run("folder renamed and filled while deleted elsewhere", func(t *testing.T) {
+		c.t = t
+		root := "r7/Maildir"
+		mkMailbox(t, b.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.A")
+		c.converge("setup")
+		c.cut(0, 1)
+		c.cut(1, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".A"), filepath.Join(n3.Mnt, root, ".B")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(a.Mnt, root, ".B", "cur"))
+		deliverMsg(t, a.Mnt, root+"/.B", "new", "7000.M1.a", body("kept"), when)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.A")
+		c.heal(1, 2)
+		if out, errs, code := runMailfs(t, "sync", "--store", n3.Store, "--timeout", "30s"); code != 0 {
+			t.Fatalf("mailfs sync on %s: exit %d: %s%s", n3.Name, code, out, errs)
+		}
+		st := c.converge("rename, new mail vs delete")
+		if got := st.Mailboxes[root+"/.B"]; len(got) != 1 || st.Mailboxes[root+"/.A"] != nil {
+			t.Fatalf(".B holds %v, .A %v; want the new mail in .B", got, st.Mailboxes[root+"/.A"])
+		}
+		sameGUIDs(t, c)
+	})
+
+	// The deleter gets a flag change to mail it had not seen before the
+	// mail itself (from another node): the change must not be lost when the
+	// mail arrives in the folder recreated for it.
+	t.Run("flag change overtakes mail into a deleted folder", func(t *testing.T) {
+		c.t = t
+		root := "r8/Maildir"
+		mkMailbox(t, n3.Mnt, root)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		c.converge("setup")
+		c.cut(1, 2)
+		c.cut(0, 1)
+		deliverMsg(t, n3.Mnt, root+"/.W", "new", "8000.M1.c", body("flagged on a"), when)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".W", "new", "8000.M1.c"))
+		setFlags(t, a.Mnt, root+"/.W", "8000.M1.c", "S")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.W")
+		c.heal(0, 1)
+		if out, errs, code := runMailfs(t, "sync", "--store", a.Store, "--timeout", "30s"); code != 0 {
+			t.Fatalf("mailfs sync on %s: exit %d: %s%s", a.Name, code, out, errs)
+		}
+		st := c.converge("flags before mail into a deleted folder")
+		if m, ok := st.Mailboxes[root+"/.W"]["8000.M1.c"]; !ok || m.Flags != `\Seen` || m.Sub != "cur" {
+			t.Fatalf(".W holds %+v; want 8000.M1.c seen, in cur", st.Mailboxes[root+"/.W"])
+		}
+		sameGUIDs(t, c)
+	})
+
+	// A rename reaches A before the folder's create (A then makes the
+	// folder itself); the creator's delete, which had not seen the rename,
+	// still deletes it there: A's making it is no create the deleter missed.
+	t.Run("folder renamed before its create arrived, deleted by its creator", func(t *testing.T) {
+		c.t = t
+		root := "r9/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.cut(0, 2)
+		mkMailbox(t, n3.Mnt, root+"/.W")
+		waitForPath(t, filepath.Join(b.Mnt, root, ".W", "cur"))
+		c.cut(1, 2)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".W"), filepath.Join(b.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		waitForPath(t, filepath.Join(a.Mnt, root, ".R", "cur"))
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.W")
+		st := c.converge("rename before create vs delete")
+		for _, mb := range []string{root + "/.W", root + "/.R"} {
+			if _, ok := st.Mailboxes[mb]; ok {
+				t.Fatalf("%s survives its delete: %v", mb, keys(st.Mailboxes))
+			}
+		}
+		sameGUIDs(t, c)
+	})
+}
+
+// waitForPath waits until p exists (replication is asynchronous).
+func waitForPath(t *testing.T, p string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear within 20s", p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

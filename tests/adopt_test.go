@@ -46,19 +46,29 @@ func writeMaildirTree(t testing.TB, root string, n int) map[string]string {
 	return guids
 }
 
+// adoptionTree writes a tree to adopt under a new temp dir: as many
+// messages as the environment variable says, else def.
+func adoptionTree(t *testing.T, env string, def int) (n int, dir, maildir string, guids map[string]string) {
+	t.Helper()
+	n = def
+	if v := os.Getenv(env); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 2 {
+			t.Fatalf("%s=%q: want a number >= 2", env, v)
+		}
+	}
+	dir = t.TempDir()
+	maildir = filepath.Join(dir, "vmail")
+	return n, dir, maildir, writeMaildirTree(t, maildir, n)
+}
+
 // TestAdoptExistingMaildir indexes a full Maildir tree in place with
 // `init --maildir`: every message is journaled once, mailbox GUIDs come
 // from dovecot-uidlist, keywords are translated, progress is logged.
 // MAILFS_ADOPT_MESSAGES raises the size (100000 for the full check).
 func TestAdoptExistingMaildir(t *testing.T) {
 	t.Parallel()
-	n := 6000
-	if v := os.Getenv("MAILFS_ADOPT_MESSAGES"); v != "" {
-		n, _ = strconv.Atoi(v)
-	}
-	dir := t.TempDir()
-	maildir := filepath.Join(dir, "vmail")
-	guids := writeMaildirTree(t, maildir, n)
+	n, dir, maildir, guids := adoptionTree(t, "MAILFS_ADOPT_MESSAGES", 6000)
 	store := filepath.Join(dir, "store")
 	start := time.Now()
 	out, errs, code := runMailfs(t, "init", "--store", store, "--maildir", maildir, "--name", "adopted")
@@ -276,13 +286,7 @@ func TestAdoptionInterruptedAndResumed(t *testing.T) {
 // (default 3000; 50000 for the full check).
 func TestAdoptAndPair(t *testing.T) {
 	t.Parallel()
-	n := 3000
-	if v := os.Getenv("MAILFS_ADOPT_PAIR_MESSAGES"); v != "" {
-		n, _ = strconv.Atoi(v)
-	}
-	dir := t.TempDir()
-	maildir := filepath.Join(dir, "vmail")
-	guids := writeMaildirTree(t, maildir, n)
+	n, _, maildir, guids := adoptionTree(t, "MAILFS_ADOPT_PAIR_MESSAGES", 3000)
 	var raw int64
 	filepath.Walk(maildir, func(p string, fi os.FileInfo, err error) error {
 		if err == nil && fi.Mode().IsRegular() && strings.Contains(p, "/cur/") {

@@ -217,33 +217,43 @@ func (s *Store) MissingFiles(after string, limit int) ([]MissingFile, bool, erro
 	var out []MissingFile
 	more := false
 	err := s.db.View(func(txn *badger.Txn) error {
-		opt := badger.DefaultIteratorOptions
-		opt.Prefix = []byte(pFile)
-		it := txn.NewIterator(opt)
-		defer it.Close()
-		start := fileKey(after)
-		for it.Seek(start); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if after != "" && bytes.Equal(k, start) {
-				continue
-			}
-			var f fileRec
-			if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &f) }); err != nil {
-				return err
-			}
+		return scanFiles(txn, after, func(p string, f *fileRec) (bool, error) {
 			if !f.Missing {
-				continue
+				return true, nil
 			}
 			if len(out) == limit {
 				more = true
-				return nil
+				return false, nil
 			}
-			out = append(out, MissingFile{Path: string(k[len(pFile):]), File: File{Mode: f.Mode, Mtime: f.Mtime,
-				Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}})
-		}
-		return nil
+			out = append(out, MissingFile{Path: p, File: fileOf(f)})
+			return true, nil
+		})
 	})
 	return out, more, err
+}
+
+// scanFiles calls fn with the plain-file records after path after ("":
+// from the first), in path order, while fn returns true.
+func scanFiles(txn *badger.Txn, after string, fn func(path string, f *fileRec) (bool, error)) error {
+	opt := badger.DefaultIteratorOptions
+	opt.Prefix = []byte(pFile)
+	it := txn.NewIterator(opt)
+	defer it.Close()
+	start := fileKey(after)
+	for it.Seek(start); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if after != "" && bytes.Equal(k, start) {
+			continue
+		}
+		var f fileRec
+		if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &f) }); err != nil {
+			return err
+		}
+		if next, err := fn(string(k[len(pFile):]), &f); err != nil || !next {
+			return err
+		}
+	}
+	return nil
 }
 
 // MissingFileAt returns the plain file at path if it is marked missing.
@@ -258,7 +268,7 @@ func (s *Store) MissingFileAt(path string) (File, bool, error) {
 			return err
 		}
 		ok = f.Missing
-		out = File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp}
+		out = fileOf(&f)
 		return nil
 	})
 	return out, ok, err
@@ -273,34 +283,19 @@ func (r *reconciler) findMissingFiles() error {
 		var paths []string
 		more := false
 		err := r.s.db.View(func(txn *badger.Txn) error {
-			opt := badger.DefaultIteratorOptions
-			opt.Prefix = []byte(pFile)
-			it := txn.NewIterator(opt)
-			defer it.Close()
-			start := fileKey(after)
-			for it.Seek(start); it.Valid(); it.Next() {
-				k := it.Item().Key()
-				if after != "" && bytes.Equal(k, start) {
-					continue
-				}
+			return scanFiles(txn, after, func(p string, f *fileRec) (bool, error) {
 				if len(paths) == reconcileBatch {
 					more = true
-					return nil
+					return false, nil
 				}
-				var f fileRec
-				if err := it.Item().Value(func(v []byte) error { return decodeRec(v, &f) }); err != nil {
-					return err
-				}
-				p := string(k[len(pFile):])
 				after = p
-				if f.Missing {
-					continue
+				if !f.Missing {
+					if _, err := os.Lstat(r.abs(p)); errors.Is(err, fs.ErrNotExist) {
+						paths = append(paths, p)
+					}
 				}
-				if _, err := os.Lstat(r.abs(p)); errors.Is(err, fs.ErrNotExist) {
-					paths = append(paths, p)
-				}
-			}
-			return nil
+				return true, nil
+			})
 		})
 		if err != nil {
 			return err

@@ -497,8 +497,13 @@ func (v PeerView) File(path string) (File, bool, error) {
 	if err != nil || !ok || f.Missing {
 		return File{}, false, err
 	}
+	return fileOf(&f), true, nil
+}
+
+// fileOf is what queries show of a plain file's record.
+func fileOf(f *fileRec) File {
 	return File{Mode: f.Mode, Mtime: f.Mtime, Size: f.Size, Content: f.Content, LinkTarget: f.LinkTarget, Stamp: f.Stamp,
-		Seq: f.Seq}, true, nil
+		Seq: f.Seq}
 }
 
 // DirKnown reports whether the plain directory path is in the index.

@@ -47,29 +47,42 @@ func (c *catchUp) progress(now time.Time) CatchUp {
 }
 
 // startCatchUp begins tracking a session that starts at from with the
-// journal at to, when that is far enough behind to be worth it.
+// journal at to, when that is far enough behind to be worth it. The bytes
+// to send are summed off the push path: the session must not wait for a
+// walk of what may be millions of ops.
 func (s *Syncer) startCatchUp(p peers.Peer, from, to uint64) {
 	if to < from+catchUpMinOps {
 		return
 	}
-	var total int64
-	err := s.cfg.Store.Ops(from+1, func(op *journal.Op) error {
-		if op.Seq > to {
-			return errStopWalk
-		}
-		if op.Kind == journal.MessageAdd || op.Kind == journal.FileWrite {
-			total += op.Size
-		}
-		return nil
-	})
-	if err != nil && err != errStopWalk {
-		s.log.Warn("reading the journal for a catch-up's size failed", "peer", peers.FormatID(p.ID), "err", err)
+	c := &catchUp{Started: time.Now(), FromSeq: from, ToSeq: to, AckedSeq: from}
+	s.update(p.ID, func(st *peerState) { st.catchUp = c })
+	s.log.Info("catching up a peer that is far behind", "peer", peers.FormatID(p.ID), "peer_name", p.Name, "ops", to-from)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
 	}
-	s.update(p.ID, func(st *peerState) {
-		st.catchUp = &catchUp{Started: time.Now(), FromSeq: from, ToSeq: to, AckedSeq: from, TotalBytes: total}
-	})
-	s.log.Info("catching up a peer that is far behind", "peer", peers.FormatID(p.ID), "peer_name", p.Name,
-		"ops", to-from, "bytes", total)
+	s.wg.Add(1) // under mu, as every Add (see Close)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		var total int64
+		err := s.cfg.Store.Ops(from+1, func(op *journal.Op) error {
+			if op.Seq > to || s.ctx.Err() != nil {
+				return errStopWalk
+			}
+			if op.Kind == journal.MessageAdd || op.Kind == journal.FileWrite {
+				total += op.Size
+			}
+			return nil
+		})
+		if err != nil && err != errStopWalk {
+			s.log.Warn("reading the journal for a catch-up's size failed", "peer", peers.FormatID(p.ID), "err", err)
+			return
+		}
+		s.update(p.ID, func(st *peerState) { c.TotalBytes = total })
+		s.log.Info("catch-up size", "peer", peers.FormatID(p.ID), "peer_name", p.Name, "ops", to-from, "bytes", total)
+	}()
 }
 
 type stopWalk struct{}

@@ -3,6 +3,7 @@ package index
 import (
 	"crypto/sha256"
 	"fmt"
+	"slices"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -132,8 +133,20 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			if op.Kind != journal.MessageFlags {
 				return nil
 			}
-			if dead, err := t.has(tombMessageKey(g, key)); err != nil || dead {
+			var ts tombstone
+			dead, err := t.getRec(tombMessageKey(g, key), &ts)
+			if err != nil {
 				return err
+			}
+			if dead {
+				if ts.Sub == 0 || ts.MovedTo != nil {
+					return nil // expunge beats flags
+				}
+				// Expunged here, but a concurrent move may still bring it
+				// back in its target: the move takes the flags it had when
+				// it went, so they learn the changes made elsewhere meanwhile
+				// (as on the nodes where the flags came before the expunge).
+				return t.putRec(tombMessageKey(g, key), flagTombstone(&ts, op))
 			}
 			return t.noteEarlyFlags(g, key, op)
 		}
@@ -427,8 +440,8 @@ func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, boo
 func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) {
 	var ts tombstone
 	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
-	if err != nil || !ok || ts.MovedTo != nil || ts.FlagStamps == nil {
-		return Message{}, false, err
+	if err != nil || !ok || ts.MovedTo != nil || ts.Sub == 0 {
+		return Message{}, false, err // not expunged here (or before this was recorded)
 	}
 	return Message{Key: key, Sub: ts.Sub, Flags: ts.Flags, FlagStamps: ts.FlagStamps}, true, nil
 }
@@ -529,4 +542,35 @@ func (v PeerView) CreatedAt(path string) ([]Mailbox, error) {
 		return nil
 	})
 	return out, err
+}
+
+// flagTombstone folds the flag changes of op into what ts says the
+// message was when it was expunged (per flag, the newer change wins).
+func flagTombstone(ts *tombstone, op *journal.Op) *tombstone {
+	st := journal.StampOf(op)
+	if ts.FlagStamps == nil {
+		ts.FlagStamps = map[string]journal.Stamp{}
+	}
+	have := map[string]bool{}
+	for _, f := range ts.Flags {
+		have[f] = true
+	}
+	for _, f := range op.Changed {
+		if old, ok := ts.FlagStamps[f]; ok && st.Less(old) {
+			continue
+		}
+		have[f] = slices.Contains(op.Flags, f)
+		ts.FlagStamps[f] = st
+	}
+	ts.Flags = ts.Flags[:0]
+	for f, p := range have {
+		if p {
+			ts.Flags = append(ts.Flags, f)
+		}
+	}
+	ts.Flags = journal.SortFlags(ts.Flags)
+	if op.Sub == journal.SubCur {
+		ts.Sub = journal.SubCur // cur/ beats new/
+	}
+	return ts
 }

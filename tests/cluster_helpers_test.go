@@ -124,6 +124,23 @@ func (c *cluster) heal(i, j int) {
 	}
 }
 
+// pushed waits until node j has acknowledged every op node i journaled
+// (the link between them healed), whatever the other links are.
+func (c *cluster) pushed(i, j int) {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p := peerState(c.t, c.nodes[i], c.nodes[j].ID)
+		if p != nil && p["connected"] == true && p["lag_ops"] == float64(0) {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s did not get all of %s's ops within 30s: %v", c.nodes[j].Name, c.nodes[i].Name, p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // partition cuts every link; healAll restores them.
 func (c *cluster) partition() {
 	for i := range c.nodes {

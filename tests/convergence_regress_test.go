@@ -317,6 +317,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A flags a message, B expunges it, the third node moves it (none
+	// seeing the others); B gets A's flags after its expunge and the move
+	// last: the moved message must carry A's flags there too, as on the
+	// nodes that had the flags before the move.
+	t.Run("flags reach an expunger before a concurrent move", func(t *testing.T) {
+		c.t = t
+		root := "r10/Maildir"
+		mkMailbox(t, b.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.X")
+		deliverMsg(t, b.Mnt, root, "cur", "10000.M1.b:2,", body("flagged, expunged, moved"), when)
+		c.converge("setup")
+		c.partition()
+		setFlags(t, a.Mnt, root, "10000.M1.b", "RS")
+		if err := os.Remove(filepath.Join(b.Mnt, root, "cur", "10000.M1.b:2,")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(n3.Mnt, root, "cur", "10000.M1.b:2,"),
+			filepath.Join(n3.Mnt, root, ".X", "cur", "10000.M1.b:2,")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		st := c.converge("flags, expunge and move")
+		if m, ok := st.Mailboxes[root+"/.X"]["10000.M1.b"]; !ok || m.Flags != `\Answered \Seen` {
+			t.Fatalf(".X holds %+v; want the moved message answered and seen", st.Mailboxes[root+"/.X"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

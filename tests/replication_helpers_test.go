@@ -236,6 +236,17 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 		if d := diffTrees(first, snapshotUnder(t, n.Mnt, sub), nodes[0].Name, n.Name); d != "" {
 			var ops strings.Builder
 			for _, m := range nodes {
+				// Where each node has which mailbox, under which GUID.
+				st := snapshotUnder(t, m.Mnt, sub)
+				guids := mailboxGUIDs(t, m.Store)
+				var mbs []string
+				for mb, msgs := range st.Mailboxes {
+					mbs = append(mbs, fmt.Sprintf("%s=%s(%d)", mb, guids[mb], len(msgs)))
+				}
+				sort.Strings(mbs)
+				fmt.Fprintf(&ops, "%s mailboxes: %s\n", m.Name, strings.Join(mbs, " "))
+			}
+			for _, m := range nodes {
 				for _, op := range journalOps(t, m.Store) {
 					inSub := sub != "" && (strings.HasPrefix(op.Path, sub+"/") || strings.HasPrefix(op.NewPath, sub+"/"))
 					if inSub || (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||

@@ -1095,6 +1095,17 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
+	for _, d := range []string{"tmp", subName(sub)} {
+		// A local folder delete that raced the applier's making of this
+		// mailbox can take one of its directories with it: put it back,
+		// or every retry of this op fails the same way.
+		if _, err := os.Lstat(a.backing(path.Join(mbPath, d))); errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("a mailbox directory was missing; made again", "path", path.Join(mbPath, d))
+			if err := a.mkdirAll(path.Join(mbPath, d)); err != nil {
+				return fmt.Errorf("deliver into %s: %w", mbPath, err)
+			}
+		}
+	}
 	tmpRel := path.Join(mbPath, "tmp", base)
 	if _, err := os.Lstat(a.backing(tmpRel)); err == nil {
 		tmpRel += ".mailfs"

@@ -179,6 +179,27 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A local folder delete racing the applier's making of the folder can
+	// leave it without tmp/ (or new/): a peer's mail must still arrive,
+	// not fail on every retry.
+	t.Run("mail into a folder that lost its tmp directory", func(t *testing.T) {
+		c.t = t
+		root := "r13/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.T")
+		c.converge("setup")
+		for _, d := range []string{"tmp", "new"} {
+			if err := os.Remove(filepath.Join(b.Mnt, root, ".T", d)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deliverMsg(t, a.Mnt, root+"/.T", "new", "13000.M1.a", body("arrives"), when)
+		st := c.converge("mail into a folder without tmp")
+		if _, ok := st.Mailboxes[root+"/.T"]["13000.M1.a"]; !ok {
+			t.Fatalf(".T holds %v; want 13000.M1.a", st.Mailboxes[root+"/.T"])
+		}
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -43,7 +44,8 @@ func sameGUIDs(t *testing.T, c *cluster) map[string]string {
 		other := mailboxGUIDs(t, n.Store)
 		for p, g := range first {
 			if other[p] != g {
-				t.Fatalf("mailbox %q: GUID %s on %s, %s on %s", p, g, c.nodes[0].Name, other[p], n.Name)
+				d := fmt.Sprintf("mailbox %q: GUID %s on %s, %s on %s", p, g, c.nodes[0].Name, other[p], n.Name)
+				t.Fatalf("%s\nrelated ops:\n%s", d, relatedOps(t, c.nodes, strings.SplitN(p, "/", 2)[0], d))
 			}
 		}
 		if len(other) != len(first) {

@@ -234,35 +234,7 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 	first := snapshotUnder(t, nodes[0].Mnt, sub)
 	for _, n := range nodes[1:] {
 		if d := diffTrees(first, snapshotUnder(t, n.Mnt, sub), nodes[0].Name, n.Name); d != "" {
-			var ops strings.Builder
-			for _, m := range nodes {
-				// Where each node has which mailbox, under which GUID.
-				st := snapshotUnder(t, m.Mnt, sub)
-				guids := mailboxGUIDs(t, m.Store)
-				var mbs []string
-				for mb, msgs := range st.Mailboxes {
-					mbs = append(mbs, fmt.Sprintf("%s=%s(%d)", mb, guids[mb], len(msgs)))
-				}
-				sort.Strings(mbs)
-				fmt.Fprintf(&ops, "%s mailboxes: %s\n", m.Name, strings.Join(mbs, " "))
-			}
-			for _, m := range nodes {
-				for _, op := range journalOps(t, m.Store) {
-					inSub := sub != "" && (strings.HasPrefix(op.Path, sub+"/") || strings.HasPrefix(op.NewPath, sub+"/"))
-					if inSub || (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
-						(strings.HasSuffix(op.Kind, "ubscribe") && strings.Contains(d, "subscriptions")) ||
-						strings.HasPrefix(op.Kind, "Mailbox") {
-						fmt.Fprintf(&ops, "%s: %+v\n", m.Name, op)
-					}
-				}
-				for _, l := range strings.Split(m.Log(), "\n") {
-					if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") ||
-						strings.Contains(l, "keeps mail") || (sub != "" && strings.Contains(l, sub+"/")) {
-						fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
-					}
-				}
-			}
-			t.Fatalf("%s: trees differ after sync:\n%s\nrelated ops:\n%s", step, d, ops.String())
+			t.Fatalf("%s: trees differ after sync:\n%s\nrelated ops:\n%s", step, d, relatedOps(t, nodes, sub, d))
 		}
 	}
 	return first
@@ -400,4 +372,40 @@ func deleteMailboxDovecotStyle(t testing.TB, mnt, mb string) {
 	if err := os.RemoveAll(trash); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// relatedOps is what a divergence report shows of the nodes: their
+// mailboxes (with GUIDs) under sub, and the ops and log lines that concern
+// sub or name something in the differences d.
+func relatedOps(t *testing.T, nodes []*node, sub, d string) string {
+	t.Helper()
+	var ops strings.Builder
+	for _, m := range nodes {
+		// Where each node has which mailbox, under which GUID.
+		st := snapshotUnder(t, m.Mnt, sub)
+		guids := mailboxGUIDs(t, m.Store)
+		var mbs []string
+		for mb, msgs := range st.Mailboxes {
+			mbs = append(mbs, fmt.Sprintf("%s=%s(%d)", mb, guids[mb], len(msgs)))
+		}
+		sort.Strings(mbs)
+		fmt.Fprintf(&ops, "%s mailboxes: %s\n", m.Name, strings.Join(mbs, " "))
+	}
+	for _, m := range nodes {
+		for _, op := range journalOps(t, m.Store) {
+			inSub := sub != "" && (strings.HasPrefix(op.Path, sub+"/") || strings.HasPrefix(op.NewPath, sub+"/"))
+			if inSub || (op.Key != "" && strings.Contains(d, op.Key)) || (op.Path != "" && strings.Contains(d, op.Path+"\"")) ||
+				(strings.HasSuffix(op.Kind, "ubscribe") && strings.Contains(d, "subscriptions")) ||
+				strings.HasPrefix(op.Kind, "Mailbox") {
+				fmt.Fprintf(&ops, "%s: %+v\n", m.Name, op)
+			}
+		}
+		for _, l := range strings.Split(m.Log(), "\n") {
+			if strings.Contains(l, "level=ERROR") || strings.Contains(l, "merging") || strings.Contains(l, "conflict") ||
+				strings.Contains(l, "keeps mail") || (sub != "" && strings.Contains(l, sub+"/")) {
+				fmt.Fprintf(&ops, "%s log: %s\n", m.Name, l)
+			}
+		}
+	}
+	return ops.String()
 }

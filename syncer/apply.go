@@ -1095,16 +1095,8 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
-	for _, d := range []string{"tmp", subName(sub)} {
-		// A local folder delete that raced the applier's making of this
-		// mailbox can take one of its directories with it: put it back,
-		// or every retry of this op fails the same way.
-		if _, err := os.Lstat(a.backing(path.Join(mbPath, d))); errors.Is(err, os.ErrNotExist) {
-			a.log.Warn("a mailbox directory was missing; made again", "path", path.Join(mbPath, d))
-			if err := a.mkdirAll(path.Join(mbPath, d)); err != nil {
-				return fmt.Errorf("deliver into %s: %w", mbPath, err)
-			}
-		}
+	if err := a.repairMailboxDirs(mbPath); err != nil {
+		return err
 	}
 	tmpRel := path.Join(mbPath, "tmp", base)
 	if _, err := os.Lstat(a.backing(tmpRel)); err == nil {
@@ -1135,6 +1127,34 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if err != nil {
 		os.Remove(a.backing(tmpRel))
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
+	}
+	return nil
+}
+
+// repairMailboxDirs puts back tmp/ or new/ of the mailbox at mbPath when
+// the mailbox is there (its cur/ is) but they are not: a local folder
+// delete racing the applier's making of the folder can take one of them
+// with it, and every retry of a delivery would fail the same way. A
+// mailbox that is not there (renamed or deleted meanwhile) is left alone:
+// the retry finds where it went. Each directory is made with one mkdir
+// through the mount, so a mailbox that goes meanwhile is not made again.
+func (a *applier) repairMailboxDirs(mbPath string) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(a.backing(path.Join(mbPath, "cur")), &st); err != nil {
+		return nil
+	}
+	for _, d := range []string{"tmp", "new"} {
+		rel := path.Join(mbPath, d)
+		if _, err := os.Lstat(a.backing(rel)); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		a.log.Warn("a mailbox directory was missing; made again", "path", rel)
+		if err := syscall.Mkdir(a.abs(rel), st.Mode&0o7777); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("deliver into %s: mkdir %s: %w", mbPath, d, err)
+		}
+		if err := os.Lchown(a.abs(rel), int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("deliver into %s: %w", mbPath, err)
+		}
 	}
 	return nil
 }

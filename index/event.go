@@ -214,6 +214,7 @@ func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*ma
 	}
 	mb.Renamed = journal.StampOf(&t.lastOp)
 	mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedGUID = mb.Renamed, t.lastOp.Seq, path, guid
+	mb.CreatedSeen = seen
 	t.counts.Mailboxes++
 	return mb, t.putMailbox(mb)
 }

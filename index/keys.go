@@ -89,6 +89,10 @@ type mailboxRec struct {
 	// CreatedGUID is the GUID it was created with (rule 3 may have given
 	// it another since).
 	CreatedGUID journal.GUID `json:"created_guid,omitempty"`
+	// CreatedSeen is what its creator had applied: a create that had seen
+	// another mailbox's create at the same path is not the same mailbox
+	// (that one had left the path by then).
+	CreatedSeen journal.VersionVector `json:"created_seen,omitempty"`
 }
 
 type messageRec struct {

@@ -59,6 +59,7 @@ type Mailbox struct {
 	CreatedSeq  uint64
 	CreatedPath string
 	CreatedGUID journal.GUID
+	CreatedSeen journal.VersionVector
 }
 
 // Mailboxes calls fn for every live mailbox.

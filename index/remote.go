@@ -525,7 +525,7 @@ func (v PeerView) DirKnown(path string) (bool, error) { return v.t.has(dirKey(pa
 func mailboxOf(mb *mailboxRec) Mailbox {
 	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
 		Renamed: mb.Renamed, Created: mb.Created, CreatedSeq: mb.CreatedSeq, CreatedPath: mb.CreatedPath,
-		CreatedGUID: mb.CreatedGUID}
+		CreatedGUID: mb.CreatedGUID, CreatedSeen: mb.CreatedSeen}
 }
 
 // CreatedAt lists the live mailboxes created at path (wherever they are now).

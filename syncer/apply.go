@@ -180,7 +180,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 					return err
 				}
 				for _, m := range same {
-					if m.GUID != g && op.Seen[m.Created.Origin] < m.CreatedSeq {
+					// Concurrent both ways: a create that had seen the other
+					// made a mailbox of its own (the other had left the path).
+					if m.GUID != g && op.Seen[m.Created.Origin] < m.CreatedSeq && m.CreatedSeen[op.Origin] < op.Seq {
 						at, taken = m, true
 						return nil
 					}
@@ -224,6 +226,20 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			continue
 		}
+		if taken && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
+			aside, err := a.createdApart(op, at, p)
+			if err != nil {
+				return index.Mailbox{}, err
+			}
+			if aside != "" {
+				p, taken = aside, false
+			} else if a.occupantApart(op, at) {
+				if err := a.stepAside(at, p); err != nil {
+					return index.Mailbox{}, err
+				}
+				continue
+			}
+		}
 		if taken {
 			winner, loser := at.GUID, g
 			if string(g[:]) > string(at.GUID[:]) {
@@ -238,7 +254,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			continue
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
-		if op.Kind != journal.MailboxCreate {
+		if op.Kind == journal.MailboxCreate {
+			create.Seen = op.Seen // what its creator had seen (createdApart)
+		} else {
 			// Created here by an op that found it missing (its create has not
 			// arrived, or it is recreated for a deleted one's unseen mail):
 			// no create of op's origin, so no seq a delete could have missed
@@ -250,6 +268,54 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 		}
 	}
 	return index.Mailbox{}, fmt.Errorf("mailbox %s at %q: could not be created", g, p)
+}
+
+// createdApart handles op, a peer's create of a mailbox at p where this
+// node has another one, at: when at's creator had seen op's create, the
+// new mailbox had left p there by an op still on its way (a rename or a
+// delete): not the same mailbox, so it is made beside at, at p-GUID (as a
+// clash left by renames, T14), where that op will find it. It returns
+// that path, or "" when at's creator had not seen op.
+func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) (string, error) {
+	if at.CreatedSeen[op.Origin] < op.Seq {
+		return "", nil
+	}
+	aside := p + "-" + op.Mailbox.String()
+	if _, err := os.Lstat(a.abs(aside)); err == nil {
+		return "", nil // taken too: merge, as before
+	}
+	a.log.Info("a peer's mailbox created where another one is now; kept apart until its later op arrives",
+		"path", p, "mailbox", op.Mailbox.String(), "at", aside, "other", at.GUID.String())
+	return aside, nil
+}
+
+// occupantApart reports whether op's creator had seen at's create: at had
+// then left p there (by an op still on its way), and op's mailbox is
+// another one.
+func (a *applier) occupantApart(op *journal.Op, at index.Mailbox) bool {
+	return op.Seen != nil && at.CreatedSeq != 0 && !at.Created.Origin.IsZero() && op.Seen[at.Created.Origin] >= at.CreatedSeq
+}
+
+// stepAside moves mailbox at from p to p-GUID, keeping the stamp of its
+// path: the rename or delete of it that made room at p on the node whose
+// create now takes p is still on its way, and it must win here as there.
+func (a *applier) stepAside(at index.Mailbox, p string) error {
+	aside := p + "-" + at.GUID.String()
+	if _, err := os.Lstat(a.abs(aside)); err == nil {
+		return fmt.Errorf("mailbox %s at %q: %q is taken too", at.GUID, p, aside)
+	}
+	a.log.Info("a mailbox steps aside for a peer's create at its path; its own later op moves it",
+		"path", p, "mailbox", at.GUID.String(), "at", aside)
+	a.resolved(ruleSamePathMerge)
+	move := &journal.Op{Kind: journal.MailboxRename, Origin: at.Renamed.Origin, Time: at.Renamed.Time,
+		Mailbox: at.GUID, Path: p, NewPath: aside}
+	a.unlockAll() // dotlocks go with the directory
+	return a.mnt.Apply(move, func() error {
+		if err := os.Rename(a.abs(p), a.abs(aside)); err != nil {
+			return fmt.Errorf("move mailbox %s aside: %w", at.GUID, err)
+		}
+		return nil
+	})
 }
 
 // mkdirMailbox makes p/tmp, p/new and p/cur (cur last: it makes the

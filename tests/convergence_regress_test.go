@@ -367,6 +367,53 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// C creates .F and renames it away; B, having seen both, creates its
+	// own .F. A gets B's create before C's (or C's create, then B's, then
+	// C's rename): the two are not one mailbox (B had seen C's leave the
+	// path), so A must not merge them.
+	for _, cOpsFirst := range []bool{false, true} {
+		name := "folder created where a renamed one had been, its create first"
+		if cOpsFirst {
+			name = "folder created where a renamed one had been, the renamed one's create first"
+		}
+		t.Run(name, func(t *testing.T) {
+			c.t = t
+			root := "r14/Maildir"
+			if cOpsFirst {
+				root = "r15/Maildir"
+			}
+			mkMailbox(t, n3.Mnt, root)
+			c.converge("setup")
+			c.cut(0, 1)
+			if !cOpsFirst {
+				c.cut(0, 2)
+			}
+			mkMailbox(t, n3.Mnt, root+"/.F")
+			deliverMsg(t, n3.Mnt, root+"/.F", "new", "14000.M1.c", body("in the renamed folder"), when)
+			waitForPath(t, filepath.Join(b.Mnt, root, ".F", "new", "14000.M1.c"))
+			if cOpsFirst {
+				waitForPath(t, filepath.Join(a.Mnt, root, ".F", "new", "14000.M1.c"))
+				c.cut(0, 2)
+			}
+			if err := os.Rename(filepath.Join(n3.Mnt, root, ".F"), filepath.Join(n3.Mnt, root, ".Q")); err != nil {
+				t.Fatal(err)
+			}
+			waitForPath(t, filepath.Join(b.Mnt, root, ".Q", "cur"))
+			mkMailbox(t, b.Mnt, root+"/.F")
+			deliverMsg(t, b.Mnt, root+"/.F", "new", "14001.M2.b", body("in the new folder"), when)
+			c.heal(0, 1)
+			c.pushed(1, 0)
+			st := c.converge("create where a renamed folder had been")
+			if got := st.Mailboxes[root+"/.F"]; len(got) != 1 || got["14001.M2.b"] == (msgState{}) {
+				t.Fatalf(".F holds %v; want only 14001.M2.b (folders: %v)", got, keys(st.Mailboxes))
+			}
+			if got := st.Mailboxes[root+"/.Q"]; len(got) != 1 || got["14000.M1.c"] == (msgState{}) {
+				t.Fatalf(".Q holds %v; want only 14000.M1.c (folders: %v)", got, keys(st.Mailboxes))
+			}
+			sameGUIDs(t, c)
+		})
+	}
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

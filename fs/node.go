@@ -431,6 +431,15 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		ev.Content = hasher(absTo)
 	}
 	n.m.mu.Lock()
+	if isDirFrom {
+		if r := n.m.remote.Load(); r != nil && r.Kind == journal.MailboxDelete && fromSelf(ctx) && n.m.holdsUnseenMail(ctx, from, r) {
+			// Decided under mu, where no local delivery can slip in between
+			// the check and the rename: a peer's folder delete never takes
+			// mail its deleter had not seen.
+			n.m.mu.Unlock()
+			return syscall.EBUSY
+		}
+	}
 	if errno := n.LoopbackNode.Rename(ctx, name, newParent, newName, flags); errno != 0 {
 		n.m.mu.Unlock()
 		return errno
@@ -750,3 +759,32 @@ func (h *trackedFile) commit(ctx context.Context) syscall.Errno {
 }
 
 func (m *mailFS) String() string { return fmt.Sprintf("mailfs(%s)", m.root) }
+
+// holdsUnseenMail reports whether the mailbox at rel holds a message that
+// del, a peer's mailbox delete, had not seen (its add is not in del's
+// version vector). It must run under m.mu: an empty commit first waits for
+// every change submitted before (a local delivery still committing), so
+// the index holds all that is on disk and nothing can slip in after.
+func (m *mailFS) holdsUnseenMail(ctx context.Context, rel string, del *journal.Op) bool {
+	unseen := false
+	_, err := m.store.Commit(ctx)
+	if err == nil {
+		err = m.store.View(func(v index.PeerView) error {
+			mb, ok, err := v.MailboxAt(rel)
+			if err != nil || !ok {
+				return err
+			}
+			return v.Messages(mb.GUID, func(msg index.Message) error {
+				if msg.AddedSeq != 0 && del.Seen[msg.Added.Origin] < msg.AddedSeq {
+					unseen = true
+				}
+				return nil
+			})
+		})
+	}
+	if err != nil {
+		m.log.Warn("checking a deleted mailbox for unseen mail failed; the delete waits", "path", rel, "err", err)
+		return true
+	}
+	return unseen
+}

@@ -555,7 +555,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		}); err != nil {
 			return err
 		}
-		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); err != nil {
+		if err := os.Rename(a.abs(mb.Path), a.abs(trash)); errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("%w: mail the deleter had not seen arrived in %s", errRace, mb.Path)
+		} else if err != nil {
 			return fmt.Errorf("delete mailbox %q: %w", mb.Path, err)
 		}
 		if err := os.RemoveAll(a.abs(trash)); err != nil {

@@ -277,7 +277,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 // clash left by renames, T14), where that op will find it. It returns
 // that path, or "" when at's creator had not seen op.
 func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) (string, error) {
-	if at.CreatedSeen[op.Origin] < op.Seq {
+	if at.GUID != at.CreatedGUID || at.CreatedSeen[op.Origin] < op.Seq {
+		// at is not (only) what its create made: recreated for a deleted
+		// one's unseen mail, or merged with another; rule 3 merges.
 		return "", nil
 	}
 	aside := p + "-" + op.Mailbox.String()
@@ -293,7 +295,8 @@ func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) (stri
 // then left p there (by an op still on its way), and op's mailbox is
 // another one.
 func (a *applier) occupantApart(op *journal.Op, at index.Mailbox) bool {
-	return op.Seen != nil && at.CreatedSeq != 0 && !at.Created.Origin.IsZero() && op.Seen[at.Created.Origin] >= at.CreatedSeq
+	return op.Seen != nil && at.GUID == at.CreatedGUID && at.CreatedSeq != 0 && !at.Created.Origin.IsZero() &&
+		op.Seen[at.Created.Origin] >= at.CreatedSeq
 }
 
 // stepAside moves mailbox at from p to p-GUID, keeping the stamp of its

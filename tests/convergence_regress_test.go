@@ -3,6 +3,7 @@ package tests
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -199,6 +200,33 @@ func TestConvergenceRegressions(t *testing.T) {
 		if _, ok := st.Mailboxes[root+"/.T"]["13000.M1.a"]; !ok {
 			t.Fatalf(".T holds %v; want 13000.M1.a", st.Mailboxes[root+"/.T"])
 		}
+	})
+
+	// B deletes a folder and makes a new one of the same name while A
+	// fills the old one: on A the folder kept for that mail meets B's new
+	// one, and they merge, as on B (B's create had seen the old folder's,
+	// but the kept one is no longer only what that create made).
+	t.Run("folder deleted and made again while the other side filled it", func(t *testing.T) {
+		c.t = t
+		root := "r16/Maildir"
+		mkMailbox(t, b.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.A")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, a.Mnt, root+"/.A", "new", "16000.M1.a", body("kept"), when)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.A")
+		mkMailbox(t, b.Mnt, root+"/.A")
+		st := c.converge("delete and create vs new mail")
+		var under []string
+		for mb := range st.Mailboxes {
+			if strings.HasPrefix(mb, root) {
+				under = append(under, mb)
+			}
+		}
+		if got := st.Mailboxes[root+"/.A"]; len(got) != 1 || len(under) != 2 {
+			t.Fatalf(".A holds %v, folders %v; want the kept mail in the one .A", got, under)
+		}
+		sameGUIDs(t, c)
 	})
 }
 

@@ -16,23 +16,24 @@ type EventKind uint8
 
 // Event kinds.
 const (
-	EvMkdir      EventKind = iota + 1 // a directory was created at Path
-	EvRmdir                           // the directory at Path was removed
-	EvRename                          // Path was renamed to NewPath
-	EvLink                            // NewPath was hard-linked to Path
-	EvUnlink                          // the file at Path was removed
-	EvWrite                           // the file at Path was created or its content changed
-	EvTouch                           // the file at Path got a new mtime (utimens)
-	EvRescan                          // reconcile found the file at Path as File describes
-	EvMissing                         // reconcile found Path gone: mark it missing, journal nothing
-	EvApplied                         // every op of Remote.Origin up to Remote.Seq is applied (cursor)
-	EvRemoteMeta                      // Remote changes index state only: stamps and tombstones
-	EvRekey                           // the mailbox GUID becomes NewGUID (rules 3 and 4)
-	EvApplying                        // Remote is applied, its segment not yet: a local op has seen it (index-only)
+	EvMkdir          EventKind = iota + 1 // a directory was created at Path
+	EvRmdir                               // the directory at Path was removed
+	EvRename                              // Path was renamed to NewPath
+	EvLink                                // NewPath was hard-linked to Path
+	EvUnlink                              // the file at Path was removed
+	EvWrite                               // the file at Path was created or its content changed
+	EvTouch                               // the file at Path got a new mtime (utimens)
+	EvRescan                              // reconcile found the file at Path as File describes
+	EvMissing                             // reconcile found Path gone: mark it missing, journal nothing
+	EvApplied                             // every op of Remote.Origin up to Remote.Seq is applied (cursor)
+	EvRemoteMeta                          // Remote changes index state only: stamps and tombstones
+	EvRekey                               // the mailbox GUID becomes NewGUID (rules 3 and 4)
+	EvApplying                            // Remote is applied, its segment not yet: a local op has seen it (index-only)
+	EvDropEarlyFlags                      // the early flag changes kept for message Path of mailbox GUID are applied
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying"}
+	"applied", "remote-meta", "rekey", "applying", "drop-early-flags"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -100,6 +101,8 @@ func (t *tx) apply(ev Event) error {
 		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
 	case EvApplying:
 		return nil // noted above
+	case EvDropEarlyFlags:
+		return t.del(earlyFlagsKey(ev.GUID, ev.Path))
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:

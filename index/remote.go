@@ -574,3 +574,16 @@ func flagTombstone(ts *tombstone, op *journal.Op) *tombstone {
 	}
 	return ts
 }
+
+// EarlyFlagsIn calls fn for every message of mailbox g (the GUID itself,
+// not what it names now) that has flag changes kept from before it arrived.
+func (v PeerView) EarlyFlagsIn(g journal.GUID, fn func(key string, flags map[string]FlagChange, cur bool) error) error {
+	prefix := append([]byte(pEarlyFlags), g[:]...)
+	return v.t.scanKeys(prefix, func(k []byte) error {
+		var ef earlyFlagsRec
+		if ok, err := v.t.getRec(k, &ef); err != nil || !ok {
+			return err
+		}
+		return fn(string(k[len(prefix):]), ef.Flags, ef.Cur)
+	})
+}

@@ -251,6 +251,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner}); err != nil {
 				return index.Mailbox{}, err
 			}
+			if err := a.applyEarlyFlags(ctx, winner, loser); err != nil {
+				return index.Mailbox{}, err
+			}
 			continue
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
@@ -319,6 +322,64 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 		}
 		return nil
 	})
+}
+
+// applyEarlyFlags applies, after winner and loser were merged, the flag
+// changes kept under either GUID for messages that had not arrived under
+// it (a third node's change, named by the GUID its sender had): the
+// message is there now, under the other GUID, and no add of it will come
+// to take them.
+func (a *applier) applyEarlyFlags(ctx context.Context, winner, loser journal.GUID) error {
+	type early struct {
+		g     journal.GUID
+		key   string
+		flags map[string]index.FlagChange
+		cur   bool
+	}
+	var found []early
+	err := a.view(func(v index.PeerView) error {
+		for _, g := range []journal.GUID{winner, loser} {
+			err := v.EarlyFlagsIn(g, func(key string, flags map[string]index.FlagChange, cur bool) error {
+				if _, ok, err := v.Message(winner, key); err != nil || !ok {
+					return err
+				}
+				found = append(found, early{g, key, flags, cur})
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range found {
+		names := make([]string, 0, len(e.flags))
+		for f := range e.flags {
+			names = append(names, f)
+		}
+		slices.Sort(names)
+		for _, f := range names {
+			c := e.flags[f]
+			op := &journal.Op{Kind: journal.MessageFlags, Origin: c.Stamp.Origin, Time: c.Stamp.Time, Mailbox: winner, Key: e.key,
+				Changed: []string{f}}
+			if c.Present {
+				op.Flags = []string{f}
+			}
+			if e.cur {
+				op.Sub = journal.SubCur
+			}
+			if err := a.flagMessage(ctx, op); err != nil {
+				return fmt.Errorf("flag changes kept for %s in %s: %w", e.key, e.g, err)
+			}
+		}
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropEarlyFlags, GUID: e.g, Path: e.key}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // mkdirMailbox makes p/tmp, p/new and p/cur (cur last: it makes the

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -442,6 +443,48 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			sameGUIDs(t, c)
 		})
 	}
+
+	// B and C make the same folder (they merge, C's GUID winning); B flags
+	// its mail there, naming C's GUID. A gets B's ops first: the flag change
+	// waits for its message under C's GUID, and must be applied when C's
+	// create arrives and merges the folders on A.
+	t.Run("flag change naming the merged folder before the merge", func(t *testing.T) {
+		c.t = t
+		root := "r17/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb, gc string
+		for i := 0; ; i++ {
+			if i == 20 {
+				t.Fatal("20 same-name folder pairs, none with the third node's GUID higher")
+			}
+			mb = fmt.Sprintf("%s/.W%d", root, i)
+			mkMailbox(t, n3.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			gc = mailboxGUIDs(t, n3.Store)[mb]
+			if gc > mailboxGUIDs(t, b.Store)[mb] {
+				break
+			}
+		}
+		deliverMsg(t, b.Mnt, mb, "new", "17000.M1.b", body("flagged after the merge"), when)
+		c.heal(1, 2)
+		deadline := time.Now().Add(20 * time.Second)
+		for mailboxGUIDs(t, b.Store)[mb] != gc {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not merge %s into the third node's GUID", b.Name, mb)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		setFlags(t, b.Mnt, mb, "17000.M1.b", "S")
+		c.heal(0, 1)
+		c.pushed(1, 0)
+		st := c.converge("flags naming the merged folder")
+		if m, ok := st.Mailboxes[mb]["17000.M1.b"]; !ok || m.Flags != `\Seen` {
+			t.Fatalf("%s holds %+v; want 17000.M1.b seen", mb, st.Mailboxes[mb])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -129,6 +129,11 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if err != nil {
 			return err
 		}
+		if rec != nil && op.Kind == journal.MessageMove {
+			if err := t.followMove(t.resolve(op.Mailbox), op.Key, g, key, rec, op.Changed); err != nil {
+				return err
+			}
+		}
 		if rec == nil {
 			if op.Kind != journal.MessageFlags {
 				return nil
@@ -586,4 +591,30 @@ func (v PeerView) EarlyFlagsIn(g journal.GUID, fn func(key string, flags map[str
 		}
 		return fn(string(k[len(prefix):]), ef.Flags, ef.Cur)
 	})
+}
+
+// followMove makes the expunge tombstone of message key of mailbox src,
+// if it has one, point where a concurrent move brought the message back
+// (rec, in mailbox dst): flag changes made to it elsewhere before that
+// move follow it there, as on the nodes that had them before the move.
+// The flags it came back with are the ones it had here when it went, so
+// they keep their stamps (not the move's), but for those the move changed.
+func (t *tx) followMove(src journal.GUID, key string, dst journal.GUID, dstKey string, rec *messageRec, changed []string) error {
+	var ts tombstone
+	ok, err := t.getRec(tombMessageKey(src, key), &ts)
+	if err != nil || !ok || ts.MovedTo != nil {
+		return err
+	}
+	if ts.Sub != 0 {
+		if rec.FlagStamps == nil {
+			rec.FlagStamps = map[string]journal.Stamp{}
+		}
+		for f, st := range ts.FlagStamps {
+			if !slices.Contains(changed, f) {
+				rec.FlagStamps[f] = st
+			}
+		}
+	}
+	ts.MovedTo, ts.MovedKey = &dst, dstKey
+	return t.putRec(tombMessageKey(src, key), &ts)
 }

@@ -485,6 +485,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B clears a message's flags, A (having seen that) moves it, C expunges
+	// it; C gets A's move before B's change: the move brings the message
+	// back in its target there, and B's change must follow it.
+	t.Run("flag change after a move that brought an expunged message back", func(t *testing.T) {
+		c.t = t
+		root := "r18/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.S")
+		deliverMsg(t, a.Mnt, root, "cur", "18000.M1.a:2,FS", body("moved"), when)
+		c.converge("setup")
+		c.partition()
+		setFlags(t, b.Mnt, root, "18000.M1.a", "")
+		c.heal(0, 1)
+		c.pushed(1, 0)
+		if err := os.Rename(filepath.Join(a.Mnt, root, "cur", "18000.M1.a:2,"), filepath.Join(a.Mnt, root, ".S", "cur", "18000.M1.a:2,")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(n3.Mnt, root, "cur", "18000.M1.a:2,FS")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 2)
+		c.pushed(0, 2)
+		st := c.converge("flags, move and expunge")
+		if m, ok := st.Mailboxes[root+"/.S"]["18000.M1.a"]; !ok || m.Flags != "" {
+			t.Fatalf(".S holds %+v; want 18000.M1.a without flags", st.Mailboxes[root+"/.S"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -163,8 +163,8 @@ type bodyReader struct {
 	begun bool
 }
 
-// NewBodyReader returns a reader of body b sent as chunks on r (by a
-// BodyWriter). Like a segment's body reader it returns only bytes whose
+// NewBodyReader returns a reader of body b sent as chunks on r (by
+// WriteBody). Like a segment's body reader it returns only bytes whose
 // chunk CRC matched, decompresses each chunk into a buffer of the length the
 // chunk declares (never more than SegmentChunkSize), and checks the SHA-256
 // of the bytes against b.Content before it returns the last chunk: io.EOF
@@ -323,29 +323,21 @@ func (br *bodyReader) verify() error {
 	return nil
 }
 
-// BodyWriter writes bodies as chunk streams, for NewBodyReader, outside of a
-// segment (full sync's body answers). Its buffers are reused from one body
-// to the next; it is not safe for concurrent use.
-type BodyWriter struct {
-	w  io.Writer
-	cw chunkWriter
-}
+// chunkWriters keeps the buffers of WriteBody from one body to the next.
+var chunkWriters = sync.Pool{New: func() any { return &chunkWriter{version: SegmentVersion, chunk: SegmentChunkSize} }}
 
-// NewBodyWriter returns a writer of chunked bodies to w. It does not buffer
-// beyond one chunk and does not flush w.
-func NewBodyWriter(w io.Writer) *BodyWriter {
-	return &BodyWriter{w: w, cw: chunkWriter{version: SegmentVersion, chunk: SegmentChunkSize}}
-}
-
-// WriteBody writes size bytes read from r as chunks. It does not check
-// their hash (the reader does: the sender of a full sync answer serves what
-// it has, and the asker judges it). An error leaves the stream broken.
-func (bw *BodyWriter) WriteBody(size int64, r io.Reader) error {
+// WriteBody writes size bytes read from r to w as a chunk stream, for
+// NewBodyReader, outside of a segment (full sync's body answers), each chunk
+// compressed when that makes it smaller. It does not check their hash (the
+// reader does: the sender of a full sync answer serves what it has, and the
+// asker judges it). It does not buffer beyond one chunk and does not flush w.
+// An error leaves the stream broken.
+func WriteBody(w io.Writer, size int64, r io.Reader) error {
 	if size < 0 {
 		return fmt.Errorf("journal: body of negative size %d", size)
 	}
 	write := func(p []byte) error {
-		n, err := bw.w.Write(p)
+		n, err := w.Write(p)
 		if err == nil && n < len(p) {
 			err = io.ErrShortWrite
 		}
@@ -354,7 +346,9 @@ func (bw *BodyWriter) WriteBody(size int64, r io.Reader) error {
 		}
 		return nil
 	}
-	if err := bw.cw.writeBody(write, Body{Size: size}, r, false); err != nil {
+	cw := chunkWriters.Get().(*chunkWriter)
+	defer chunkWriters.Put(cw)
+	if err := cw.writeBody(write, Body{Size: size}, r, false); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	return nil

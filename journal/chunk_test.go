@@ -187,10 +187,9 @@ func TestSegmentHostileCompressedChunks(t *testing.T) {
 func TestBodyStream(t *testing.T) {
 	bodies := [][]byte{mailText(4, 200<<10), randomBytes(5, 70<<10), nil, []byte("x"), mailText(6, SegmentChunkSize)}
 	var stream bytes.Buffer
-	bw := NewBodyWriter(&stream)
 	raw := 0
 	for _, b := range bodies {
-		if err := bw.WriteBody(int64(len(b)), bytes.NewReader(b)); err != nil {
+		if err := WriteBody(&stream, int64(len(b)), bytes.NewReader(b)); err != nil {
 			t.Fatal(err)
 		}
 		raw += len(b)
@@ -214,7 +213,7 @@ func TestBodyStream(t *testing.T) {
 	// A body that does not hash to what was asked for is refused before
 	// its last chunk is handed out.
 	var one bytes.Buffer
-	if err := NewBodyWriter(&one).WriteBody(int64(len(bodies[0])), bytes.NewReader(bodies[0])); err != nil {
+	if err := WriteBody(&one, int64(len(bodies[0])), bytes.NewReader(bodies[0])); err != nil {
 		t.Fatal(err)
 	}
 	wrong := bodyOf(bodies[0])
@@ -246,7 +245,7 @@ func TestBodyStream(t *testing.T) {
 func FuzzBodyReader(f *testing.F) {
 	for i, b := range [][]byte{mailText(7, 100<<10), randomBytes(8, 1000), []byte("hello"), nil} {
 		var buf bytes.Buffer
-		if err := NewBodyWriter(&buf).WriteBody(int64(len(b)), bytes.NewReader(b)); err != nil {
+		if err := WriteBody(&buf, int64(len(b)), bytes.NewReader(b)); err != nil {
 			f.Fatal(err)
 		}
 		c, empty := bodyOf(b).Content, bodyOf(nil).Content
@@ -290,7 +289,7 @@ func fixChunkCRCs(in []byte) []byte {
 func ExampleNewBodyReader() {
 	body := []byte("Subject: hi\n\nhello\n")
 	var wire bytes.Buffer
-	NewBodyWriter(&wire).WriteBody(int64(len(body)), bytes.NewReader(body))
+	WriteBody(&wire, int64(len(body)), bytes.NewReader(body))
 	got, err := io.ReadAll(NewBodyReader(&wire, bodyOf(body)))
 	fmt.Printf("%q %v\n", got, err)
 	// Output: "Subject: hi\n\nhello\n" <nil>

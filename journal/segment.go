@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"hash/crc32"
 	"io"
 	"math"
@@ -38,32 +37,38 @@ import (
 //	  0  32  content ID (SHA-256 of the bytes)
 //	 32   8  size
 //	 40   4  CRC of body header bytes 0..39
-//	 44   …  chunks, each: 4 length (1..SegmentChunkSize) + 4 CRC of the
-//	         data + data; their lengths add up to size
+//	 44   …  the body's chunks (chunk.go), each at most SegmentChunkSize
+//	         bytes before compression, compressed when that makes it
+//	         smaller; their raw lengths add up to size
 //	trailer     8 bytes
 //	  0   4  end marker "MFSE"
 //	  4   4  CRC of every segment byte before the trailer
 //
 // The version is read right after the magic, so a segment from a newer
 // mailfs is refused as such (ErrSegmentVersion) rather than misread.
+// Version 1 differs only in its chunks, which were never compressed;
+// segments are built for the wire and never stored, so version 1 is read
+// for a peer that still runs an older mailfs.
 var (
 	segMagic    = [4]byte{'M', 'F', 'S', 'G'}
 	segEndMagic = [4]byte{'M', 'F', 'S', 'E'}
 )
 
-// SegmentVersion is the segment format this mailfs writes, and the only one
-// it reads.
-const SegmentVersion uint16 = 1
+// SegmentVersion is the segment format this mailfs writes. It reads it and
+// version 1 (minSegmentVersion).
+const SegmentVersion uint16 = 2
 
-// SegmentChunkSize is the largest chunk a body is cut into on the wire; a
-// reader holds at most one chunk of a body in memory.
+const minSegmentVersion uint16 = 1
+
+// SegmentChunkSize is the largest chunk a body is cut into on the wire,
+// counted before compression; a reader holds at most one chunk of a body in
+// memory, as it arrived and decompressed.
 const SegmentChunkSize = 64 << 10
 
 const (
-	segHeaderLen   = 86
-	bodyHeaderLen  = 44
-	chunkHeaderLen = 8
-	trailerLen     = 8
+	segHeaderLen  = 86
+	bodyHeaderLen = 44
+	trailerLen    = 8
 
 	// minOpRecord is the fewest bytes one op can take in the ops block: a
 	// one-byte length, magic+version+kind (6), the origin field (34, always
@@ -286,9 +291,8 @@ type SegmentWriter struct {
 	state  int
 	bodies uint32 // bodies begun
 	err    error  // sticky: the stream is broken
-	buf    []byte // chunk header + data
-	sum    hash.Hash
-	chunk  int // chunk size; SegmentChunkSize, smaller only in tests
+	cw     chunkWriter
+	buf    []byte // body header
 }
 
 const (
@@ -299,7 +303,7 @@ const (
 
 // NewSegmentWriter returns a writer of one segment to w.
 func NewSegmentWriter(w io.Writer) *SegmentWriter {
-	return &SegmentWriter{w: w, chunk: SegmentChunkSize}
+	return &SegmentWriter{w: w, cw: chunkWriter{version: SegmentVersion, chunk: SegmentChunkSize}}
 }
 
 // Header returns the header as written, with the fields WriteHeader
@@ -366,7 +370,7 @@ func (sw *SegmentWriter) WriteHeader(h SegmentHeader, ops []Op) error {
 	if len(comp) > math.MaxUint32 {
 		return fmt.Errorf("journal: segment compressed ops block of %d bytes is too large", len(comp))
 	}
-	h.Version = SegmentVersion
+	h.Version = sw.cw.version
 	h.OpCount = uint32(len(ops))
 	h.OpsRawLen = uint32(len(raw))
 	h.OpsLen = uint32(len(comp))
@@ -397,40 +401,19 @@ func (sw *SegmentWriter) WriteBody(b Body, r io.Reader) error {
 	case b.Size < 0:
 		return fmt.Errorf("journal: segment body %s has negative size %d", shortContent(b.Content), b.Size)
 	}
-	if sw.buf == nil {
-		sw.buf = make([]byte, chunkHeaderLen+sw.chunk)
-		sw.sum = sha256.New()
-	}
-	sw.sum.Reset()
 	if b.Size == 0 && ContentID(sha256.Sum256(nil)) != b.Content {
 		return fmt.Errorf("journal: segment body %s is empty, whose content is %s", shortContent(b.Content), shortContent(sha256.Sum256(nil)))
 	}
-	if err := sw.write(b.appendTo(sw.buf[:0])); err != nil {
+	sw.buf = b.appendTo(sw.buf[:0])
+	if err := sw.write(sw.buf); err != nil {
 		return err
 	}
 	sw.bodies++
-	for left := b.Size; left > 0; {
-		n := int(min(int64(sw.chunk), left))
-		data := sw.buf[chunkHeaderLen : chunkHeaderLen+n]
-		if _, err := io.ReadFull(r, data); err != nil {
-			sw.err = fmt.Errorf("journal: segment body %s: reading byte %d of %d: %w", shortContent(b.Content), b.Size-left, b.Size, err)
-			return sw.err
+	if err := sw.cw.writeBody(sw.write, b, r, true); err != nil {
+		if sw.err == nil {
+			sw.err = fmt.Errorf("journal: segment %w", err)
 		}
-		sw.sum.Write(data)
-		left -= int64(n)
-		if left == 0 {
-			var got ContentID
-			sw.sum.Sum(got[:0])
-			if got != b.Content {
-				sw.err = fmt.Errorf("journal: segment body %s: its %d bytes hash to %s", shortContent(b.Content), b.Size, shortContent(got))
-				return sw.err
-			}
-		}
-		binary.BigEndian.PutUint32(sw.buf[0:], uint32(n))
-		binary.BigEndian.PutUint32(sw.buf[4:], crc32c(data))
-		if err := sw.write(sw.buf[:chunkHeaderLen+n]); err != nil {
-			return err
-		}
+		return sw.err
 	}
 	return nil
 }
@@ -472,17 +455,13 @@ func (sw *SegmentWriter) Close() error {
 // from it may be committed. Every error is final: later calls return it
 // again.
 type SegmentReader struct {
-	r      io.Reader
-	lim    Limits
-	hdr    SegmentHeader
-	crc    uint32 // of every byte read so far
-	state  int
-	err    error
-	ops    []Op
-	bodies uint32      // bodies begun
-	cur    *bodyReader // the body being read, if any
-	chunk  []byte      // SegmentChunkSize bytes, allocated with the first body
-	sum    hash.Hash
+	chunkStream // the segment's bytes; crc and err cover the whole segment
+	lim         Limits
+	hdr         SegmentHeader
+	state       int
+	ops         []Op
+	bodies      uint32      // bodies begun
+	cur         *bodyReader // the body being read, if any
 }
 
 // NewSegmentReader reads and checks a segment's header from r. A zero
@@ -492,7 +471,7 @@ type SegmentReader struct {
 // does not know, and one wrapping ErrBadSegment (or ErrSegmentLimit) when
 // the header is damaged, inconsistent or over a limit.
 func NewSegmentReader(r io.Reader, lim Limits) (*SegmentReader, error) {
-	sr := &SegmentReader{r: r, lim: lim.withDefaults()}
+	sr := &SegmentReader{chunkStream: chunkStream{r: r}, lim: lim.withDefaults()}
 	var b [segHeaderLen]byte
 	n, err := io.ReadFull(r, b[:6])
 	if n == 0 && err == io.EOF {
@@ -505,9 +484,11 @@ func NewSegmentReader(r io.Reader, lim Limits) (*SegmentReader, error) {
 	if [4]byte(b[:4]) != segMagic {
 		return nil, fmt.Errorf("%w: bad magic %q", ErrBadSegment, b[:4])
 	}
-	if v := binary.BigEndian.Uint16(b[4:]); v != SegmentVersion {
-		return nil, fmt.Errorf("%w: segment version %d, this mailfs reads %d", ErrSegmentVersion, v, SegmentVersion)
+	v := binary.BigEndian.Uint16(b[4:])
+	if v < minSegmentVersion || v > SegmentVersion {
+		return nil, fmt.Errorf("%w: segment version %d, this mailfs reads %d to %d", ErrSegmentVersion, v, minSegmentVersion, SegmentVersion)
 	}
+	sr.version = v
 	if err := sr.readFull(b[6:], "segment header"); err != nil {
 		return nil, err
 	}
@@ -531,22 +512,6 @@ func readError(err error, what string) error {
 		return fmt.Errorf("%w: truncated in the %s: %w", ErrBadSegment, what, io.ErrUnexpectedEOF)
 	}
 	return fmt.Errorf("journal: reading the %s: %w", what, err)
-}
-
-func (sr *SegmentReader) fail(err error) error {
-	if sr.err == nil {
-		sr.err = err
-	}
-	return sr.err
-}
-
-func (sr *SegmentReader) readFull(p []byte, what string) error {
-	n, err := io.ReadFull(sr.r, p)
-	sr.crc = crc32.Update(sr.crc, castagnoli, p[:n])
-	if err != nil {
-		return sr.fail(readError(err, what))
-	}
-	return nil
 }
 
 // readBlock reads n bytes, growing its buffer as they arrive, so a header
@@ -704,118 +669,8 @@ func (sr *SegmentReader) NextBody() (Body, io.Reader, error) {
 	}
 	body.Size = int64(size)
 	sr.bodies = n
-	if sr.chunk == nil {
-		sr.chunk = make([]byte, SegmentChunkSize)
-		sr.sum = sha256.New()
-	}
-	sr.sum.Reset()
-	sr.cur = &bodyReader{sr: sr, n: n, body: body, left: body.Size}
+	sr.cur = &bodyReader{cs: &sr.chunkStream, sr: sr, name: fmt.Sprintf("body %d", n), body: body, left: body.Size}
 	return body, sr.cur, nil
-}
-
-// bodyReader streams one body's bytes, chunk by verified chunk.
-type bodyReader struct {
-	sr   *SegmentReader
-	n    uint32 // 1-based body number, for errors
-	body Body
-	left int64  // bytes still on the stream
-	buf  []byte // verified bytes not yet returned
-	done bool   // the hash matched: io.EOF once buf is empty
-}
-
-func (br *bodyReader) stale() error {
-	if br.sr.cur != br {
-		return fmt.Errorf("journal: segment body %d read after NextBody moved on", br.n)
-	}
-	return nil
-}
-
-// Read implements io.Reader.
-func (br *bodyReader) Read(p []byte) (int, error) {
-	if err := br.stale(); err != nil {
-		return 0, err
-	}
-	for len(br.buf) == 0 {
-		if br.done {
-			return 0, io.EOF
-		}
-		if err := br.fill(); err != nil {
-			return 0, err
-		}
-	}
-	n := copy(p, br.buf)
-	br.buf = br.buf[n:]
-	return n, nil
-}
-
-// WriteTo implements io.WriterTo, so io.Copy writes whole chunks.
-func (br *bodyReader) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for {
-		if err := br.stale(); err != nil {
-			return total, err
-		}
-		for len(br.buf) == 0 {
-			if br.done {
-				return total, nil
-			}
-			if err := br.fill(); err != nil {
-				return total, err
-			}
-		}
-		n, err := w.Write(br.buf)
-		total += int64(n)
-		br.buf = br.buf[n:]
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
-// fill reads and checks the next chunk, and after the last one the hash.
-func (br *bodyReader) fill() error {
-	sr := br.sr
-	if sr.err != nil {
-		return sr.err
-	}
-	if br.left == 0 {
-		return br.verify()
-	}
-	var h [chunkHeaderLen]byte
-	if err := sr.readFull(h[:], "chunk header"); err != nil {
-		return err
-	}
-	off := br.body.Size - br.left
-	n := binary.BigEndian.Uint32(h[:4])
-	if n == 0 || n > SegmentChunkSize || int64(n) > br.left {
-		return sr.fail(fmt.Errorf("%w: body %d: chunk of %d bytes at offset %d, %d left", ErrBadSegment, br.n, n, off, br.left))
-	}
-	data := sr.chunk[:n]
-	if err := sr.readFull(data, "body chunk"); err != nil {
-		return err
-	}
-	if got, want := crc32c(data), binary.BigEndian.Uint32(h[4:]); got != want {
-		return sr.fail(fmt.Errorf("%w: body %d: chunk CRC %08x at offset %d, chunk says %08x", ErrBadSegment, br.n, got, off, want))
-	}
-	sr.sum.Write(data)
-	br.left -= int64(n)
-	if br.left == 0 {
-		if err := br.verify(); err != nil {
-			return err
-		}
-	}
-	br.buf = data
-	return nil
-}
-
-func (br *bodyReader) verify() error {
-	var got ContentID
-	br.sr.sum.Sum(got[:0])
-	if got != br.body.Content {
-		return br.sr.fail(fmt.Errorf("%w: body %d: its %d bytes hash to %s, announced as %s", ErrBadSegment, br.n, br.body.Size, shortContent(got), shortContent(br.body.Content)))
-	}
-	br.done = true
-	return nil
 }
 
 // shortContent is the first 16 hex digits of a content ID, for errors.

@@ -39,7 +39,7 @@ func writeSegment(t testing.TB, epoch, prev uint64, ops []Op, bodies [][]byte, c
 	var buf bytes.Buffer
 	sw := NewSegmentWriter(&buf)
 	if chunk > 0 {
-		sw.chunk = chunk
+		sw.cw.chunk = chunk
 	}
 	h := SegmentHeader{Origin: segOrigin, Epoch: epoch, Prev: prev, Last: prev + uint64(len(ops)), Bodies: uint32(len(bodies))}
 	if err := sw.WriteHeader(h, ops); err != nil {
@@ -112,6 +112,7 @@ func fixCRCs(in []byte) []byte {
 		return b
 	}
 	fixHeader := func() { be.PutUint32(b[segHeaderLen-4:], crc32c(b[:segHeaderLen-4])) }
+	v1 := be.Uint16(b[4:]) == 1
 	fixHeader()
 	opsLen := int(be.Uint32(b[70:]))
 	p := segHeaderLen
@@ -129,15 +130,22 @@ func fixCRCs(in []byte) []byte {
 		left := be.Uint64(b[p+32:])
 		p += bodyHeaderLen
 		for left > 0 {
-			if len(b)-p < chunkHeaderLen {
+			hl, crcAt := chunkHeaderLen, 8
+			if v1 {
+				hl, crcAt = chunkHeaderLenV1, 4
+			}
+			if len(b)-p < hl {
 				return b
 			}
-			n := be.Uint32(b[p:])
-			if n == 0 || n > SegmentChunkSize || uint64(n) > left || int(n) > len(b)-p-chunkHeaderLen {
+			n, m := be.Uint32(b[p:]), be.Uint32(b[p:])
+			if !v1 {
+				m = be.Uint32(b[p+4:])
+			}
+			if n == 0 || n > SegmentChunkSize || uint64(n) > left || m == 0 || m > n || int(m) > len(b)-p-hl {
 				return b
 			}
-			be.PutUint32(b[p+4:], crc32c(b[p+chunkHeaderLen:p+chunkHeaderLen+int(n)]))
-			p += chunkHeaderLen + int(n)
+			be.PutUint32(b[p+crcAt:], crc32c(b[p+hl:p+hl+int(m)]))
+			p += hl + int(m)
 			left -= uint64(n)
 		}
 	}
@@ -460,7 +468,7 @@ func TestSegmentWriterRefuses(t *testing.T) {
 	// never written.
 	buf.Reset()
 	sw = NewSegmentWriter(&buf)
-	sw.chunk = 4
+	sw.cw.chunk = 4
 	h.Bodies = 1
 	if err := sw.WriteHeader(h, ops); err != nil {
 		t.Fatal(err)
@@ -763,6 +771,11 @@ func FuzzReadSegment(f *testing.F) {
 	f.Add(rawOpsForm(f, small))
 	f.Add(writeSegment(f, 1, 0, nil, nil, 0))
 	f.Add(writeSegment(f, 2, 9, segOps(segOrigin, 9, 8), [][]byte{randomBytes(5, 100)}, 16))
+	// Compressed chunks (text), a bomb in a chunk, a compressed chunk
+	// that decompresses beyond its length.
+	f.Add(writeSegment(f, 3, 0, segOps(segOrigin, 0, 2), [][]byte{mailText(10, 3000), []byte("x")}, 1000))
+	f.Add(segWithChunks(f, bodyOf(make([]byte, 4096)), chunkAt(4096, rleBomb(4))))
+	f.Add(segWithChunks(f, bodyOf(make([]byte, 100)), chunkAt(100, compress(f, make([]byte, 200)))))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, in := range [][]byte{b, fixCRCs(b), compressOps(t, b)} {
 			if in == nil {
@@ -790,26 +803,32 @@ func FuzzReadSegment(f *testing.F) {
 				}
 				data[i] = bd.data
 			}
-			var buf bytes.Buffer
-			sw := NewSegmentWriter(&buf)
-			if err := sw.WriteHeader(SegmentHeader{Origin: h.Origin, Epoch: h.Epoch, Prev: h.Prev, Last: h.Last, Bodies: h.Bodies}, ops); err != nil {
-				t.Fatalf("rewrite: %v", err)
-			}
-			for i, bd := range bodies {
-				if err := sw.WriteBody(bd.Body, bytes.NewReader(data[i])); err != nil {
-					t.Fatalf("rewrite body %d: %v", i, err)
+			// Rewritten in the version it came in and in the current one,
+			// it reads the same.
+			for _, v := range []uint16{h.Version, SegmentVersion} {
+				var buf bytes.Buffer
+				sw := NewSegmentWriter(&buf)
+				sw.cw.version = v
+				if err := sw.WriteHeader(SegmentHeader{Origin: h.Origin, Epoch: h.Epoch, Prev: h.Prev, Last: h.Last, Bodies: h.Bodies}, ops); err != nil {
+					t.Fatalf("rewrite: %v", err)
 				}
-			}
-			if err := sw.Close(); err != nil {
-				t.Fatalf("rewrite: %v", err)
-			}
-			h2, ops2, bodies2, err := readSegment(&buf, fuzzLimits)
-			if err != nil {
-				t.Fatalf("rewritten segment refused: %v", err)
-			}
-			h.OpsRawLen, h.OpsLen, h.OpsCRC = h2.OpsRawLen, h2.OpsLen, h2.OpsCRC
-			if h != h2 || !reflect.DeepEqual(normalizeOps(ops), normalizeOps(ops2)) || !reflect.DeepEqual(bodies, bodies2) {
-				t.Fatalf("rewrite changed the segment\n%+v\n%+v", h, h2)
+				for i, bd := range bodies {
+					if err := sw.WriteBody(bd.Body, bytes.NewReader(data[i])); err != nil {
+						t.Fatalf("rewrite body %d: %v", i, err)
+					}
+				}
+				if err := sw.Close(); err != nil {
+					t.Fatalf("rewrite: %v", err)
+				}
+				h2, ops2, bodies2, err := readSegment(&buf, fuzzLimits)
+				if err != nil {
+					t.Fatalf("rewritten segment (version %d) refused: %v", v, err)
+				}
+				want := h
+				want.Version, want.OpsRawLen, want.OpsLen, want.OpsCRC = v, h2.OpsRawLen, h2.OpsLen, h2.OpsCRC
+				if want != h2 || !reflect.DeepEqual(normalizeOps(ops), normalizeOps(ops2)) || !reflect.DeepEqual(bodies, bodies2) {
+					t.Fatalf("rewrite (version %d) changed the segment\n%+v\n%+v", v, want, h2)
+				}
 			}
 		}
 	})
@@ -896,7 +915,7 @@ func TestSegmentTransportErrors(t *testing.T) {
 	}
 	write := func(w io.Writer) error {
 		sw := NewSegmentWriter(w)
-		sw.chunk = 7
+		sw.cw.chunk = 7
 		err := sw.WriteHeader(SegmentHeader{Origin: segOrigin, Last: 3, Bodies: 1}, segOps(segOrigin, 0, 3))
 		if err == nil {
 			err = sw.WriteBody(bodyOf([]byte("hello, world")), strings.NewReader("hello, world"))

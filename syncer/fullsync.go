@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -368,7 +369,7 @@ func (s *Syncer) restoreFile(ctx context.Context, fc *fullConn, f index.MissingF
 	body := ""
 	if f.LinkTarget == "" {
 		var err error
-		body, err = s.fetch(fc, fsRequest{Op: "file", Key: f.Path, Content: f.Content.String()}, f.Path, f.Size, f.Content, rep)
+		body, err = s.fetch(fc, fsRequest{Op: "file", Key: f.Path, Content: f.Content.String(), Chunked: true}, f.Path, f.Size, f.Content, rep)
 		if errors.Is(err, errBodyGone) {
 			log.Info("the peer has no copy of a missing file in this version; not repaired", "path", f.Path)
 			rep.Unrepaired++
@@ -753,7 +754,7 @@ var errBodyGone = errors.New("the peer no longer has the body")
 // file, checking its size and that its SHA-256 is its content ID; a body
 // that is not is refused and nothing of it kept.
 func (s *Syncer) fetchBody(fc *fullConn, g journal.GUID, e *peerMessage, rep *FullSyncPeerReport) (string, error) {
-	req := fsRequest{Op: "body", Mailbox: g.String(), Key: e.Key, Content: e.Content.String()}
+	req := fsRequest{Op: "body", Mailbox: g.String(), Key: e.Key, Content: e.Content.String(), Chunked: true}
 	return s.fetch(fc, req, e.Key, e.Size, e.Content, rep)
 }
 
@@ -777,18 +778,31 @@ func (s *Syncer) fetch(fc *fullConn, req fsRequest, what string, size int64, con
 	if err != nil {
 		return "", fmt.Errorf("stage body: %w", err)
 	}
-	h := sha256.New()
 	fc.conn.SetDeadline(time.Now().Add(fc.timeout))
-	n, err := io.CopyN(io.MultiWriter(f, h), deadlineReader{conn: fc.conn, idle: fc.timeout, r: fc.br}, hdr.Size)
+	in := deadlineReader{conn: fc.conn, idle: fc.timeout, r: fc.br}
+	var n int64
+	var h hash.Hash
+	if hdr.Chunked {
+		// The reader checks every chunk and, before the last one, the
+		// content ID.
+		n, err = io.Copy(f, journal.NewBodyReader(in, journal.Body{Content: content, Size: size}))
+	} else {
+		// A mailfs from before chunked answers: raw bytes, hashed here.
+		h = sha256.New()
+		n, err = io.CopyN(io.MultiWriter(f, h), in, hdr.Size)
+	}
 	rep.BytesFetched += n
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, journal.ErrBadSegment) && !errors.Is(err, io.ErrUnexpectedEOF):
+		os.Remove(p)
+		return "", fmt.Errorf("%w: body of %q: %w", ErrProtocol, what, err)
+	case err != nil:
 		os.Remove(p)
 		return "", fmt.Errorf("%w: body of %q: %w", errFullUnreachable, what, err)
-	}
-	if journal.ContentID(h.Sum(nil)) != content {
+	case h != nil && journal.ContentID(h.Sum(nil)) != content:
 		os.Remove(p)
 		return "", fmt.Errorf("%w: body of %q does not match its content ID %s", ErrProtocol, what, content.String()[:16])
 	}

@@ -18,6 +18,12 @@ import (
 // neither side ever holds more than a page: the asker names where the last
 // page ended and how many entries it wants, and refuses a page that is
 // larger, out of order or inconsistent with what the peer said before.
+//
+// A body request that says "chunked" gets the body as a chunk stream
+// instead (journal.WriteBody: the chunks of a replication segment,
+// compressed where that makes them smaller), and its answer says so. A
+// mailfs from before ignores the field and sends raw bytes, which the asker
+// still reads; so the protocol version stays.
 
 // FullSyncVersion is the version of the full sync protocol; a peer that
 // speaks another is refused with both named.
@@ -55,6 +61,8 @@ type fsRequest struct {
 	Key     string `json:"key,omitempty"`
 	Content string `json:"content,omitempty"`
 	Limit   int    `json:"limit,omitempty"`
+	// Chunked asks for a body as a chunk stream.
+	Chunked bool `json:"chunked,omitempty"`
 	// TimeMs is the asker's wall clock (unix ms) when it sent a hello: a
 	// sample of its clock for the answering side (see clock.go).
 	TimeMs int64 `json:"time_ms,omitempty"`
@@ -100,6 +108,8 @@ type fsMessages struct {
 type fsBody struct {
 	Found bool  `json:"found"`
 	Size  int64 `json:"size"`
+	// Chunked: the body follows as a chunk stream, not as Size raw bytes.
+	Chunked bool `json:"chunked,omitempty"`
 }
 
 type fsRefusal struct {

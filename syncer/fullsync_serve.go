@@ -197,7 +197,7 @@ func (s *Syncer) answerBody(w io.Writer, req *fsRequest) error {
 	if err != nil {
 		return err
 	}
-	return s.sendFile(w, rel, size)
+	return s.sendFile(w, rel, size, req.Chunked)
 }
 
 // answerFile streams the plain file the request names if this node has it
@@ -222,12 +222,12 @@ func (s *Syncer) answerFile(w io.Writer, req *fsRequest) error {
 	if !ok || f.Content != c || f.LinkTarget != "" {
 		return writeFrame(w, frameBody, fsBody{})
 	}
-	return s.sendFile(w, req.Key, f.Size)
+	return s.sendFile(w, req.Key, f.Size, req.Chunked)
 }
 
 // sendFile answers the backing file rel, if it is a regular file of size
-// bytes, else "not found".
-func (s *Syncer) sendFile(w io.Writer, rel string, size int64) error {
+// bytes, else "not found": as a chunk stream when the asker can read one.
+func (s *Syncer) sendFile(w io.Writer, rel string, size int64, chunked bool) error {
 	if rel == "" {
 		return writeFrame(w, frameBody, fsBody{})
 	}
@@ -239,8 +239,14 @@ func (s *Syncer) sendFile(w io.Writer, rel string, size int64) error {
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != size {
 		return writeFrame(w, frameBody, fsBody{})
 	}
-	if err := writeFrame(w, frameBody, fsBody{Found: true, Size: size}); err != nil {
+	if err := writeFrame(w, frameBody, fsBody{Found: true, Size: size, Chunked: chunked}); err != nil {
 		return err
+	}
+	if chunked {
+		if err := journal.WriteBody(w, size, f); err != nil {
+			return fmt.Errorf("send body %s: %w", rel, err)
+		}
+		return nil
 	}
 	n, err := io.CopyN(w, f, size)
 	if err != nil {

@@ -2,11 +2,14 @@ package syncer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	mfs "mailfs/fs"
 	"mailfs/index"
@@ -373,6 +378,30 @@ func TestFullSyncRefusesHostileAnswers(t *testing.T) {
 		return fsMessage{Key: key, Content: fmt.Sprintf("%x", sha256.Sum256([]byte("x"))), Sub: journal.SubCur, Size: 1,
 			Added: journal.Stamp{Origin: journal.NodeID{9}}, AddedSeq: 1}
 	}
+	bodySize := func(req *fsRequest) int64 {
+		var sz int64
+		b.store.View(func(v index.PeerView) error {
+			m, _, _ := v.Message(g, req.Key)
+			sz = m.Size
+			return nil
+		})
+		if sz == 0 {
+			sz = int64(len("Subject: three\r\n\r\n3\r\n"))
+		}
+		return sz
+	}
+	// chunkedAnswer answers a body of sz bytes as one chunk stored in
+	// stored, its CRC right.
+	chunkedAnswer := func(w io.Writer, sz int64, stored []byte) (bool, error) {
+		if err := writeFrame(w, frameBody, fsBody{Found: true, Size: sz, Chunked: true}); err != nil {
+			return true, err
+		}
+		h := binary.BigEndian.AppendUint32(nil, uint32(sz))
+		h = binary.BigEndian.AppendUint32(h, uint32(len(stored)))
+		h = binary.BigEndian.AppendUint32(h, crc32.Checksum(stored, crc32.MakeTable(crc32.Castagnoli)))
+		_, err := w.Write(append(h, stored...))
+		return true, err
+	}
 	cases := []struct {
 		name   string
 		tamper func(req *fsRequest, w io.Writer) (bool, error)
@@ -460,6 +489,34 @@ func TestFullSyncRefusesHostileAnswers(t *testing.T) {
 			_, err := w.Write([]byte(strings.Repeat("Z", int(sz))))
 			return true, err
 		}, "does not match its content ID"},
+		{"compressed bomb in a body chunk", func(req *fsRequest, w io.Writer) (bool, error) {
+			if req.Op != "body" {
+				return false, nil
+			}
+			// A zstd frame of RLE blocks, 128 KiB each, no size declared.
+			bomb := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38}
+			for i := range 3 {
+				hdr := uint32(128<<10)<<3 | 1<<1
+				if i == 2 {
+					hdr |= 1
+				}
+				bomb = append(bomb, byte(hdr), byte(hdr>>8), byte(hdr>>16), 0)
+			}
+			return chunkedAnswer(w, bodySize(req), bomb)
+		}, "decompress"},
+		{"corrupt compressed body chunk", func(req *fsRequest, w io.Writer) (bool, error) {
+			if req.Op != "body" {
+				return false, nil
+			}
+			sz := bodySize(req)
+			enc, err := zstd.NewWriter(nil)
+			if err != nil {
+				return true, err
+			}
+			z := enc.EncodeAll(bytes.Repeat([]byte("Z"), int(sz)), nil)
+			z[len(z)-3] ^= 0x10
+			return chunkedAnswer(w, sz, z)
+		}, "decompress"},
 		{"body of another size", func(req *fsRequest, w io.Writer) (bool, error) {
 			if req.Op != "body" {
 				return false, nil
@@ -609,4 +666,33 @@ func TestFullSyncServeRefusesHostileRequests(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFullSyncRawBodies: a peer on a mailfs from before chunked body
+// answers sends raw bytes; they are still fetched and checked.
+func TestFullSyncRawBodies(t *testing.T) {
+	a, b, _ := pair(t, nil)
+	lostFile := path.Join(fullTestMailbox, "cur", "1700000002.M2P1.a:2,S")
+	if err := os.Remove(filepath.Join(b.backing, lostFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Commit(context.Background(), index.Event{Kind: index.EvMissing, Path: lostFile}); err != nil {
+		t.Fatal(err)
+	}
+	chunked := 0
+	old := func(req *fsRequest, w io.Writer) (bool, error) {
+		if req.Chunked {
+			chunked++
+		}
+		req.Chunked = false // as an older mailfs, which does not know the field
+		return false, nil
+	}
+	rep, err := exchange(t, b, hostilePeer(t, a, old))
+	if err != nil || rep.Restored != 1 || chunked == 0 {
+		t.Fatalf("full sync with a peer answering raw bodies: %+v, %v (%d chunked requests)", rep, err, chunked)
+	}
+	data, err := os.ReadFile(filepath.Join(b.mnt, lostFile))
+	if err != nil || string(data) != "Subject: two\r\n\r\n2\r\n" {
+		t.Fatalf("restored %q, %v", data, err)
+	}
 }

@@ -199,18 +199,34 @@ func TestHostilePeer(t *testing.T) {
 	// seq 2 to get past the cursor check to the check under test.
 	mbEvil := "mallory.example/m/Maildir/.Evil"
 	guidEvil := hpGUID(t)
-	body3 := []byte("From: m@mallory.example\r\nSubject: third\r\n\r\n" + strings.Repeat("x", 5000) + "\r\n")
+	// Incompressible, so its one chunk travels as it is and the offsets
+	// below reach its bytes.
+	body3 := append([]byte("From: m@mallory.example\r\nSubject: third\r\n\r\n"), hpIncompressible(5000)...)
 	key3 := "1700000003.M3P1.mallory"
 	// seg3 is built once: the offsets below hold for every copy.
 	seg3 := h.segment(t, h.epoch, 2, []journal.Op{h.messageAdd(mbM, guidM, key3, body3)}, body3)
 	third := func() []byte { return bytes.Clone(seg3) }
 	opsLen := int(binary.BigEndian.Uint32(seg3[70:74]))
 	bodyAt := 86 + opsLen      // body header
-	chunkAt := bodyAt + 44     // chunk header
-	dataAt := chunkAt + 8      // chunk data
+	chunkAt := bodyAt + 44     // chunk header: raw length, stored length, CRC
+	dataAt := chunkAt + 12     // chunk data
 	trailerAt := len(seg3) - 8 // trailer
-	if dataAt+len(body3) != trailerAt {
+	if dataAt+len(body3) != trailerAt || int(binary.BigEndian.Uint32(seg3[chunkAt+4:])) != len(body3) {
 		t.Fatalf("segment layout: data at %d + %d bytes, trailer at %d", dataAt, len(body3), trailerAt)
+	}
+	// withChunk is segment seg of one body, its chunk (at chunkAt) replaced
+	// by one of raw length n stored in stored, every CRC right: what a
+	// hostile peer that compresses its own way sends.
+	withChunk := func(seg []byte, chunkAt, n int, stored []byte) []byte {
+		b := bytes.Clone(seg[:chunkAt])
+		b = binary.BigEndian.AppendUint32(b, uint32(n))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(stored)))
+		b = binary.BigEndian.AppendUint32(b, hpCRC(stored))
+		b = append(b, stored...)
+		b = append(b, "MFSE"...)
+		b = binary.BigEndian.AppendUint32(b, 0)
+		hpFixTrailerCRC(b)
+		return b
 	}
 
 	t.Run("replay on a new connection", func(t *testing.T) {
@@ -233,9 +249,10 @@ func TestHostilePeer(t *testing.T) {
 	})
 	t.Run("segment format from the future", func(t *testing.T) {
 		b := third()
-		binary.BigEndian.PutUint16(b[4:], 2)
+		binary.BigEndian.PutUint16(b[4:], journal.SegmentVersion+1)
 		hpFixHeaderCRC(b)
-		refuse(t, attempt{payload: b, want: "segment version 2, this mailfs reads 1"})
+		refuse(t, attempt{payload: b, want: fmt.Sprintf("segment version %d, this mailfs reads 1 to %d",
+			journal.SegmentVersion+1, journal.SegmentVersion)})
 	})
 
 	t.Run("truncated in the body", func(t *testing.T) {
@@ -274,9 +291,39 @@ func TestHostilePeer(t *testing.T) {
 	t.Run("body that is not its content with fixed CRCs", func(t *testing.T) {
 		b := third()
 		b[dataAt+2500] ^= 0x01
-		binary.BigEndian.PutUint32(b[chunkAt+4:], hpCRC(b[dataAt:trailerAt]))
+		binary.BigEndian.PutUint32(b[chunkAt+8:], hpCRC(b[dataAt:trailerAt]))
 		hpFixTrailerCRC(b)
 		refuse(t, attempt{payload: b, want: "hash to"})
+	})
+	// Compressed chunks: text compresses, so its chunk goes as zstd.
+	bodyText := []byte("From: m@mallory.example\r\nSubject: text\r\n\r\n" + strings.Repeat("please find the report attached\r\n", 600))
+	segText := h.segment(t, h.epoch, 2, []journal.Op{h.messageAdd(mbM, guidM, "1700000006.M6P1.mallory", bodyText)}, bodyText)
+	textChunkAt := 86 + int(binary.BigEndian.Uint32(segText[70:74])) + 44
+	textStored := segText[textChunkAt+12 : len(segText)-8]
+	if n := int(binary.BigEndian.Uint32(segText[textChunkAt+4:])); n != len(textStored) || n >= len(bodyText) {
+		t.Fatalf("the text body's chunk is stored in %d bytes of its %d: not compressed", n, len(bodyText))
+	}
+	t.Run("compressed bomb in a body chunk", func(t *testing.T) {
+		// A zstd frame of 8192 RLE blocks of 128 KiB (1 GiB) that
+		// declares no size, 32 KiB on the wire, as the chunk of a body of
+		// 64 KiB zeros.
+		zeros := make([]byte, 64<<10)
+		seg := h.segment(t, h.epoch, 2, []journal.Op{h.messageAdd(mbM, guidM, "1700000007.M7P1.mallory", zeros)}, zeros)
+		at := 86 + int(binary.BigEndian.Uint32(seg[70:74])) + 44
+		bomb := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38}
+		for i := range 8192 {
+			hdr := uint32(128<<10)<<3 | 1<<1
+			if i == 8191 {
+				hdr |= 1
+			}
+			bomb = append(bomb, byte(hdr), byte(hdr>>8), byte(hdr>>16), 0)
+		}
+		refuse(t, attempt{payload: withChunk(seg, at, len(zeros), bomb), want: "does not decompress to its 65536 bytes"})
+	})
+	t.Run("corrupt compressed body chunk with fixed CRCs", func(t *testing.T) {
+		stored := bytes.Clone(textStored)
+		stored[len(stored)/2] ^= 0x01
+		refuse(t, attempt{payload: withChunk(segText, textChunkAt, len(bodyText), stored), want: "decompress"})
 	})
 	t.Run("corrupt trailer", func(t *testing.T) {
 		b := third()
@@ -730,6 +777,16 @@ func hpFixHeaderCRC(seg []byte) { binary.BigEndian.PutUint32(seg[82:], hpCRC(seg
 // hpFixTrailerCRC recomputes the CRC of every segment byte before the trailer.
 func hpFixTrailerCRC(seg []byte) {
 	binary.BigEndian.PutUint32(seg[len(seg)-4:], hpCRC(seg[:len(seg)-8]))
+}
+
+// hpIncompressible is n bytes that do not compress.
+func hpIncompressible(n int) []byte {
+	var out []byte
+	for i := 0; len(out) < n; i++ {
+		s := sha256.Sum256(binary.BigEndian.AppendUint64(nil, uint64(i)))
+		out = append(out, s[:]...)
+	}
+	return out[:n]
 }
 
 func hpSum(b []byte) string {

@@ -131,7 +131,7 @@ incremental, %d rounds (median shown) on both sides of each tool: 100 deliveries
   The %d-msg dsync pair was primed with identical files and dovecot-uidlists plus one untimed 'doveadm sync'.
 latency: deliveries through A's mount on a fixed schedule; from the final rename() on A to the name
   appearing (inotify) in B's mount; %d of %d seen; p90 %v, max %v.
-bytes: mailfs = A's bytes_sent to B (TLS payload: segments, ops zstd'd, bodies as they are); dsync =
+bytes: mailfs = A's bytes_sent to B (TLS payload: segments, ops zstd'd, body chunks zstd'd when smaller); dsync =
   bytes written to 'doveadm dsync-server' over a pipe (its protocol, the same sync; %s back); raw = the
   messages' sizes. The %d-msg first sync with dsync over the pipe took %.1f s (not in the table).
 total benchmark time %v; load average (1 min) %s at the start, %s at the end, on %d CPUs

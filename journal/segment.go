@@ -306,6 +306,16 @@ func NewSegmentWriter(w io.Writer) *SegmentWriter {
 	return &SegmentWriter{w: w, cw: chunkWriter{version: SegmentVersion, chunk: SegmentChunkSize}}
 }
 
+// NewSegmentWriterVersion is NewSegmentWriter writing segment format
+// version (from 1, for a peer whose mailfs reads only that, to
+// SegmentVersion).
+func NewSegmentWriterVersion(w io.Writer, version uint16) (*SegmentWriter, error) {
+	if version < minSegmentVersion || version > SegmentVersion {
+		return nil, fmt.Errorf("%w: segment version %d, this mailfs writes %d to %d", ErrSegmentVersion, version, minSegmentVersion, SegmentVersion)
+	}
+	return &SegmentWriter{w: w, cw: chunkWriter{version: version, chunk: SegmentChunkSize}}, nil
+}
+
 // Header returns the header as written, with the fields WriteHeader
 // computed; it is the zero header before WriteHeader succeeds.
 func (sw *SegmentWriter) Header() SegmentHeader { return sw.hdr }

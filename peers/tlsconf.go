@@ -17,6 +17,11 @@ import (
 // the handshake says which one a connection is; each config refuses the
 // other.
 const (
+	// ProtoSync2 is the replication stream with segment format 2 (body
+	// chunks compressed); ProtoSync the same stream with format 1, which a
+	// mailfs from before format 2 speaks. Both ends offer both, the newer
+	// first, so a node upgraded before its peer still replicates.
+	ProtoSync2 = "mailfs/2"
 	ProtoSync = "mailfs/1"
 	ProtoPair = "mailfs-pair/1"
 	// ProtoFull is the anti-entropy full sync (digests, key lists, bodies
@@ -58,7 +63,7 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 		trusted = func(journal.NodeID) bool { return false }
 	}
 	cfg := baseConfig(id, ProtoSync)
-	cfg.NextProtos = []string{ProtoSync, ProtoFull}
+	cfg.NextProtos = []string{ProtoSync2, ProtoSync, ProtoFull}
 	cfg.ClientAuth = tls.RequireAnyClientCert // any: the pin below replaces chain checks
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		peer, err := leafID(cs)
@@ -68,7 +73,7 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 		if !trusted(peer) {
 			return &UnknownPeerError{ID: peer}
 		}
-		if cs.NegotiatedProtocol == ProtoFull {
+		if cs.NegotiatedProtocol == ProtoFull || cs.NegotiatedProtocol == ProtoSync2 {
 			return nil
 		}
 		return checkProto(cs, ProtoSync)
@@ -81,7 +86,25 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 // presents exactly one ed25519 certificate whose key fingerprint is want.
 // Pass it to tls.Client or tls.Dialer unchanged (ServerName is not used).
 func ClientConfig(id *Identity, want journal.NodeID) *tls.Config {
-	return clientConfig(id, want, ProtoSync)
+	cfg := clientConfig(id, want, ProtoSync2)
+	cfg.NextProtos = []string{ProtoSync2, ProtoSync}
+	verify := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.NegotiatedProtocol == ProtoSync {
+			cs.NegotiatedProtocol = ProtoSync2 // an older peer: format 1, checked like the rest
+		}
+		return verify(cs)
+	}
+	return cfg
+}
+
+// SegmentVersion is the segment format to write on a replication
+// connection that negotiated proto.
+func SegmentVersion(proto string) uint16 {
+	if proto == ProtoSync {
+		return 1
+	}
+	return journal.SegmentVersion
 }
 
 // FullSyncClientConfig is ClientConfig for the full sync protocol.

@@ -34,6 +34,7 @@ func trustOnly(ids ...journal.NodeID) func(journal.NodeID) bool {
 type handshakeResult struct {
 	server, client       error
 	serverSaw, clientSaw journal.NodeID
+	proto                string // as the client negotiated it
 }
 
 // handshake runs one TLS connection over loopback TCP and returns what
@@ -83,6 +84,7 @@ func handshake(t *testing.T, scfg, ccfg *tls.Config) handshakeResult {
 	if err == nil {
 		tc := c.(*tls.Conn)
 		tc.SetDeadline(time.Now().Add(testTimeout))
+		r.proto = tc.ConnectionState().NegotiatedProtocol
 		r.clientSaw, err = PeerID(tc.ConnectionState())
 		if err == nil {
 			_, err = tc.Read(make([]byte, 1))
@@ -111,6 +113,37 @@ func TestMutualTLS(t *testing.T) {
 	}
 	if r.serverSaw != b.ID || r.clientSaw != a.ID {
 		t.Fatalf("server saw %s, client saw %s", FormatID(r.serverSaw), FormatID(r.clientSaw))
+	}
+}
+
+// TestSyncProtocolVersions checks that a node replicates with a peer from
+// before segment format 2 in both directions, in format 1, and with its
+// own kind in format 2.
+func TestSyncProtocolVersions(t *testing.T) {
+	a, _ := testIdentity(t)
+	b, _ := testIdentity(t)
+	oldServer := ServerConfig(a, trustOnly(b.ID))
+	oldServer.NextProtos = []string{ProtoSync, ProtoFull}
+	for _, tc := range []struct {
+		name     string
+		scfg     *tls.Config
+		ccfg     *tls.Config
+		proto    string
+		segments uint16
+	}{
+		{"both new", ServerConfig(a, trustOnly(b.ID)), ClientConfig(b, a.ID), ProtoSync2, journal.SegmentVersion},
+		{"older receiver", oldServer, ClientConfig(b, a.ID), ProtoSync, 1},
+		{"older pusher", ServerConfig(a, trustOnly(b.ID)), clientConfig(b, a.ID, ProtoSync), ProtoSync, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := handshake(t, tc.scfg, tc.ccfg)
+			if r.server != nil || r.client != nil {
+				t.Fatalf("server: %v; client: %v", r.server, r.client)
+			}
+			if r.proto != tc.proto || SegmentVersion(r.proto) != tc.segments {
+				t.Fatalf("negotiated %q (segment format %d); want %q (%d)", r.proto, SegmentVersion(r.proto), tc.proto, tc.segments)
+			}
+		})
 	}
 }
 

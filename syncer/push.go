@@ -87,6 +87,8 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	if err != nil {
 		return fmt.Errorf("TLS handshake with %s: %w", p.Address, err)
 	}
+	// An older peer (ALPN mailfs/1) reads only segment format 1.
+	version := peers.SegmentVersion(conn.ConnectionState().NegotiatedProtocol)
 	epoch := s.cfg.Store.Epoch()
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := writeHello(conn, helloMagic, ProtocolVersion, epoch, s.cfg.Store.Seq()); err != nil {
@@ -159,7 +161,7 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	for {
 		if len(inflight) < s.cfg.Window && sent < s.cfg.Store.Seq() {
 			before := cw.n
-			last, n, err := s.writeSegment(bw, sent, epoch)
+			last, n, err := s.writeSegment(bw, sent, epoch, version)
 			if err == nil {
 				err = bw.Flush()
 			}
@@ -213,7 +215,7 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 			if len(inflight) > 0 {
 				continue
 			}
-			if _, _, err := s.writeSegment(bw, sent, epoch); err != nil {
+			if _, _, err := s.writeSegment(bw, sent, epoch, version); err != nil {
 				return fmt.Errorf("heartbeat: %w", err)
 			}
 			if err := bw.Flush(); err != nil {
@@ -243,7 +245,7 @@ const (
 // writeSegment writes the ops after seq after (up to MaxSegmentOps) with the
 // bodies the peer needs, and returns the last seq written. With no ops
 // after it, it writes an empty segment (a heartbeat).
-func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64) (last uint64, n int, err error) {
+func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64, version uint16) (last uint64, n int, err error) {
 	var ops []journal.Op
 	size := 0
 	var bodySize int64
@@ -273,7 +275,10 @@ func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64) (last uint64, n 
 		}
 	}()
 	last = after + uint64(len(ops))
-	sw := journal.NewSegmentWriter(w)
+	sw, err := journal.NewSegmentWriterVersion(w, version)
+	if err != nil {
+		return after, 0, err
+	}
 	h := journal.SegmentHeader{Origin: s.cfg.Store.Node(), Epoch: epoch, Prev: after, Last: last, Bodies: uint32(len(bodies))}
 	if err := sw.WriteHeader(h, ops); err != nil {
 		return after, 0, err

@@ -225,7 +225,7 @@ func TestPairEndToEnd(t *testing.T) {
 	}
 }
 
-// dialSync opens a replication connection (ALPN mailfs/1) as id to the
+// dialSync opens a replication connection (ALPN mailfs/2) as id to the
 // node pinned at addr, sends a hello that is not the protocol's and reads:
 // TLS 1.3 reports a refused client certificate on the first read, and a
 // paired node closes the connection on the bad hello.

@@ -162,7 +162,7 @@ func (pl *peerListener) serveConn(conn *tls.Conn) {
 		}
 		pl.log.Info("paired with node", "peer_name", p.Name, "peer", peers.FormatID(p.ID), "address", p.Address,
 			"remote", remote)
-	case peers.ProtoSync:
+	case peers.ProtoSync, peers.ProtoSync2:
 		// The TLS config let it in: it is a paired node.
 		s := pl.sync.Load()
 		if s == nil {

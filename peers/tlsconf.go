@@ -22,8 +22,8 @@ const (
 	// mailfs from before format 2 speaks. Both ends offer both, the newer
 	// first, so a node upgraded before its peer still replicates.
 	ProtoSync2 = "mailfs/2"
-	ProtoSync = "mailfs/1"
-	ProtoPair = "mailfs-pair/1"
+	ProtoSync  = "mailfs/1"
+	ProtoPair  = "mailfs-pair/1"
 	// ProtoFull is the anti-entropy full sync (digests, key lists, bodies
 	// on request), between paired peers only, like ProtoSync.
 	ProtoFull = "mailfs-full/1"

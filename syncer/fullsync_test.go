@@ -474,15 +474,7 @@ func TestFullSyncRefusesHostileAnswers(t *testing.T) {
 			if req.Op != "body" {
 				return false, nil
 			}
-			var sz int64
-			b.store.View(func(v index.PeerView) error {
-				m, _, _ := v.Message(g, req.Key)
-				sz = m.Size
-				return nil
-			})
-			if sz == 0 {
-				sz = int64(len("Subject: three\r\n\r\n3\r\n"))
-			}
+			sz := bodySize(req)
 			if err := writeFrame(w, frameBody, fsBody{Found: true, Size: sz}); err != nil {
 				return true, err
 			}

@@ -182,6 +182,21 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			Path: op.Path, Seen: op.Seen})
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
+	case journal.MailboxCreate:
+		// A mailbox made here by an op that came before its create (a
+		// rename, mail from a third node) learns its create now: where and
+		// by whom it was created decides which same-path creates are one
+		// mailbox with it (rule 3), as on the nodes that had the create.
+		var mb mailboxRec
+		ok, err := t.getRec(mailboxKey(op.Mailbox), &mb)
+		if err != nil || !ok || mb.CreatedSeq != 0 || op.Seq == 0 {
+			return err
+		}
+		mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedSeen = st, op.Seq, op.Path, op.Seen
+		if mb.CreatedGUID.IsZero() {
+			mb.CreatedGUID = op.Mailbox
+		}
+		return t.putRec(mailboxKey(op.Mailbox), &mb)
 	case journal.FileWrite, journal.FileDelete:
 		return t.recordFileOp(op)
 	case journal.MailboxRename:

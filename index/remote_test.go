@@ -76,3 +76,56 @@ func TestVersionVectorIgnoresScratchEffects(t *testing.T) {
 		t.Fatalf("after the rename into new/: peer seen up to %d, want 4", got)
 	}
 }
+
+// A mailbox made here before its create arrived (a peer's rename came
+// first) learns its create when it does: where and by whom it was made and
+// what its creator had seen, which decide same-path merges (rule 3). A
+// mailbox that knows its create keeps it.
+func TestLateCreateIsRecorded(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer, other := randomNode(t), randomNode(t)
+	g := journal.GUID{7}
+	early := &journal.Op{Kind: journal.MailboxCreate, Origin: other, Seq: 0, Time: journal.HLC{WallMs: 5}, Mailbox: g,
+		Path: "u/Maildir/.R"}
+	if _, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "u/Maildir/.R/cur", IsDir: true, Remote: early}); err != nil {
+		t.Fatal(err)
+	}
+	create := &journal.Op{Kind: journal.MailboxCreate, Origin: peer, Seq: 9, Time: journal.HLC{WallMs: 3}, Mailbox: g,
+		Path: "u/Maildir/.S", Seen: journal.VersionVector{other: 4}}
+	if _, err := s.Commit(ctx, Event{Kind: EvRemoteMeta, Remote: create}); err != nil {
+		t.Fatal(err)
+	}
+	var mb Mailbox
+	view := func() {
+		t.Helper()
+		err := s.View(func(v PeerView) error {
+			var ok bool
+			var err error
+			mb, ok, err = v.Mailbox(g)
+			if err == nil && !ok {
+				t.Fatal("mailbox gone")
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	view()
+	if mb.CreatedSeq != 9 || mb.Created.Origin != peer || mb.CreatedPath != "u/Maildir/.S" || mb.CreatedSeen[other] != 4 ||
+		mb.Path != "u/Maildir/.R" || mb.CreatedGUID != g {
+		t.Fatalf("after its create arrived: %+v; want created by the peer (seq 9) at u/Maildir/.S, still at u/Maildir/.R", mb)
+	}
+	again := *create
+	again.Seq, again.Path = 11, "u/Maildir/.T"
+	if _, err := s.Commit(ctx, Event{Kind: EvRemoteMeta, Remote: &again}); err != nil {
+		t.Fatal(err)
+	}
+	view()
+	if mb.CreatedSeq != 9 || mb.CreatedPath != "u/Maildir/.S" {
+		t.Fatalf("a second create rewrote the record: %+v", mb)
+	}
+}

@@ -104,7 +104,11 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 		if errors.Is(err, errSkip) {
 			return nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return a.meta(ctx, op) // a mailbox made before its create arrived learns it
+
 	case journal.MailboxRename:
 		return a.renameMailbox(ctx, op)
 	case journal.MailboxDelete:

@@ -210,6 +210,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: recreatedFrom, NewGUID: mb.GUID}); err != nil {
 					return index.Mailbox{}, err
 				}
+				if err := a.applyEarlyFlags(ctx, mb.GUID, recreatedFrom); err != nil {
+					return index.Mailbox{}, err
+				}
 			}
 			return mb, nil
 		}
@@ -328,7 +331,8 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 	})
 }
 
-// applyEarlyFlags applies, after winner and loser were merged, the flag
+// applyEarlyFlags applies, after loser's mail became winner's (a rule-3
+// merge, or a rule-4 rekey to the recreated GUID), the flag
 // changes kept under either GUID for messages that had not arrived under
 // it (a third node's change, named by the GUID its sender had): the
 // message is there now, under the other GUID, and no add of it will come
@@ -561,6 +565,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: mb.CreatedGUID}); err != nil {
 				return err
 			}
+			if err := a.applyEarlyFlags(ctx, mb.CreatedGUID, mb.GUID); err != nil {
+				return err
+			}
 		}
 		return a.meta(ctx, op)
 	}
@@ -581,8 +588,13 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 				"mailbox", mb.GUID.String(), "kept", kept)
 			a.resolved(ruleUnseenKept)
 			if !deletedBefore {
-				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID,
-					NewGUID: index.RecreatedGUID(mb.GUID)}); err != nil {
+				recreated := index.RecreatedGUID(mb.GUID)
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: recreated}); err != nil {
+					return err
+				}
+				// A third node's flag change to the kept mail, naming the
+				// recreated GUID, may have come first and waited for it.
+				if err := a.applyEarlyFlags(ctx, recreated, mb.GUID); err != nil {
 					return err
 				}
 			}

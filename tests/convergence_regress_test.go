@@ -514,6 +514,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// C deletes a folder A has just filled; B keeps A's mail (C had not
+	// seen it) under the recreated folder's GUID and flags it. A gets B's
+	// flag change before C's delete: the change waits under the recreated
+	// GUID, and must be applied when the delete makes that GUID A's too.
+	t.Run("flag change to kept mail before the delete that kept it", func(t *testing.T) {
+		c.t = t
+		root := "r20/Maildir"
+		mkMailbox(t, n3.Mnt, root)
+		mkMailbox(t, n3.Mnt, root+"/.G")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, a.Mnt, root+"/.G", "new", "20000.M1.a", body("kept, flagged"), when)
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.G")
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		c.heal(1, 2)
+		c.pushed(2, 1)
+		setFlags(t, b.Mnt, root+"/.G", "20000.M1.a", "DS")
+		c.cut(1, 2)
+		c.heal(0, 1)
+		c.pushed(1, 0)
+		st := c.converge("flags to kept mail before the delete")
+		if m, ok := st.Mailboxes[root+"/.G"]["20000.M1.a"]; !ok || m.Flags != `\Draft \Seen` {
+			t.Fatalf(".G holds %+v; want 20000.M1.a draft and seen", st.Mailboxes[root+"/.G"])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

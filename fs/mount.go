@@ -64,6 +64,52 @@ func (s *Server) Apply(op *journal.Op, fn func() error) error {
 	return fn()
 }
 
+// ApplyNoWait is Apply for the applier's bulk path (a peer's delivery or
+// flag change): a rename fn makes through the mount that needs no
+// directory fsync (a delivery from the mailbox's own tmp/, a rename that
+// changes only the flags) is submitted to the index as op's but not waited
+// for; its pending commit is returned instead, and the caller waits for it
+// (and for many others, in one group commit) before it acknowledges the
+// segment. Until then the rename is on disk but not in the index: the
+// caller has recorded its intent durably beforehand, so that a reconcile
+// after a crash in between does not take the file for a local add (see
+// index.Store.Reconcile). Every other change fn makes is waited for, as in
+// Apply.
+func (s *Server) ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending, error) {
+	s.m.applyMu.Lock()
+	defer s.m.applyMu.Unlock()
+	c := &collector{}
+	s.m.remote.Store(op)
+	s.m.collect.Store(c)
+	defer func() {
+		s.m.collect.Store(nil)
+		s.m.remote.Store(nil)
+	}()
+	err := fn()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending, err
+}
+
+// collector gathers the pending commits of an ApplyNoWait.
+type collector struct {
+	mu      sync.Mutex
+	pending []*index.Pending
+}
+
+// deferCommit hands p to the applier's ApplyNoWait, if the request is the
+// applier's and ApplyNoWait is in progress, instead of waiting for it.
+func (m *mailFS) deferCommit(ctx context.Context, p *index.Pending) bool {
+	c := m.collect.Load()
+	if c == nil || !m.byApplier(ctx) {
+		return false
+	}
+	c.mu.Lock()
+	c.pending = append(c.pending, p)
+	c.mu.Unlock()
+	return true
+}
+
 // Mountpoint is where the tree is mounted.
 func (s *Server) Mountpoint() string { return s.mountpoint }
 
@@ -80,6 +126,9 @@ type mailFS struct {
 	remote atomic.Pointer[journal.Op]
 	// applyMu lets one peer op at a time be applied.
 	applyMu sync.Mutex
+	// collect, while an ApplyNoWait runs, takes the applier's pending
+	// commits that need not be waited for in the handler.
+	collect atomic.Pointer[collector]
 	// deliveryWait, when set, is how a delivery waits for the peers'
 	// acknowledgement (mount --sync-timeout).
 	deliveryWait atomic.Pointer[deliveryWaiter]

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,9 +60,22 @@ type Server struct {
 func (s *Server) Apply(op *journal.Op, fn func() error) error {
 	s.m.applyMu.Lock()
 	defer s.m.applyMu.Unlock()
-	s.m.remote.Store(op)
-	defer s.m.remote.Store(nil)
+	defer s.m.asApplier(op)()
 	return fn()
+}
+
+// asApplier marks the calling goroutine's thread as the applier's while it
+// carries out op (fn of Apply runs on it: every syscall fn makes comes from
+// that thread), and returns the undo.
+func (m *mailFS) asApplier(op *journal.Op) func() {
+	runtime.LockOSThread()
+	m.applierTid.Store(int64(syscall.Gettid()))
+	m.remote.Store(op)
+	return func() {
+		m.remote.Store(nil)
+		m.applierTid.Store(0)
+		runtime.UnlockOSThread()
+	}
 }
 
 // ApplyNoWait is Apply for the applier's bulk path (a peer's delivery or
@@ -79,13 +93,11 @@ func (s *Server) ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending,
 	s.m.applyMu.Lock()
 	defer s.m.applyMu.Unlock()
 	c := &collector{}
-	s.m.remote.Store(op)
 	s.m.collect.Store(c)
-	defer func() {
-		s.m.collect.Store(nil)
-		s.m.remote.Store(nil)
-	}()
+	defer s.m.collect.Store(nil)
+	undo := s.m.asApplier(op)
 	err := fn()
+	undo()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.pending, err
@@ -129,6 +141,8 @@ type mailFS struct {
 	// collect, while an ApplyNoWait runs, takes the applier's pending
 	// commits that need not be waited for in the handler.
 	collect atomic.Pointer[collector]
+	// applierTid is the thread carrying out remote (0: none).
+	applierTid atomic.Int64
 	// deliveryWait, when set, is how a delivery waits for the peers'
 	// acknowledgement (mount --sync-timeout).
 	deliveryWait atomic.Pointer[deliveryWaiter]

@@ -144,10 +144,10 @@ func containsNoSpace(s string) bool {
 }
 
 // submit queues ev; it must be called with m.mu held. A change made by the
-// syncer's applier (a thread of this process, while it is applying a peer's
-// op) is submitted as that op's, so it is not journaled again.
+// syncer's applier (its thread, while it is applying a peer's op) is
+// submitted as that op's, so it is not journaled again.
 func (m *mailFS) submit(ctx context.Context, ev index.Event) (*index.Pending, error) {
-	if r := m.remote.Load(); r != nil && fromSelf(ctx) {
+	if r := m.applierOp(ctx); r != nil {
 		ev.Remote = r
 	}
 	return m.store.Submit(ev)
@@ -156,7 +156,7 @@ func (m *mailFS) submit(ctx context.Context, ev index.Event) (*index.Pending, er
 // applierOp is the peer op the request carries out, if the request is the
 // syncer's applier at work.
 func (m *mailFS) applierOp(ctx context.Context) *journal.Op {
-	if r := m.remote.Load(); r != nil && fromSelf(ctx) {
+	if r := m.remote.Load(); r != nil && m.fromApplier(ctx) {
 		return r
 	}
 	return nil
@@ -164,19 +164,20 @@ func (m *mailFS) applierOp(ctx context.Context) *journal.Op {
 
 // byApplier reports whether the request is the syncer's applier at work.
 func (m *mailFS) byApplier(ctx context.Context) bool {
-	return m.remote.Load() != nil && fromSelf(ctx)
+	return m.applierOp(ctx) != nil
 }
 
-// fromSelf reports whether the FUSE request came from a thread of this
-// process: the kernel reports the calling thread's ID, and /proc/self/task
-// lists only this process's threads.
-func fromSelf(ctx context.Context) bool {
+// fromApplier reports whether the FUSE request came from the thread
+// carrying out a peer's op (Server.Apply locks it to its goroutine for
+// that long): the kernel reports the calling thread's ID. A compare, where
+// a look in /proc/self/task for every request cost a path walk in procfs.
+func (m *mailFS) fromApplier(ctx context.Context) bool {
 	c, ok := fuse.FromContext(ctx)
 	if !ok || c.Pid == 0 {
 		return false
 	}
-	var st syscall.Stat_t
-	return syscall.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid), &st) == nil
+	tid := m.applierTid.Load()
+	return tid != 0 && int64(c.Pid) == tid
 }
 
 // waitDurable waits for p's group commit and, at the same time, fsyncs

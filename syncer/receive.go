@@ -436,6 +436,7 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 		}
 	}
 	a := s.applier
+	started := time.Now()
 	a.bulk = true
 	defer func() {
 		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
@@ -461,14 +462,22 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 			a.unlockAll()
 		}
 	}
+	applied := time.Now()
 	if err := a.flush(); err != nil {
 		return err
 	}
+	flushed := time.Now()
 	if err := a.syncDelivered(); err != nil {
 		return err
 	}
+	synced := time.Now()
 	a.unlockAll()
 	_, err = s.cfg.Store.Commit(ctx, index.AppliedOp(r.peer, h.Epoch, h.Last))
+	if len(ops) > 0 {
+		r.log.Debug("segment applied", "first_seq", h.Prev+1, "last_seq", h.Last, "ops", len(ops),
+			"apply", applied.Sub(started), "flush", flushed.Sub(applied), "sync", synced.Sub(flushed),
+			"cursor", time.Since(synced))
+	}
 	return err
 }
 

@@ -67,9 +67,11 @@ type applier struct {
 	// them first: it must see their effect in the index).
 	pending     []*index.Pending
 	pendingKeys map[string]bool
-	// syncDirs are the new/ and cur/ directories that got deliveries whose
-	// body was not fsynced one by one (flushed once for the segment).
-	syncDirs map[string]bool
+	// syncFiles are the files delivered on the bulk path, open until they
+	// are fsynced with the segment (syncDelivered); syncDirs the new/ and
+	// cur/ directories they went to.
+	syncFiles []*os.File
+	syncDirs  map[string]bool
 }
 
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
@@ -124,22 +126,60 @@ func (a *applier) flush() error {
 }
 
 // syncDelivered makes the deliveries of the bulk path durable: the bodies
-// were fsynced when staged, their renames (and the inodes' new metadata)
-// go to disk with an fsync of the directories they went to, one journal
-// commit of the backing file system for the lot, made in parallel.
+// were fsynced when staged, so what is left is each file's inode (owner,
+// mode, times: cheap, its data is on disk) and the directories that got
+// the renames, fsynced in parallel (on a journaling file system they share
+// a few journal commits; without a journal each writes its own blocks).
 func (a *applier) syncDelivered() error {
-	errs := make(chan error, len(a.syncDirs))
-	for d := range a.syncDirs {
-		go func(d string) { errs <- syncDir(a.backing(d)) }(d)
+	work := make(chan func() error)
+	errs := make(chan error, stageSyncers)
+	n := min(stageSyncers, len(a.syncFiles)+len(a.syncDirs))
+	for i := 0; i < n; i++ {
+		go func() {
+			var first error
+			for fn := range work {
+				if err := fn(); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
 	}
+	for _, f := range a.syncFiles {
+		work <- func() error {
+			err := f.Sync()
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("fsync delivered %s: %w", f.Name(), err)
+			}
+			return nil
+		}
+	}
+	for d := range a.syncDirs {
+		work <- func() error { return syncDir(a.backing(d)) }
+	}
+	close(work)
 	var first error
-	for range a.syncDirs {
+	for i := 0; i < n; i++ {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
 	}
+	a.syncFiles = a.syncFiles[:0]
 	clear(a.syncDirs)
 	return first
+}
+
+// dropDelivered forgets the deliveries of a segment that failed (it is not
+// acknowledged: the peer sends it again).
+func (a *applier) dropDelivered() {
+	for _, f := range a.syncFiles {
+		f.Close()
+	}
+	a.syncFiles = a.syncFiles[:0]
+	clear(a.syncDirs)
 }
 
 func syncDir(dir string) error {
@@ -850,7 +890,7 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 		if err := a.lockMailbox(mb.Path); err != nil {
 			return err
 		}
-		return os.Rename(a.abs(from), a.abs(to))
+		return renameFile(a.abs(from), a.abs(to))
 	}); err != nil {
 		return err
 	}
@@ -1002,7 +1042,7 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		if err := a.lockMailbox(dst.Path); err != nil {
 			return err
 		}
-		return os.Rename(a.abs(from), a.abs(to))
+		return renameFile(a.abs(from), a.abs(to))
 	}); err != nil {
 		return err
 	}
@@ -1241,27 +1281,48 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if uid >= 0 {
 		err = f.Chown(uid, gid)
 	}
-	if err == nil && !(linked && a.bulk) {
+	// On the bulk path the receiver fsynced the staged body (this very
+	// inode) before the segment was applied: the bytes are durable before
+	// the rename makes them visible. The inode's new owner, mode and times
+	// and the rename itself are made durable with the segment, file and
+	// directory together (syncDelivered), the file kept open until then.
+	later := linked && a.bulk
+	if err == nil && !later {
 		err = f.Sync()
-	} else if err == nil {
-		// The receiver fsynced the staged body (this inode) before the
-		// segment was applied; the rename and the inode's new owner and
-		// times are made durable with the segment (syncDelivered).
-		a.syncDirs[path.Join(mbPath, subName(sub))] = true
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if !later {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
 		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
 	if err == nil {
-		err = os.Rename(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
+		err = renameFile(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
 	}
 	if err != nil {
+		if later {
+			f.Close()
+		}
 		os.Remove(a.backing(tmpRel))
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
+	}
+	if later {
+		a.syncFiles = append(a.syncFiles, f)
+		a.syncDirs[path.Join(mbPath, subName(sub))] = true
+	}
+	return nil
+}
+
+// renameFile renames a message file through the mount. os.Rename would
+// first lstat the target (to refuse a rename over a directory, which the
+// kernel refuses anyway for a file): through the mount that is a LOOKUP and
+// a GETATTR more for every delivery and flag change applied.
+func renameFile(from, to string) error {
+	if err := syscall.Rename(from, to); err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
 	}
 	return nil
 }

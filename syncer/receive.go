@@ -440,7 +440,7 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	a.bulk = true
 	defer func() {
 		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
-		clear(a.syncDirs)
+		a.dropDelivered()
 		a.bulk = false
 		a.unlockAll()
 	}()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,9 +60,66 @@ type Server struct {
 func (s *Server) Apply(op *journal.Op, fn func() error) error {
 	s.m.applyMu.Lock()
 	defer s.m.applyMu.Unlock()
-	s.m.remote.Store(op)
-	defer s.m.remote.Store(nil)
+	defer s.m.asApplier(op)()
 	return fn()
+}
+
+// asApplier marks the calling goroutine's thread as the applier's while it
+// carries out op (fn of Apply runs on it: every syscall fn makes comes from
+// that thread), and returns the undo.
+func (m *mailFS) asApplier(op *journal.Op) func() {
+	runtime.LockOSThread()
+	m.applierTid.Store(int64(syscall.Gettid()))
+	m.remote.Store(op)
+	return func() {
+		m.remote.Store(nil)
+		m.applierTid.Store(0)
+		runtime.UnlockOSThread()
+	}
+}
+
+// ApplyNoWait is Apply for the applier's bulk path (a peer's delivery or
+// flag change): a rename fn makes through the mount that needs no
+// directory fsync (a delivery from the mailbox's own tmp/, a rename that
+// changes only the flags) is submitted to the index as op's but not waited
+// for; its pending commit is returned instead, and the caller waits for it
+// (and for many others, in one group commit) before it acknowledges the
+// segment. Until then the rename is on disk but not in the index: the
+// caller has recorded its intent durably beforehand, so that a reconcile
+// after a crash in between does not take the file for a local add (see
+// index.Store.Reconcile). Every other change fn makes is waited for, as in
+// Apply.
+func (s *Server) ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending, error) {
+	s.m.applyMu.Lock()
+	defer s.m.applyMu.Unlock()
+	c := &collector{}
+	s.m.collect.Store(c)
+	defer s.m.collect.Store(nil)
+	undo := s.m.asApplier(op)
+	err := fn()
+	undo()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending, err
+}
+
+// collector gathers the pending commits of an ApplyNoWait.
+type collector struct {
+	mu      sync.Mutex
+	pending []*index.Pending
+}
+
+// deferCommit hands p to the applier's ApplyNoWait, if the request is the
+// applier's and ApplyNoWait is in progress, instead of waiting for it.
+func (m *mailFS) deferCommit(ctx context.Context, p *index.Pending) bool {
+	c := m.collect.Load()
+	if c == nil || !m.byApplier(ctx) {
+		return false
+	}
+	c.mu.Lock()
+	c.pending = append(c.pending, p)
+	c.mu.Unlock()
+	return true
 }
 
 // Mountpoint is where the tree is mounted.
@@ -80,6 +138,11 @@ type mailFS struct {
 	remote atomic.Pointer[journal.Op]
 	// applyMu lets one peer op at a time be applied.
 	applyMu sync.Mutex
+	// collect, while an ApplyNoWait runs, takes the applier's pending
+	// commits that need not be waited for in the handler.
+	collect atomic.Pointer[collector]
+	// applierTid is the thread carrying out remote (0: none).
+	applierTid atomic.Int64
 	// deliveryWait, when set, is how a delivery waits for the peers'
 	// acknowledgement (mount --sync-timeout).
 	deliveryWait atomic.Pointer[deliveryWaiter]

@@ -144,30 +144,40 @@ func containsNoSpace(s string) bool {
 }
 
 // submit queues ev; it must be called with m.mu held. A change made by the
-// syncer's applier (a thread of this process, while it is applying a peer's
-// op) is submitted as that op's, so it is not journaled again.
+// syncer's applier (its thread, while it is applying a peer's op) is
+// submitted as that op's, so it is not journaled again.
 func (m *mailFS) submit(ctx context.Context, ev index.Event) (*index.Pending, error) {
-	if r := m.remote.Load(); r != nil && fromSelf(ctx) {
+	if r := m.applierOp(ctx); r != nil {
 		ev.Remote = r
 	}
 	return m.store.Submit(ev)
 }
 
-// byApplier reports whether the request is the syncer's applier at work.
-func (m *mailFS) byApplier(ctx context.Context) bool {
-	return m.remote.Load() != nil && fromSelf(ctx)
+// applierOp is the peer op the request carries out, if the request is the
+// syncer's applier at work.
+func (m *mailFS) applierOp(ctx context.Context) *journal.Op {
+	if r := m.remote.Load(); r != nil && m.fromApplier(ctx) {
+		return r
+	}
+	return nil
 }
 
-// fromSelf reports whether the FUSE request came from a thread of this
-// process: the kernel reports the calling thread's ID, and /proc/self/task
-// lists only this process's threads.
-func fromSelf(ctx context.Context) bool {
+// byApplier reports whether the request is the syncer's applier at work.
+func (m *mailFS) byApplier(ctx context.Context) bool {
+	return m.applierOp(ctx) != nil
+}
+
+// fromApplier reports whether the FUSE request came from the thread
+// carrying out a peer's op (Server.Apply locks it to its goroutine for
+// that long): the kernel reports the calling thread's ID. A compare, where
+// a look in /proc/self/task for every request cost a path walk in procfs.
+func (m *mailFS) fromApplier(ctx context.Context) bool {
 	c, ok := fuse.FromContext(ctx)
 	if !ok || c.Pid == 0 {
 		return false
 	}
-	var st syscall.Stat_t
-	return syscall.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid), &st) == nil
+	tid := m.applierTid.Load()
+	return tid != 0 && int64(c.Pid) == tid
 }
 
 // waitDurable waits for p's group commit and, at the same time, fsyncs
@@ -422,6 +432,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 					return fusefs.ToErrno(err)
 				}
 				ev.File.LinkTarget = target
+			} else if r := n.m.applierOp(ctx); ct.Kind == maildir.KindMessage && r != nil && !r.Content.IsZero() &&
+				r.Size == st.Size && st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				// The applier delivers a body the receiver verified against
+				// its content ID: hashing it again costs a read of every
+				// byte of a catch-up for nothing.
+				ev.File.Content, ev.File.Size = r.Content, r.Size
 			} else if id, size, err := index.HashFile(absFrom); err == nil {
 				ev.File.Content, ev.File.Size = id, size
 			} else {
@@ -432,7 +448,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	}
 	n.m.mu.Lock()
 	if isDirFrom {
-		if r := n.m.remote.Load(); r != nil && r.Kind == journal.MailboxDelete && fromSelf(ctx) && n.m.holdsUnseenMail(ctx, from, r) {
+		if r := n.m.applierOp(ctx); r != nil && r.Kind == journal.MailboxDelete && n.m.holdsUnseenMail(ctx, from, r) {
 			// Decided under mu, where no local delivery can slip in between
 			// the check and the rename: a peer's folder delete never takes
 			// mail its deleter had not seen.
@@ -467,6 +483,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		// mailbox's own tmp/ need no directory fsync: after an unclean
 		// stop, reconcile restores the journal's name or redoes the
 		// delivery from tmp/. The delivering MDA fsyncs new/ itself.
+		if len(dirs) == 0 && n.m.deferCommit(ctx, p) {
+			return 0 // the applier waits for it with its segment (ApplyNoWait)
+		}
 		err = n.m.waitDurable(p, dirs...)
 	}
 	if undo(err) {

@@ -29,11 +29,12 @@ const (
 	EvRemoteMeta                          // Remote changes index state only: stamps and tombstones
 	EvRekey                               // the mailbox GUID becomes NewGUID (rules 3 and 4)
 	EvApplying                            // Remote is applied, its segment not yet: a local op has seen it (index-only)
+	EvIntent                              // Intent: a peer's adds whose files may appear before their commits (intent.go)
 	EvDropEarlyFlags                      // the early flag changes kept for message Path of mailbox GUID are applied
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "drop-early-flags"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -74,6 +75,8 @@ type Event struct {
 	// applier made it): index state follows as for a local change, but no
 	// op is journaled and stamps are the peer op's.
 	Remote *journal.Op
+	// Intent, for EvIntent, is what the applier is about to apply.
+	Intent *Intent
 }
 
 func (t *tx) apply(ev Event) error {
@@ -94,7 +97,16 @@ func (t *tx) apply(ev Event) error {
 	}
 	switch ev.Kind {
 	case EvApplied:
+		// The segment is applied and durable with this cursor: its intent
+		// has served (intent.go).
+		if ev.Remote != nil {
+			if err := t.clearIntent(ev.Remote.Origin); err != nil {
+				return err
+			}
+		}
 		return t.setApplied(ev.Remote)
+	case EvIntent:
+		return t.putIntent(ev.Intent)
 	case EvRemoteMeta:
 		return t.remoteMeta(ev.Remote)
 	case EvRekey:
@@ -136,7 +148,7 @@ func (t *tx) apply(ev Event) error {
 // come before the effect (a body written before its rename into new/).
 func visibleEffect(ev Event) bool {
 	switch ev.Kind {
-	case EvApplied, EvRekey:
+	case EvApplied, EvRekey, EvIntent:
 		return false
 	case EvRemoteMeta, EvApplying:
 		return true

@@ -75,7 +75,12 @@ const StagedUnlinkPrefix = ".mailfs-unlink."
 // thousand files. It must run while nothing else changes the tree.
 func (s *Store) Reconcile(ctx context.Context, root string, progress func(Progress)) (ReconcileReport, error) {
 	r := &reconciler{s: s, ctx: ctx, root: root, progress: progress, start: time.Now()}
-	err := r.walk("")
+	intents, err := s.intendedAdds()
+	if err != nil {
+		return r.rep, fmt.Errorf("reconcile: %w", err)
+	}
+	r.intents = intents
+	err = r.walk("")
 	if err == nil {
 		err = r.flush()
 	}
@@ -104,6 +109,29 @@ type reconciler struct {
 	pending  []Event
 	rep      ReconcileReport
 	lastTick time.Time
+	// intents are the peers' adds whose files may be in the tree before
+	// their index commits (intent.go), by key.
+	intents map[string][]*journal.Op
+}
+
+// intended returns the peer op that delivered the unknown message file at
+// rel (base name key), if an apply intent names it: same key, same bytes.
+func (r *reconciler) intended(rel, key string) (*journal.Op, journal.ContentID, error) {
+	var id journal.ContentID
+	cands := r.intents[key]
+	if len(cands) == 0 {
+		return nil, id, nil
+	}
+	id, n, err := HashFile(r.abs(rel))
+	if err != nil {
+		return nil, id, err
+	}
+	for _, op := range cands {
+		if op.Content == id && op.Size == n {
+			return op, id, nil
+		}
+	}
+	return nil, id, nil
 }
 
 func (r *reconciler) add(ev Event) error {
@@ -342,6 +370,20 @@ func (r *reconciler) mailbox(rel string) error {
 			ev := Event{Kind: EvRescan, Path: join(dir, name), Content: r.hasher(r.abs(join(dir, name)))}
 			if fi, err := e.Info(); err == nil {
 				ev.File = fileInfo(fi)
+			}
+			if k == nil {
+				op, id, err := r.intended(join(dir, name), parsed.Base)
+				if err != nil {
+					return fmt.Errorf("reconcile: %w", err)
+				}
+				if op != nil {
+					// Delivered by the applier for a peer whose segment was
+					// cut short by the crash: the peer's add, not a local one
+					// (no echo); the peer sends the segment again.
+					r.s.log.Info("reconcile: a message applied for a peer before a crash is recorded as the peer's",
+						"path", r.abs(join(dir, name)), "origin", op.Origin.Short(), "seq", op.Seq)
+					ev.Remote, ev.File.Content, ev.File.Size = op, id, op.Size
+				}
 			}
 			if err := r.add(ev); err != nil {
 				return err

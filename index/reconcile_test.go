@@ -2,9 +2,12 @@ package index
 
 import (
 	"context"
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"mailfs/journal"
 )
 
 // After an unclean stop the journal holds only acknowledged ops, and the
@@ -73,5 +76,80 @@ func TestReconcileAfterUncleanStop(t *testing.T) {
 	}
 	if rep.Redone != 2 {
 		t.Errorf("report says %d renames redone, want 2", rep.Redone)
+	}
+}
+
+// A peer's delivery renamed into place by the applier, whose index commit
+// was still pending when the daemon died (the bulk path of a segment), is
+// recorded as the peer's op by the reconcile that follows, not journaled
+// as a local add (which would echo back); a file the intent does not name,
+// or whose bytes differ, is a local add as ever. The cursor commit that
+// ends the segment drops the intent.
+func TestReconcileIntendedAdds(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	mb := "example.com/a/Maildir"
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, mb, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	commit := func(evs ...Event) {
+		t.Helper()
+		if _, err := s.Commit(ctx, evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"example.com", "example.com/a", mb, mb + "/cur"} {
+		commit(Event{Kind: EvMkdir, Path: d, IsDir: true})
+	}
+	g, ok, err := s.MailboxByPath(mb)
+	if err != nil || !ok {
+		t.Fatalf("mailbox: %v %v", ok, err)
+	}
+	write := func(rel, body string) journal.ContentID {
+		if err := os.WriteFile(filepath.Join(root, rel), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return journal.ContentID(sha256.Sum256([]byte(body)))
+	}
+	peer := journal.NodeID{9}
+	c1 := write(mb+"/new/1.M1.peer", "from the peer")
+	c2 := journal.ContentID(sha256.Sum256([]byte("other bytes")))
+	write(mb+"/new/2.M2.peer", "not what the peer sent")
+	write(mb+"/cur/3.M3.local:2,S", "local")
+	add := func(seq uint64, key string, c journal.ContentID, size int64) journal.Op {
+		return journal.Op{Kind: journal.MessageAdd, Origin: peer, Seq: seq, Time: journal.HLC{WallMs: 1000},
+			Mailbox: g.GUID, Path: mb, Key: key, Sub: journal.SubNew, Size: size, Content: c}
+	}
+	commit(IntentOf(peer, []journal.Op{add(1, "1.M1.peer", c1, 13), add(2, "2.M2.peer", c2, 11)}))
+	if n, err := s.Intents(); err != nil || n != 1 {
+		t.Fatalf("intents: %d %v", n, err)
+	}
+	seq := s.Seq()
+	s.wasClean = false
+	if _, err := s.Reconcile(ctx, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Seq() - seq; got != 2 {
+		t.Fatalf("reconcile journaled %d ops, want 2 (the local file and the one whose bytes differ)", got)
+	}
+	var peerAdded bool
+	if err := s.View(func(v PeerView) error {
+		m, ok, err := v.Message(g.GUID, "1.M1.peer")
+		peerAdded = ok && m.Added.Origin == peer && m.AddedSeq == 1 && m.Content == c1
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !peerAdded {
+		t.Fatalf("the intended delivery is not recorded as the peer's add")
+	}
+	commit(AppliedOp(peer, 1, 2))
+	if n, err := s.Intents(); err != nil || n != 0 {
+		t.Fatalf("intents after the cursor commit: %d %v", n, err)
 	}
 }

@@ -25,6 +25,10 @@ import (
 type Mount interface {
 	Mountpoint() string
 	Apply(op *journal.Op, fn func() error) error
+	// ApplyNoWait is Apply whose delivery and flag renames are submitted
+	// to the index but not waited for: their pending commits are returned
+	// (the bulk path of a segment, see applier.bulk).
+	ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending, error)
 }
 
 // Bodies finds a staged body by content ID.
@@ -48,10 +52,149 @@ type applier struct {
 	locks map[string]string
 	// resolved counts a conflict resolved by a merge rule (metrics).
 	resolved func(rule string)
+	// lockedSince is when the oldest dotlock in locks was taken.
+	lockedSince time.Time
+	// keywords is the dovecot-keywords of a mailbox whose dotlock is held,
+	// read once per hold.
+	keywords map[string]maildir.Keywords
+
+	// The bulk path (a segment applied by the receiver, see bulkSegment):
+	// bulk is on for the segment, async for the op being applied when its
+	// index commits need not be waited for one by one.
+	bulk, async bool
+	// pending are the submitted commits not waited for yet; pendingKeys
+	// the message keys they concern (an op on one of those keys waits for
+	// them first: it must see their effect in the index).
+	pending     []*index.Pending
+	pendingKeys map[string]bool
+	// syncFiles are the files delivered on the bulk path, open until they
+	// are fsynced with the segment (syncDelivered); syncDirs the new/ and
+	// cur/ directories they went to.
+	syncFiles []*os.File
+	syncDirs  map[string]bool
 }
 
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
-	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {}}
+	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {},
+		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{}}
+}
+
+// bulkKind reports whether op may take the bulk path: a message add or a
+// flag change, whose effect is one rename inside one mailbox, decided from
+// that message's own index state.
+func bulkKind(op *journal.Op) bool {
+	return op.Kind == journal.MessageAdd || op.Kind == journal.MessageFlags
+}
+
+// applyFS carries out fn for op through the mount; on the bulk path the
+// index commits of its renames are left pending (waited for by flush).
+func (a *applier) applyFS(op *journal.Op, fn func() error) error {
+	if !a.async {
+		return a.mnt.Apply(op, fn)
+	}
+	p, err := a.mnt.ApplyNoWait(op, fn)
+	a.pending = append(a.pending, p...)
+	return err
+}
+
+// submit commits ev, or on the bulk path only submits it (flush waits).
+func (a *applier) submit(ctx context.Context, ev index.Event) error {
+	if !a.async {
+		_, err := a.store.Commit(ctx, ev)
+		return err
+	}
+	p, err := a.store.Submit(ev)
+	if err == nil {
+		a.pending = append(a.pending, p)
+	}
+	return err
+}
+
+// flush waits for every pending commit of the bulk path. Commits are
+// applied in submission order, so once flush returns the index shows every
+// op applied so far.
+func (a *applier) flush() error {
+	var first error
+	for _, p := range a.pending {
+		if _, err := p.Wait(); err != nil && first == nil {
+			first = err
+		}
+	}
+	a.pending = a.pending[:0]
+	clear(a.pendingKeys)
+	return first
+}
+
+// syncDelivered makes the deliveries of the bulk path durable: the bodies
+// were fsynced when staged, so what is left is each file's inode (owner,
+// mode, times: cheap, its data is on disk) and the directories that got
+// the renames, fsynced in parallel (on a journaling file system they share
+// a few journal commits; without a journal each writes its own blocks).
+func (a *applier) syncDelivered() error {
+	work := make(chan func() error)
+	errs := make(chan error, stageSyncers)
+	n := min(stageSyncers, len(a.syncFiles)+len(a.syncDirs))
+	for i := 0; i < n; i++ {
+		go func() {
+			var first error
+			for fn := range work {
+				if err := fn(); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, f := range a.syncFiles {
+		work <- func() error {
+			err := f.Sync()
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("fsync delivered %s: %w", f.Name(), err)
+			}
+			return nil
+		}
+	}
+	for d := range a.syncDirs {
+		work <- func() error { return syncDir(a.backing(d)) }
+	}
+	close(work)
+	var first error
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	a.syncFiles = a.syncFiles[:0]
+	clear(a.syncDirs)
+	return first
+}
+
+// dropDelivered forgets the deliveries of a segment that failed (it is not
+// acknowledged: the peer sends it again).
+func (a *applier) dropDelivered() {
+	for _, f := range a.syncFiles {
+		f.Close()
+	}
+	a.syncFiles = a.syncFiles[:0]
+	clear(a.syncDirs)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // gone since (a mailbox deleted or renamed): nothing of it to keep
+		}
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // processStarted is when this process started: before its mount existed.
@@ -73,6 +216,19 @@ func (a *applier) backing(rel string) string {
 // apply merges one peer op. It is idempotent: applying an op again after a
 // crash changes nothing.
 func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) error {
+	bulk := a.bulk && bulkKind(op) && !a.pendingKeys[op.Key]
+	if !bulk {
+		// Everything else decides from state the pending commits change.
+		if err := a.flush(); err != nil {
+			return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
+		}
+	}
+	a.async = bulk
+	defer func() { a.async = false }()
+	if bulk {
+		a.pendingKeys[op.Key] = true
+	}
+	before := len(a.pending)
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		err = a.applyOnce(ctx, op, bodies)
@@ -87,7 +243,12 @@ func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) erro
 	}
 	// A local op made from now on has seen op (its version vector says
 	// so), though the segment's cursor moves only when all of it is done.
-	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvApplying, Remote: op}); err != nil {
+	// On the bulk path every commit left pending for op (a rename of its
+	// message, its stamps) says so already.
+	if bulk && len(a.pending) > before {
+		return nil
+	}
+	if err := a.submit(ctx, index.Event{Kind: index.EvApplying, Remote: op}); err != nil {
 		return fmt.Errorf("apply op %d %s from %s: %w", op.Seq, op.Kind, op.Origin.Short(), err)
 	}
 	return nil
@@ -138,8 +299,7 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 
 // meta records the index-only effects of op (stamps, tombstones).
 func (a *applier) meta(ctx context.Context, op *journal.Op) error {
-	_, err := a.store.Commit(ctx, index.Event{Kind: index.EvRemoteMeta, Remote: op})
-	return err
+	return a.submit(ctx, index.Event{Kind: index.EvRemoteMeta, Remote: op})
 }
 
 // errSkip: the op has nothing left to do here (its target was deleted).
@@ -733,7 +893,7 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 	if err != nil {
 		return err
 	}
-	return a.mnt.Apply(op, func() error { return a.deliver(mb.Path, sub, name, body, op.Mtime) })
+	return a.applyFS(op, func() error { return a.deliver(mb.Path, sub, name, body, op.Mtime) })
 }
 
 // withEarlyFlags is the flags op adds a message with, after the flag
@@ -874,11 +1034,11 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 	}
 	from := path.Join(mb.Path, subName(local.Sub), local.Name)
 	to := path.Join(mb.Path, subName(sub), name)
-	if err := a.mnt.Apply(op, func() error {
+	if err := a.applyFS(op, func() error {
 		if err := a.lockMailbox(mb.Path); err != nil {
 			return err
 		}
-		return os.Rename(a.abs(from), a.abs(to))
+		return renameFile(a.abs(from), a.abs(to))
 	}); err != nil {
 		return err
 	}
@@ -1030,7 +1190,7 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		if err := a.lockMailbox(dst.Path); err != nil {
 			return err
 		}
-		return os.Rename(a.abs(from), a.abs(to))
+		return renameFile(a.abs(from), a.abs(to))
 	}); err != nil {
 		return err
 	}
@@ -1118,12 +1278,25 @@ func (a *applier) fileName(ctx context.Context, op *journal.Op, mb index.Mailbox
 	if err := a.lockMailbox(mb.Path); err != nil {
 		return "", err
 	}
-	data, _ := os.ReadFile(a.abs(path.Join(mb.Path, "dovecot-keywords")))
-	letters, missing := maildir.FlagLetters(flags, maildir.ParseKeywords(data))
+	// Read once per hold of the lock: nobody else changes the file while
+	// the applier holds it (and addKeywords updates the copy).
+	kw, ok := a.keywords[mb.Path]
+	if !ok {
+		data, _ := os.ReadFile(a.abs(path.Join(mb.Path, "dovecot-keywords")))
+		kw = maildir.ParseKeywords(data)
+		if _, held := a.locks[mb.Path]; held {
+			a.keywords[mb.Path] = kw
+		}
+	}
+	letters, missing := maildir.FlagLetters(flags, kw)
 	if len(missing) > 0 {
 		kw, err := a.addKeywords(op, mb, missing)
 		if err != nil {
+			delete(a.keywords, mb.Path)
 			return "", err
+		}
+		if _, held := a.locks[mb.Path]; held {
+			a.keywords[mb.Path] = kw
 		}
 		letters, missing = maildir.FlagLetters(flags, kw)
 		if len(missing) > 0 {
@@ -1252,29 +1425,55 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 		os.Remove(a.backing(tmpRel))
 	}
 	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
-	f, err := a.stageInto(body, a.backing(tmpRel), os.FileMode(mode&0o666))
+	f, linked, err := a.stageInto(body, a.backing(tmpRel), os.FileMode(mode&0o666))
 	if err != nil {
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
 	if uid >= 0 {
 		err = f.Chown(uid, gid)
 	}
-	if err == nil {
+	// On the bulk path the receiver fsynced the staged body (this very
+	// inode) before the segment was applied: the bytes are durable before
+	// the rename makes them visible. The inode's new owner, mode and times
+	// and the rename itself are made durable with the segment, file and
+	// directory together (syncDelivered), the file kept open until then.
+	later := linked && a.bulk
+	if err == nil && !later {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if !later {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
 		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
 	if err == nil {
-		err = os.Rename(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
+		err = renameFile(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
 	}
 	if err != nil {
+		if later {
+			f.Close()
+		}
 		os.Remove(a.backing(tmpRel))
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
+	}
+	if later {
+		a.syncFiles = append(a.syncFiles, f)
+		a.syncDirs[path.Join(mbPath, subName(sub))] = true
+	}
+	return nil
+}
+
+// renameFile renames a message file through the mount. os.Rename would
+// first lstat the target (to refuse a rename over a directory, which the
+// kernel refuses anyway for a file): through the mount that is a LOOKUP and
+// a GETATTR more for every delivery and flag change applied.
+func renameFile(from, to string) error {
+	if err := syscall.Rename(from, to); err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
 	}
 	return nil
 }
@@ -1312,7 +1511,8 @@ func (a *applier) repairMailboxDirs(mbPath string) error {
 // yet is hard-linked there: no copy, and no inode made and freed per
 // message (ext4's inode allocator slows down past many recently freed
 // inodes). Otherwise it is copied.
-func (a *applier) stageInto(body, tmp string, mode os.FileMode) (*os.File, error) {
+// linked says the file is the staged inode itself.
+func (a *applier) stageInto(body, tmp string, mode os.FileMode) (f *os.File, linked bool, err error) {
 	if fi, err := os.Stat(body); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && os.Link(body, tmp) == nil {
 			f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
@@ -1324,26 +1524,26 @@ func (a *applier) stageInto(body, tmp string, mode os.FileMode) (*os.File, error
 					f.Close()
 				}
 				os.Remove(tmp)
-				return nil, err
+				return nil, false, err
 			}
-			return f, nil
+			return f, true, nil
 		}
 	}
 	src, err := os.Open(body)
 	if err != nil {
-		return nil, fmt.Errorf("staged body: %w", err)
+		return nil, false, fmt.Errorf("staged body: %w", err)
 	}
 	defer src.Close()
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if _, err := io.Copy(f, src); err != nil {
 		f.Close()
 		os.Remove(tmp)
-		return nil, err
+		return nil, false, err
 	}
-	return f, nil
+	return f, false, nil
 }
 
 // lockMailbox takes Dovecot's dovecot-uidlist.lock of the mailbox (same
@@ -1378,6 +1578,9 @@ func (a *applier) lockMailbox(mbPath string) error {
 	for {
 		err := os.Link(tmp, lock)
 		if err == nil {
+			if len(a.locks) == 0 {
+				a.lockedSince = time.Now()
+			}
 			a.locks[mbPath] = lock
 			return nil
 		}
@@ -1453,6 +1656,7 @@ func (a *applier) lockTemp(p, mbPath, owner string) error {
 
 // unlockAll releases the dotlocks taken for a segment.
 func (a *applier) unlockAll() {
+	clear(a.keywords)
 	for mb, lock := range a.locks {
 		if err := os.Remove(lock); err != nil && !errors.Is(err, os.ErrNotExist) {
 			a.log.Warn("releasing dovecot-uidlist.lock failed", "path", lock, "err", err)

@@ -158,10 +158,16 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 	ackTimeout := time.NewTimer(time.Hour)
 	defer ackTimeout.Stop()
 	armAck := func() { ackTimeout.Reset(4*s.cfg.Heartbeat + time.Minute) }
+	// The first segments of a session are small and then grow: the peer
+	// applies a segment only once it has all of it, and applies it while
+	// it receives the next, so a small first segment starts its work
+	// early and a large one later keeps the per-segment costs down.
+	segOps := min(firstSegmentOps, s.cfg.MaxSegmentOps)
 	for {
 		if len(inflight) < s.cfg.Window && sent < s.cfg.Store.Seq() {
 			before := cw.n
-			last, n, err := s.writeSegment(bw, sent, epoch, version)
+			last, n, err := s.writeSegment(bw, sent, epoch, segOps, version)
+			segOps = min(2*segOps, s.cfg.MaxSegmentOps)
 			if err == nil {
 				err = bw.Flush()
 			}
@@ -215,7 +221,7 @@ func (s *Syncer) pushSession(ctx context.Context, p peers.Peer, st *peerState) e
 			if len(inflight) > 0 {
 				continue
 			}
-			if _, _, err := s.writeSegment(bw, sent, epoch, version); err != nil {
+			if _, _, err := s.writeSegment(bw, sent, epoch, 0, version); err != nil {
 				return fmt.Errorf("heartbeat: %w", err)
 			}
 			if err := bw.Flush(); err != nil {
@@ -242,15 +248,19 @@ const (
 	segmentBodyBytes = 32 << 20
 )
 
-// writeSegment writes the ops after seq after (up to MaxSegmentOps) with the
+// firstSegmentOps bounds the ops of a session's first segment.
+const firstSegmentOps = 64
+
+// writeSegment writes the ops after seq after (up to maxOps) with the
 // bodies the peer needs, and returns the last seq written. With no ops
-// after it, it writes an empty segment (a heartbeat).
-func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64, version uint16) (last uint64, n int, err error) {
+// after it, or maxOps 0, it writes an empty segment (a heartbeat), in
+// segment format version.
+func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64, maxOps int, version uint16) (last uint64, n int, err error) {
 	var ops []journal.Op
 	size := 0
 	var bodySize int64
 	err = s.cfg.Store.Ops(after+1, func(op *journal.Op) error {
-		if len(ops) >= s.cfg.MaxSegmentOps || size > segmentBytes {
+		if len(ops) >= maxOps || size > segmentBytes {
 			return errSegmentFull
 		}
 		body := int64(0)

@@ -11,7 +11,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"mailfs/index"
@@ -35,6 +37,58 @@ type staged map[journal.ContentID]string
 func (b staged) Body(c journal.ContentID) (string, bool) {
 	p, ok := b[c]
 	return p, ok
+}
+
+// stageSyncers bounds the fsyncs of staged bodies in flight: concurrent
+// fsyncs share the backing file system's journal commits, so a segment's
+// bodies cost a few commits instead of one each.
+const stageSyncers = 8
+
+// sync makes every staged body durable, so that a delivery made from it
+// needs no fsync of its own (applier.deliver on the bulk path): the body's
+// bytes are on disk before its rename makes it visible, and before the
+// index commit that names it can be.
+func (b staged) sync() error {
+	work := make(chan string)
+	errs := make(chan error, stageSyncers)
+	var wg sync.WaitGroup
+	for i := 0; i < min(stageSyncers, len(b)); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var first error
+			for p := range work {
+				if err := fdatasync(p); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, p := range b {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fdatasync(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("fsync staged body: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+		return fmt.Errorf("fsync staged body %s: %w", p, err)
+	}
+	return nil
 }
 
 func (b staged) remove() {
@@ -101,11 +155,24 @@ func (r *receiver) serve(ctx context.Context) {
 	}
 	r.log.Info("peer connected to push its journal", "peer_epoch", epoch, "peer_seq", seq, "applied_seq", curSeq,
 		"same_epoch", curEpoch == epoch)
-	cr.r = idleReader{conn: conn, idle: 4 * s.cfg.Heartbeat}
-	for {
-		before := cr.n
-		h, ops, bodies, err := r.readSegment(br, curEpoch, curSeq)
-		s.update(r.peer, func(st *peerState) { st.bytesRecv += cr.n - before })
+	idle := 4 * s.cfg.Heartbeat
+	cr.r = idleReader{conn: conn, idle: idle}
+	// The next segment is read, checked and staged (its bodies fsynced)
+	// while the current one is applied: at most one segment waits read
+	// ahead, its bodies on disk, so memory stays bounded.
+	segs := make(chan readSeg, 1)
+	done := make(chan struct{})
+	defer func() {
+		close(done)
+		conn.Close() // ends a read in progress
+		for rs := range segs {
+			rs.bodies.remove()
+		}
+	}()
+	go r.readAhead(br, cr, curEpoch, curSeq, segs, done)
+	for rs := range segs {
+		h, ops, bodies, err := rs.h, rs.ops, rs.bodies, rs.err
+		s.update(r.peer, func(st *peerState) { st.bytesRecv += rs.n })
 		if err != nil {
 			bodies.remove()
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
@@ -114,10 +181,10 @@ func (r *receiver) serve(ctx context.Context) {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				r.log.Warn("peer push connection silent too long; dropped", "timeout", 4*s.cfg.Heartbeat)
+				r.log.Warn("peer push connection silent too long; dropped", "timeout", idle)
 				return
 			}
-			if cr.err != nil {
+			if rs.netErr != nil {
 				// The network failed, not the peer's data: nobody is left
 				// to read a refusal, and nothing was refused.
 				r.log.Warn("peer push connection lost in the middle of a segment; nothing applied, the peer will resend",
@@ -128,8 +195,13 @@ func (r *receiver) serve(ctx context.Context) {
 			r.refuse("segment refused", err)
 			return
 		}
-		conn.SetReadDeadline(time.Time{})
-		if err := r.applySegment(ctx, h, ops, bodies); err != nil {
+		// The time spent applying is not the peer's silence: a read
+		// waiting meanwhile for the segment after the next gets its
+		// deadline pushed on.
+		stopKeep := keepReading(conn, idle)
+		err = r.applySegment(ctx, h, ops, bodies)
+		stopKeep()
+		if err != nil {
 			bodies.remove()
 			if errors.Is(err, ErrProtocol) {
 				writeNack(conn, err.Error())
@@ -145,7 +217,6 @@ func (r *receiver) serve(ctx context.Context) {
 			return
 		}
 		bodies.remove()
-		curEpoch, curSeq = h.Epoch, h.Last
 		conn.SetWriteDeadline(time.Now().Add(2 * time.Minute))
 		if err := writeAck(conn, h.Last); err != nil {
 			r.log.Info("peer push connection ended before the ack", "err", err)
@@ -155,6 +226,62 @@ func (r *receiver) serve(ctx context.Context) {
 			st.lastReceive = time.Now()
 			st.opsApplied += int64(len(ops))
 		})
+	}
+}
+
+// readSeg is a segment read ahead, or the error that ended reading.
+type readSeg struct {
+	h      journal.SegmentHeader
+	ops    []journal.Op
+	bodies staged
+	err    error
+	netErr error // the connection's own failure, if that is what err is
+	n      int64 // bytes received for it
+}
+
+// readAhead reads segments one after the other, each continuing the one
+// before (applySegment checks the durable cursor again), until an error,
+// which it passes on last.
+func (r *receiver) readAhead(br *bufio.Reader, cr *countingReader, epoch, seq uint64, segs chan<- readSeg, done <-chan struct{}) {
+	defer close(segs)
+	for {
+		before := cr.n
+		h, ops, bodies, err := r.readSegment(br, epoch, seq)
+		rs := readSeg{h: h, ops: ops, bodies: bodies, err: err, netErr: cr.err, n: cr.n - before}
+		select {
+		case segs <- rs:
+		case <-done:
+			bodies.remove()
+			return
+		}
+		if err != nil {
+			return
+		}
+		epoch, seq = h.Epoch, h.Last
+	}
+}
+
+// keepReading pushes conn's read deadline idle ahead now and then until
+// the returned stop is called.
+func keepReading(conn net.Conn, idle time.Duration) (stop func()) {
+	quit := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(idle / 4)
+		defer t.Stop()
+		for {
+			conn.SetReadDeadline(time.Now().Add(idle))
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-finished
 	}
 }
 
@@ -212,6 +339,9 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 	for {
 		b, body, err := sr.NextBody()
 		if errors.Is(err, io.EOF) {
+			if err := bodies.sync(); err != nil {
+				return h, nil, bodies, err
+			}
 			return h, ops, bodies, nil
 		}
 		if err != nil {
@@ -271,6 +401,18 @@ func stageBody(p string, body io.Reader) error {
 // since), so the durable one is checked again under applyMu, where cursors
 // move; a segment that does not continue it is refused with an error
 // wrapping ErrProtocol, and nothing is applied.
+//
+// The segment is applied in bulk (group commit): message adds and flag
+// changes take effect through the mount one after the other, but their
+// index commits are submitted without waiting, and are waited for together
+// (applier.flush) before the cursor commit; their bodies were fsynced when
+// staged, their renames are made durable together (syncDelivered). So the
+// ack still follows everything the segment applied being durable. Until
+// the flush, a delivered file may be in the tree and not in the index: the
+// segment's adds are first committed as an intent (index.IntentOf), which
+// a reconcile after a crash consults so that such a file is recorded as
+// the peer's op, not journaled as a local add that would echo back. The
+// cursor commit drops the intent.
 func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, ops []journal.Op, bodies staged) error {
 	s := r.s
 	s.applyMu.Lock()
@@ -282,21 +424,63 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	if err := checkCursor(h, epoch, seq); err != nil {
 		return err
 	}
-	defer s.applier.unlockAll()
+	var adds []journal.Op
 	for i := range ops {
-		err := s.applier.apply(ctx, &ops[i], bodies)
-		if err == nil {
-			s.counts.applied(ops[i].Kind)
+		if ops[i].Kind == journal.MessageAdd {
+			adds = append(adds, ops[i])
 		}
-		// Dotlocks are held for one op at a time: Dovecot waits on them,
-		// and a mailbox renamed by a client meanwhile must not carry one
-		// away.
-		s.applier.unlockAll()
-		if err != nil {
+	}
+	if len(adds) > 0 {
+		if _, err := s.cfg.Store.Commit(ctx, index.IntentOf(r.peer, adds)); err != nil {
 			return err
 		}
 	}
-	s.applier.unlockAll()
+	a := s.applier
+	started := time.Now()
+	a.bulk = true
+	defer func() {
+		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
+		a.dropDelivered()
+		a.bulk = false
+		a.unlockAll()
+	}()
+	for i := range ops {
+		err := a.apply(ctx, &ops[i], bodies)
+		if err == nil {
+			s.counts.applied(ops[i].Kind)
+		}
+		if err != nil {
+			return err
+		}
+		// Dotlocks are held across ops for a short while only: Dovecot
+		// waits on them (and counts a dotlock unchanged for 2 minutes as
+		// stale), and a mailbox renamed by a client meanwhile must not
+		// carry one away for long. The ops that rename or remove a mailbox
+		// directory let go of them first (unlockAll).
+		if len(a.locks) > 0 && (time.Since(a.lockedSince) > maxLockHold || i+1 == len(ops) ||
+			!bulkKind(&ops[i+1]) || ops[i+1].Mailbox != ops[i].Mailbox) {
+			a.unlockAll()
+		}
+	}
+	applied := time.Now()
+	if err := a.flush(); err != nil {
+		return err
+	}
+	flushed := time.Now()
+	if err := a.syncDelivered(); err != nil {
+		return err
+	}
+	synced := time.Now()
+	a.unlockAll()
 	_, err = s.cfg.Store.Commit(ctx, index.AppliedOp(r.peer, h.Epoch, h.Last))
+	if len(ops) > 0 {
+		r.log.Debug("segment applied", "first_seq", h.Prev+1, "last_seq", h.Last, "ops", len(ops),
+			"apply", applied.Sub(started), "flush", flushed.Sub(applied), "sync", synced.Sub(flushed),
+			"cursor", time.Since(synced))
+	}
 	return err
 }
+
+// maxLockHold bounds how long the applier keeps a mailbox's
+// dovecot-uidlist.lock across consecutive ops of a segment.
+const maxLockHold = 500 * time.Millisecond

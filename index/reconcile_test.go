@@ -16,29 +16,13 @@ import (
 // not journal the disk's older state.
 func TestReconcileAfterUncleanStop(t *testing.T) {
 	t.Parallel()
-	root := t.TempDir()
-	mb := "example.com/a/Maildir"
-	for _, sub := range []string{"cur", "new", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(root, mb, sub), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root, mb, s, commit := reconcileFixture(t)
+	defer s.Close()
+	ctx := context.Background()
 	write := func(rel, body string) {
 		if err := os.WriteFile(filepath.Join(root, rel), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-	}
-	s := openTest(t, t.TempDir())
-	defer s.Close()
-	ctx := context.Background()
-	commit := func(evs ...Event) {
-		t.Helper()
-		if _, err := s.Commit(ctx, evs...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range []string{"example.com", "example.com/a", mb, mb + "/cur"} {
-		commit(Event{Kind: EvMkdir, Path: d, IsDir: true})
 	}
 	// 1: a delivery acknowledged, but the rename out of tmp/ was lost.
 	write(mb+"/tmp/1.M1.h", "one")
@@ -87,25 +71,9 @@ func TestReconcileAfterUncleanStop(t *testing.T) {
 // ends the segment drops the intent.
 func TestReconcileIntendedAdds(t *testing.T) {
 	t.Parallel()
-	root := t.TempDir()
-	mb := "example.com/a/Maildir"
-	for _, sub := range []string{"cur", "new", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(root, mb, sub), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := openTest(t, t.TempDir())
+	root, mb, s, commit := reconcileFixture(t)
 	defer s.Close()
 	ctx := context.Background()
-	commit := func(evs ...Event) {
-		t.Helper()
-		if _, err := s.Commit(ctx, evs...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range []string{"example.com", "example.com/a", mb, mb + "/cur"} {
-		commit(Event{Kind: EvMkdir, Path: d, IsDir: true})
-	}
 	g, ok, err := s.MailboxByPath(mb)
 	if err != nil || !ok {
 		t.Fatalf("mailbox: %v %v", ok, err)
@@ -152,4 +120,28 @@ func TestReconcileIntendedAdds(t *testing.T) {
 	if n, err := s.Intents(); err != nil || n != 0 {
 		t.Fatalf("intents after the cursor commit: %d %v", n, err)
 	}
+}
+
+// reconcileFixture is a backing tree with one mailbox (tmp, new, cur) and
+// an open store that knows it; commit commits events or fails the test.
+func reconcileFixture(t *testing.T) (root, mb string, s *Store, commit func(evs ...Event)) {
+	t.Helper()
+	root = t.TempDir()
+	mb = "example.com/a/Maildir"
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, mb, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = openTest(t, t.TempDir())
+	commit = func(evs ...Event) {
+		t.Helper()
+		if _, err := s.Commit(context.Background(), evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"example.com", "example.com/a", mb, mb + "/cur"} {
+		commit(Event{Kind: EvMkdir, Path: d, IsDir: true})
+	}
+	return root, mb, s, commit
 }

@@ -407,6 +407,19 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				continue
 			}
 		}
+		if taken && g == index.RecreatedGUID(at.GUID) {
+			// g is the GUID at's own unseen mail gets when a delete of at
+			// reaches a node: at was deleted elsewhere and the delete has not
+			// arrived here. Until it does, g names at (the delete's rekey
+			// then makes at g, as on the nodes that had the delete first).
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: at.GUID}); err != nil {
+				return index.Mailbox{}, err
+			}
+			if err := a.applyEarlyFlags(ctx, at.GUID, g); err != nil {
+				return index.Mailbox{}, err
+			}
+			continue
+		}
 		if taken {
 			winner, loser := at.GUID, g
 			if string(g[:]) > string(at.GUID[:]) {

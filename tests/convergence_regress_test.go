@@ -1,12 +1,16 @@
 package tests
 
 import (
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"mailfs/index"
+	"mailfs/journal"
 )
 
 // TestConvergenceRegressions replays, over cut links, interleavings the
@@ -540,6 +544,54 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		st := c.converge("flags to kept mail before the delete")
 		if m, ok := st.Mailboxes[root+"/.G"]["20000.M1.a"]; !ok || m.Flags != `\Draft \Seen` {
 			t.Fatalf(".G holds %+v; want 20000.M1.a draft and seen", st.Mailboxes[root+"/.G"])
+		}
+		sameGUIDs(t, c)
+	})
+
+	// A deletes B's folder without having seen B's new mail; C keeps that
+	// mail (in the folder recreated under the GUID derived from B's) and
+	// renames it. B gets C's rename before A's delete: the rename names
+	// B's folder's derived GUID, and B must not merge its folder with it as
+	// another one (rule 3), or it derives a GUID of its own from that.
+	t.Run("rename of kept mail's folder before the delete that kept it", func(t *testing.T) {
+		c.t = t
+		root := "r21/Maildir"
+		mkMailbox(t, b.Mnt, root)
+		// The derived GUID must be the higher one: a merge would then give
+		// B's folder that GUID, and B's delete derive yet another from it.
+		var mb string
+		for i := 0; ; i++ {
+			if i == 20 {
+				t.Fatal("20 folders, none whose derived GUID is the higher")
+			}
+			mb = fmt.Sprintf("%s/.A%d", root, i)
+			mkMailbox(t, b.Mnt, mb)
+			g, err := hex.DecodeString(mailboxGUIDs(t, b.Store)[mb])
+			if err != nil || len(g) != 16 {
+				t.Fatalf("GUID of %s: %x, %v", mb, g, err)
+			}
+			if r := index.RecreatedGUID(journal.GUID(g)); string(r[:]) > string(g) {
+				break
+			}
+		}
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, b.Mnt, mb, "new", "21000.M1.b", body("kept, renamed"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, mb)
+		c.heal(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		c.heal(0, 2)
+		c.pushed(0, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, mb), filepath.Join(n3.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		c.cut(0, 2)
+		c.heal(1, 2)
+		c.pushed(2, 1)
+		st := c.converge("rename of kept mail before the delete")
+		if got := st.Mailboxes[root+"/.R"]; len(got) != 1 {
+			t.Fatalf(".R holds %v; want the kept mail (folders %v)", got, keys(st.Mailboxes))
 		}
 		sameGUIDs(t, c)
 	})

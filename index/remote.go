@@ -192,6 +192,12 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if err != nil || !ok || mb.CreatedSeq != 0 || op.Seq == 0 {
 			return err
 		}
+		if mb.Renamed == mb.Created {
+			// Not renamed since it was made here: that making was no
+			// rename, so the create dates its path (a rename of it from
+			// before the op that made it here must still win).
+			mb.Renamed = st
+		}
 		mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedSeen = st, op.Seq, op.Path, op.Seen
 		if mb.CreatedGUID.IsZero() {
 			mb.CreatedGUID = op.Mailbox

@@ -119,6 +119,11 @@ func TestLateCreateIsRecorded(t *testing.T) {
 		mb.Path != "u/Maildir/.R" || mb.CreatedGUID != g {
 		t.Fatalf("after its create arrived: %+v; want created by the peer (seq 9) at u/Maildir/.S, still at u/Maildir/.R", mb)
 	}
+	if mb.Renamed != mb.Created {
+		// Its making here was no rename: a rename older than the op that
+		// made it here must still win over the create's path.
+		t.Fatalf("path stamp %+v after the create arrived; want the create's %+v", mb.Renamed, mb.Created)
+	}
 	again := *create
 	again.Seq, again.Path = 11, "u/Maildir/.T"
 	if _, err := s.Commit(ctx, Event{Kind: EvRemoteMeta, Remote: &again}); err != nil {

@@ -407,11 +407,12 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				continue
 			}
 		}
-		if taken && g == index.RecreatedGUID(at.GUID) {
+		if taken && derivedFrom(g, at.GUID) {
 			// g is the GUID at's own unseen mail gets when a delete of at
-			// reaches a node: at was deleted elsewhere and the delete has not
-			// arrived here. Until it does, g names at (the delete's rekey
-			// then makes at g, as on the nodes that had the delete first).
+			// reaches a node (or a delete of that one, and so on): at was
+			// deleted elsewhere and the delete has not arrived here. Until
+			// it does, g names at (the deletes' rekeys then make at g, as
+			// on the nodes that had them first).
 			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: at.GUID}); err != nil {
 				return index.Mailbox{}, err
 			}
@@ -451,6 +452,18 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 		}
 	}
 	return index.Mailbox{}, fmt.Errorf("mailbox %s at %q: could not be created", g, p)
+}
+
+// derivedFrom reports whether g is the GUID that mail kept from deletes of
+// mailbox from gets (design §6 rule 4), after one delete or a few in a row.
+func derivedFrom(g, from journal.GUID) bool {
+	for i := 0; i < 4; i++ {
+		from = index.RecreatedGUID(from)
+		if g == from {
+			return true
+		}
+	}
+	return false
 }
 
 // createdApart handles op, a peer's create of a mailbox at p where this

@@ -1152,6 +1152,16 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		}
 	}
 	dst, expunged, err := a.messageTarget(ctx, op.Target, op.NewPath, newKey, op)
+	if err == nil && expunged {
+		// The key's trace in the target may be that of an earlier move out
+		// of it (a move there and back): that is no expunge, and this move
+		// brings the message back.
+		err = a.view(func(v index.PeerView) error {
+			_, _, movedAway, err := v.MovedTo(dst.GUID, newKey)
+			expunged = !movedAway
+			return err
+		})
+	}
 	if errors.Is(err, errSkip) || (err == nil && expunged) {
 		// The target is gone (or the key expunged there): the source goes.
 		if have {

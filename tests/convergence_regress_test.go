@@ -233,6 +233,28 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A message moved to another folder and back: the peer applies both
+	// moves, and the second must not take the first's trace in the folder
+	// it left for an expunge there (the message would be lost).
+	t.Run("message moved to another folder and back", func(t *testing.T) {
+		c.t = t
+		root := "r22/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "cur", "22000.M1.a:2,S", body("there and back"), when)
+		c.converge("setup")
+		for _, mv := range [][2]string{{root, root + "/.X"}, {root + "/.X", root}} {
+			if err := os.Rename(filepath.Join(a.Mnt, mv[0], "cur", "22000.M1.a:2,S"),
+				filepath.Join(a.Mnt, mv[1], "cur", "22000.M1.a:2,S")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st := c.converge("moved and moved back")
+		if _, ok := st.Mailboxes[root]["22000.M1.a"]; !ok {
+			t.Fatalf("%s holds %v, .X %v; want 22000.M1.a back in %s", root, st.Mailboxes[root], st.Mailboxes[root+"/.X"], root)
+		}
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

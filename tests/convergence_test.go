@@ -24,8 +24,8 @@ import (
 // two-node scenarios with a fresh seed, printed at the start.
 // MAILFS_CONVERGE_SCENARIOS=N runs N instead, split 3:2 between the
 // two-node and the three-node cluster (the three-node one still diverges
-// in rare interleavings, about one scenario in 400 when last measured, too
-// often for a run that must pass; see the README). MAILFS_CONVERGE_SEED replays a
+// in rare interleavings, one scenario in a few hundred when last measured,
+// too often for a run that must pass; see the README). MAILFS_CONVERGE_SEED replays a
 // run and MAILFS_CONVERGE_FROM=K starts at scenario K (each scenario's
 // operations depend only on the seed and its number): a failure prints
 // the command that replays it.

@@ -73,10 +73,7 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 		if !trusted(peer) {
 			return &UnknownPeerError{ID: peer}
 		}
-		if cs.NegotiatedProtocol == ProtoFull || cs.NegotiatedProtocol == ProtoSync2 {
-			return nil
-		}
-		return checkProto(cs, ProtoSync)
+		return checkProto(cs, ProtoSync2, ProtoSync, ProtoFull)
 	}
 	return cfg
 }
@@ -86,16 +83,7 @@ func ServerConfig(id *Identity, trusted func(journal.NodeID) bool) *tls.Config {
 // presents exactly one ed25519 certificate whose key fingerprint is want.
 // Pass it to tls.Client or tls.Dialer unchanged (ServerName is not used).
 func ClientConfig(id *Identity, want journal.NodeID) *tls.Config {
-	cfg := clientConfig(id, want, ProtoSync2)
-	cfg.NextProtos = []string{ProtoSync2, ProtoSync}
-	verify := cfg.VerifyConnection
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		if cs.NegotiatedProtocol == ProtoSync {
-			cs.NegotiatedProtocol = ProtoSync2 // an older peer: format 1, checked like the rest
-		}
-		return verify(cs)
-	}
-	return cfg
+	return clientConfig(id, want, ProtoSync2, ProtoSync) // an older peer speaks only ProtoSync
 }
 
 // SegmentVersion is the segment format to write on a replication
@@ -118,8 +106,11 @@ func PairingClientConfig(id *Identity, inviter journal.NodeID) *tls.Config {
 	return clientConfig(id, inviter, ProtoPair)
 }
 
-func clientConfig(id *Identity, want journal.NodeID, proto string) *tls.Config {
-	cfg := baseConfig(id, proto)
+// clientConfig offers protos, in that order of preference, and accepts a
+// server that chose one of them.
+func clientConfig(id *Identity, want journal.NodeID, protos ...string) *tls.Config {
+	cfg := baseConfig(id, protos[0])
+	cfg.NextProtos = protos
 	// Chain and host name checks are replaced by the fingerprint pin in
 	// VerifyConnection, which runs on every handshake.
 	cfg.InsecureSkipVerify = true
@@ -131,7 +122,7 @@ func clientConfig(id *Identity, want journal.NodeID, proto string) *tls.Config {
 		if peer != want {
 			return &UnknownPeerError{ID: peer, Want: want}
 		}
-		return checkProto(cs, proto)
+		return checkProto(cs, protos...)
 	}
 	return cfg
 }
@@ -230,9 +221,10 @@ func leafID(cs tls.ConnectionState) (journal.NodeID, error) {
 	return Fingerprint(pub), nil
 }
 
-func checkProto(cs tls.ConnectionState, want string) error {
-	if cs.NegotiatedProtocol != want {
-		return fmt.Errorf("negotiated protocol %q, want %q", cs.NegotiatedProtocol, want)
+// checkProto accepts a connection that negotiated one of want.
+func checkProto(cs tls.ConnectionState, want ...string) error {
+	if !slices.Contains(want, cs.NegotiatedProtocol) {
+		return fmt.Errorf("negotiated protocol %q, want one of %q", cs.NegotiatedProtocol, want)
 	}
 	return nil
 }

@@ -574,27 +574,15 @@ func (v PeerView) CreatedAt(path string) ([]Mailbox, error) {
 // message was when it was expunged (per flag, the newer change wins).
 func flagTombstone(ts *tombstone, op *journal.Op) *tombstone {
 	st := journal.StampOf(op)
+	ts.Flags = MergeFlags(ts.Flags, ts.FlagStamps, op, op.Changed)
 	if ts.FlagStamps == nil {
 		ts.FlagStamps = map[string]journal.Stamp{}
 	}
-	have := map[string]bool{}
-	for _, f := range ts.Flags {
-		have[f] = true
-	}
 	for _, f := range op.Changed {
-		if old, ok := ts.FlagStamps[f]; ok && st.Less(old) {
-			continue
-		}
-		have[f] = slices.Contains(op.Flags, f)
-		ts.FlagStamps[f] = st
-	}
-	ts.Flags = ts.Flags[:0]
-	for f, p := range have {
-		if p {
-			ts.Flags = append(ts.Flags, f)
+		if old, ok := ts.FlagStamps[f]; !ok || !st.Less(old) {
+			ts.FlagStamps[f] = st
 		}
 	}
-	ts.Flags = journal.SortFlags(ts.Flags)
 	if op.Sub == journal.SubCur {
 		ts.Sub = journal.SubCur // cur/ beats new/
 	}
@@ -638,4 +626,28 @@ func (t *tx) followMove(src journal.GUID, key string, dst journal.GUID, dstKey s
 	}
 	ts.MovedTo, ts.MovedKey = &dst, dstKey
 	return t.putRec(tombMessageKey(src, key), &ts)
+}
+
+// MergeFlags is flags with op's changes to the flags in changed applied
+// where they are newer than the stamps flags have (design §6 rule 6: per
+// flag, the newer change wins).
+func MergeFlags(flags []string, stamps map[string]journal.Stamp, op *journal.Op, changed []string) []string {
+	st := journal.StampOf(op)
+	have := map[string]bool{}
+	for _, f := range flags {
+		have[f] = true
+	}
+	for _, f := range changed {
+		if old, ok := stamps[f]; ok && st.Less(old) {
+			continue
+		}
+		have[f] = slices.Contains(op.Flags, f)
+	}
+	out := make([]string, 0, len(have))
+	for f, p := range have {
+		if p {
+			out = append(out, f)
+		}
+	}
+	return journal.SortFlags(out)
 }

@@ -394,11 +394,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			continue
 		}
 		if taken && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
-			aside, err := a.createdApart(op, at, p)
-			if err != nil {
-				return index.Mailbox{}, err
-			}
-			if aside != "" {
+			if aside := a.createdApart(op, at, p); aside != "" {
 				p, taken = aside, false
 			} else if a.occupantApart(op, at) {
 				if err := a.stepAside(at, p); err != nil {
@@ -472,19 +468,19 @@ func derivedFrom(g, from journal.GUID) bool {
 // delete): not the same mailbox, so it is made beside at, at p-GUID (as a
 // clash left by renames, T14), where that op will find it. It returns
 // that path, or "" when at's creator had not seen op.
-func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) (string, error) {
+func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) string {
 	if at.GUID != at.CreatedGUID || at.CreatedSeen[op.Origin] < op.Seq {
 		// at is not (only) what its create made: recreated for a deleted
 		// one's unseen mail, or merged with another; rule 3 merges.
-		return "", nil
+		return ""
 	}
 	aside := p + "-" + op.Mailbox.String()
 	if _, err := os.Lstat(a.abs(aside)); err == nil {
-		return "", nil // taken too: merge, as before
+		return "" // taken too: merge, as before
 	}
 	a.log.Info("a peer's mailbox created where another one is now; kept apart until its later op arrives",
 		"path", p, "mailbox", op.Mailbox.String(), "at", aside, "other", at.GUID.String())
-	return aside, nil
+	return aside
 }
 
 // occupantApart reports whether op's creator had seen at's create: at had
@@ -1236,24 +1232,7 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 // mergedFlags is local's flags with op's changes to the flags in changed
 // applied where they are newer than local's own (rule 6).
 func mergedFlags(local index.Message, op *journal.Op, changed []string) []string {
-	st := journal.StampOf(op)
-	have := map[string]bool{}
-	for _, f := range local.Flags {
-		have[f] = true
-	}
-	for _, f := range changed {
-		if ls, ok := local.FlagStamps[f]; ok && st.Less(ls) {
-			continue
-		}
-		have[f] = slices.Contains(op.Flags, f)
-	}
-	out := make([]string, 0, len(have))
-	for f, p := range have {
-		if p {
-			out = append(out, f)
-		}
-	}
-	return journal.SortFlags(out)
+	return index.MergeFlags(local.Flags, local.FlagStamps, op, changed)
 }
 
 func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
@@ -1452,9 +1431,6 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if i := strings.IndexByte(base, ':'); i >= 0 {
 		base = base[:i]
 	}
-	if err := a.repairMailboxDirs(mbPath); err != nil {
-		return err
-	}
 	tmpRel := path.Join(mbPath, "tmp", base)
 	if _, err := os.Lstat(a.backing(tmpRel)); err == nil {
 		tmpRel += ".mailfs"
@@ -1463,6 +1439,12 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	uid, gid, mode := a.owner(path.Join(mbPath, "cur"))
 	f, linked, err := a.stageInto(body, a.backing(tmpRel), os.FileMode(mode&0o666))
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			// Off the common path: the op is retried (ENOENT) after this.
+			if rerr := a.repairMailboxDirs(mbPath); rerr != nil {
+				return rerr
+			}
+		}
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
 	if uid >= 0 {
@@ -1494,6 +1476,11 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 			f.Close()
 		}
 		os.Remove(a.backing(tmpRel))
+		if errors.Is(err, os.ErrNotExist) {
+			if rerr := a.repairMailboxDirs(mbPath); rerr != nil {
+				return rerr
+			}
+		}
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
 	}
 	if later {
@@ -1517,7 +1504,8 @@ func renameFile(from, to string) error {
 // repairMailboxDirs puts back tmp/ or new/ of the mailbox at mbPath when
 // the mailbox is there (its cur/ is) but they are not: a local folder
 // delete racing the applier's making of the folder can take one of them
-// with it, and every retry of a delivery would fail the same way. A
+// with it, and every retry of a delivery would fail the same way. deliver
+// calls it when it finds a directory missing, before the op is retried. A
 // mailbox that is not there (renamed or deleted meanwhile) is left alone:
 // the retry finds where it went. Each directory is made with one mkdir
 // through the mount, so a mailbox that goes meanwhile is not made again.

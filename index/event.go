@@ -16,25 +16,26 @@ type EventKind uint8
 
 // Event kinds.
 const (
-	EvMkdir          EventKind = iota + 1 // a directory was created at Path
-	EvRmdir                               // the directory at Path was removed
-	EvRename                              // Path was renamed to NewPath
-	EvLink                                // NewPath was hard-linked to Path
-	EvUnlink                              // the file at Path was removed
-	EvWrite                               // the file at Path was created or its content changed
-	EvTouch                               // the file at Path got a new mtime (utimens)
-	EvRescan                              // reconcile found the file at Path as File describes
-	EvMissing                             // reconcile found Path gone: mark it missing, journal nothing
-	EvApplied                             // every op of Remote.Origin up to Remote.Seq is applied (cursor)
-	EvRemoteMeta                          // Remote changes index state only: stamps and tombstones
-	EvRekey                               // the mailbox GUID becomes NewGUID (rules 3 and 4)
-	EvApplying                            // Remote is applied, its segment not yet: a local op has seen it (index-only)
-	EvIntent                              // Intent: a peer's adds whose files may appear before their commits (intent.go)
-	EvDropEarlyFlags                      // the early flag changes kept for message Path of mailbox GUID are applied
+	EvMkdir           EventKind = iota + 1 // a directory was created at Path
+	EvRmdir                                // the directory at Path was removed
+	EvRename                               // Path was renamed to NewPath
+	EvLink                                 // NewPath was hard-linked to Path
+	EvUnlink                               // the file at Path was removed
+	EvWrite                                // the file at Path was created or its content changed
+	EvTouch                                // the file at Path got a new mtime (utimens)
+	EvRescan                               // reconcile found the file at Path as File describes
+	EvMissing                              // reconcile found Path gone: mark it missing, journal nothing
+	EvApplied                              // every op of Remote.Origin up to Remote.Seq is applied (cursor)
+	EvRemoteMeta                           // Remote changes index state only: stamps and tombstones
+	EvRekey                                // the mailbox GUID becomes NewGUID (rules 3 and 4)
+	EvApplying                             // Remote is applied, its segment not yet: a local op has seen it (index-only)
+	EvIntent                               // Intent: a peer's adds whose files may appear before their commits (intent.go)
+	EvDropEarlyFlags                       // the early flag changes kept for message Path of mailbox GUID are applied
+	EvDropSeenCreates                      // a delete that had applied Seen ends the creates of mailbox GUID it had seen
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -66,7 +67,8 @@ type Event struct {
 	// GUID, for mkdir of <mailbox>/cur or a rescan of a mailbox, is the
 	// mailbox GUID found in an existing dovecot-uidlist.
 	GUID journal.GUID
-	// NewGUID is what EvRekey renames GUID to.
+	// NewGUID is what EvRekey renames GUID to. An EvRekey with Remote is
+	// a merge made for that op: a local op from then on has seen it.
 	NewGUID journal.GUID
 	// Content computes the content ID of the file at the event's target
 	// when File.Content is unset and the index does not know it.
@@ -77,6 +79,8 @@ type Event struct {
 	Remote *journal.Op
 	// Intent, for EvIntent, is what the applier is about to apply.
 	Intent *Intent
+	// Seen, for EvDropSeenCreates, is what the deleting node had applied.
+	Seen journal.VersionVector
 }
 
 func (t *tx) apply(ev Event) error {
@@ -84,7 +88,7 @@ func (t *tx) apply(ev Event) error {
 	defer func() { t.remote = nil }()
 	if ev.Remote != nil {
 		t.s.clock.Observe(ev.Remote.Time)
-		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() {
+		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() && ev.Kind != EvRekey {
 			ev.GUID = g
 		}
 		if visibleEffect(ev) {
@@ -115,6 +119,8 @@ func (t *tx) apply(ev Event) error {
 		return nil // noted above
 	case EvDropEarlyFlags:
 		return t.del(earlyFlagsKey(ev.GUID, ev.Path))
+	case EvDropSeenCreates:
+		return t.dropSeenCreates(ev.GUID, ev.Seen)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -148,8 +154,12 @@ func (t *tx) apply(ev Event) error {
 // come before the effect (a body written before its rename into new/).
 func visibleEffect(ev Event) bool {
 	switch ev.Kind {
-	case EvApplied, EvRekey, EvIntent:
+	case EvApplied, EvIntent, EvDropSeenCreates:
 		return false
+	case EvRekey:
+		// A rule-3 merge made for a peer's create: a local delete of the
+		// merged mailbox from now on takes that create with it.
+		return ev.Remote != nil
 	case EvRemoteMeta, EvApplying:
 		return true
 	}

@@ -93,6 +93,10 @@ type mailboxRec struct {
 	// another mailbox's create at the same path is not the same mailbox
 	// (that one had left the path by then).
 	CreatedSeen journal.VersionVector `json:"created_seen,omitempty"`
+	// MergedCreates are the other creates merged into it (rule 3): a
+	// delete whose node had not seen one of them leaves the mailbox to it,
+	// as on the nodes where that create arrives after the delete.
+	MergedCreates []CreateRef `json:"merged_creates,omitempty"`
 }
 
 type messageRec struct {

@@ -60,6 +60,49 @@ type Mailbox struct {
 	CreatedPath string
 	CreatedGUID journal.GUID
 	CreatedSeen journal.VersionVector
+	// MergedCreates are the other creates merged into it by rule 3.
+	MergedCreates []CreateRef
+}
+
+// CreateRef is a peer's create of a mailbox: the GUID it made, its op's
+// stamp and seq, and what its node had seen.
+type CreateRef struct {
+	GUID  journal.GUID          `json:"guid"`
+	Stamp journal.Stamp         `json:"stamp"`
+	Seq   uint64                `json:"seq"`
+	Seen  journal.VersionVector `json:"seen,omitempty"`
+}
+
+// CreatesUnseen lists the creates of m (its own, and those merged into
+// it) that a node having applied seen had not seen.
+func (m Mailbox) CreatesUnseen(seen journal.VersionVector) []CreateRef {
+	var out []CreateRef
+	if m.CreatedSeq != 0 && !m.Created.Origin.IsZero() && seen[m.Created.Origin] < m.CreatedSeq {
+		g := m.CreatedGUID
+		if g.IsZero() {
+			g = m.GUID
+		}
+		out = append(out, CreateRef{GUID: g, Stamp: m.Created, Seq: m.CreatedSeq, Seen: m.CreatedSeen})
+	}
+	for _, c := range m.MergedCreates {
+		if seen[c.Stamp.Origin] < c.Seq {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Survivor is the GUID a mailbox keeps after a delete that had not seen
+// the creates unseen: the highest, as rule 3 merges them on the nodes
+// where they arrive after the delete.
+func Survivor(unseen []CreateRef) journal.GUID {
+	var g journal.GUID
+	for _, c := range unseen {
+		if string(c.GUID[:]) > string(g[:]) {
+			g = c.GUID
+		}
+	}
+	return g
 }
 
 // Mailboxes calls fn for every live mailbox.

@@ -187,10 +187,17 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		// rename, mail from a third node) learns its create now: where and
 		// by whom it was created decides which same-path creates are one
 		// mailbox with it (rule 3), as on the nodes that had the create.
+		if op.Seq == 0 {
+			return nil
+		}
 		var mb mailboxRec
-		ok, err := t.getRec(mailboxKey(op.Mailbox), &mb)
-		if err != nil || !ok || mb.CreatedSeq != 0 || op.Seq == 0 {
+		g := t.resolve(op.Mailbox)
+		ok, err := t.getRec(mailboxKey(g), &mb)
+		if err != nil || !ok {
 			return err
+		}
+		if mb.CreatedSeq != 0 || g != op.Mailbox {
+			return t.noteMergedCreate(&mb, op)
 		}
 		if mb.Renamed == mb.Created {
 			// Not renamed since it was made here: that making was no
@@ -222,6 +229,55 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		return t.putRec(tombMailboxKey(op.Mailbox), &ts)
 	}
 	return nil
+}
+
+// noteMergedCreate records op, a peer's create merged into mailbox mb by
+// rule 3 (its GUID an alias of mb's now, or mb rekeyed to it), unless it
+// is mb's own create or known already.
+func (t *tx) noteMergedCreate(mb *mailboxRec, op *journal.Op) error {
+	if (mb.Created.Origin == op.Origin && mb.CreatedSeq == op.Seq) || mb.CreatedGUID.IsZero() || mb.CreatedGUID == op.Mailbox {
+		// Its own create, or a record from before CreatedGUID was kept.
+		return nil
+	}
+	for _, c := range mb.MergedCreates {
+		if c.Stamp.Origin == op.Origin && c.Seq == op.Seq {
+			return nil
+		}
+	}
+	mb.MergedCreates = append(mb.MergedCreates, CreateRef{GUID: op.Mailbox, Stamp: journal.StampOf(op), Seq: op.Seq, Seen: op.Seen})
+	return t.putMailbox(mb)
+}
+
+// dropSeenCreates applies to mailbox g a delete whose node had applied
+// seen but had not seen some of g's creates (rule 3 merged several): the
+// mailbox stays, as those creates make it on the nodes where they arrive
+// after the delete, under the GUID they give it there (Survivor).
+func (t *tx) dropSeenCreates(g journal.GUID, seen journal.VersionVector) error {
+	var mb mailboxRec
+	ok, err := t.getRec(mailboxKey(g), &mb)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("index: delete of the seen creates of mailbox %s: no such mailbox", g)
+	}
+	unseen := mailboxOf(&mb).CreatesUnseen(seen)
+	if len(unseen) == 0 {
+		return fmt.Errorf("index: delete of the seen creates of mailbox %s: its delete had seen every create", g)
+	}
+	survivor := Survivor(unseen)
+	mb.MergedCreates = nil
+	for _, c := range unseen {
+		if c.GUID != survivor {
+			mb.MergedCreates = append(mb.MergedCreates, c)
+			continue
+		}
+		mb.Created, mb.CreatedSeq, mb.CreatedGUID, mb.CreatedSeen = c.Stamp, c.Seq, c.GUID, c.Seen
+	}
+	if err := t.putMailbox(&mb); err != nil {
+		return err
+	}
+	return t.rekeyMailbox(g, survivor)
 }
 
 // mergeSeen is the pointwise maximum of two version vectors.
@@ -551,7 +607,7 @@ func (v PeerView) DirKnown(path string) (bool, error) { return v.t.has(dirKey(pa
 func mailboxOf(mb *mailboxRec) Mailbox {
 	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
 		Renamed: mb.Renamed, Created: mb.Created, CreatedSeq: mb.CreatedSeq, CreatedPath: mb.CreatedPath,
-		CreatedGUID: mb.CreatedGUID, CreatedSeen: mb.CreatedSeen}
+		CreatedGUID: mb.CreatedGUID, CreatedSeen: mb.CreatedSeen, MergedCreates: mb.MergedCreates}
 }
 
 // CreatedAt lists the live mailboxes created at path (wherever they are now).

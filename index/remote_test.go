@@ -134,3 +134,65 @@ func TestLateCreateIsRecorded(t *testing.T) {
 		t.Fatalf("a second create rewrote the record: %+v", mb)
 	}
 }
+
+// A peer's create merged into a mailbox made here (rule 3) is recorded on
+// it, and the merge itself counts as seen: a local delete from then on
+// takes that create too. A delete from a node that had not seen it leaves
+// the mailbox to that create, under its GUID, as on that node.
+func TestMergedCreateSurvivesDeleteThatMissedIt(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer, deleter := randomNode(t), randomNode(t)
+	ops, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "u/Maildir/.W/cur", IsDir: true})
+	if err != nil || len(ops) != 1 {
+		t.Fatalf("local create: %v, %v", ops, err)
+	}
+	local := ops[0].Mailbox
+	theirs := journal.GUID{0xff}
+	create := &journal.Op{Kind: journal.MailboxCreate, Origin: peer, Seq: 5, Time: journal.HLC{WallMs: 9}, Mailbox: theirs,
+		Path: "u/Maildir/.W", Seen: journal.VersionVector{}}
+	if _, err := s.Commit(ctx, Event{Kind: EvRekey, GUID: local, NewGUID: theirs, Remote: create}); err != nil {
+		t.Fatal(err)
+	}
+	ops, err = s.Commit(ctx, Event{Kind: EvMkdir, Path: "probe/cur", IsDir: true})
+	if err != nil || len(ops) != 1 || ops[0].Seen[peer] != 5 {
+		t.Fatalf("local op after the merge: %v, %v; want the peer's create seen", ops, err)
+	}
+	if _, err := s.Commit(ctx, Event{Kind: EvRemoteMeta, Remote: create}); err != nil {
+		t.Fatal(err)
+	}
+	mailbox := func(g journal.GUID) (mb Mailbox, ok bool) {
+		t.Helper()
+		if err := s.View(func(v PeerView) error { mb, ok, err = v.Mailbox(g); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return mb, ok
+	}
+	mb, ok := mailbox(theirs)
+	if !ok || mb.GUID != theirs || mb.CreatedGUID != local || len(mb.MergedCreates) != 1 || mb.MergedCreates[0].GUID != theirs {
+		t.Fatalf("after the merge: %+v (%v); want the peer's GUID, created here, the peer's create merged", mb, ok)
+	}
+	// A delete by a node that had seen this node's create but not the
+	// peer's.
+	seen := journal.VersionVector{s.node: mb.CreatedSeq, deleter: 3}
+	unseen := mb.CreatesUnseen(seen)
+	if len(unseen) != 1 || Survivor(unseen) != theirs {
+		t.Fatalf("creates unseen by the delete: %+v; want the peer's", unseen)
+	}
+	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, Seen: seen}); err != nil {
+		t.Fatal(err)
+	}
+	mb, ok = mailbox(theirs)
+	if !ok || mb.Created.Origin != peer || mb.CreatedSeq != 5 || mb.CreatedGUID != theirs || len(mb.MergedCreates) != 0 ||
+		mb.Path != "u/Maildir/.W" {
+		t.Fatalf("after the delete: %+v (%v); want the peer's create alone", mb, ok)
+	}
+	if len(mb.CreatesUnseen(seen)) != 1 {
+		t.Fatal("the kept create is no longer unseen by the delete")
+	}
+	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, Seen: journal.VersionVector{peer: 5}}); err == nil {
+		t.Fatal("a delete that had seen every create ended none of them without an error")
+	}
+}

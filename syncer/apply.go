@@ -425,7 +425,10 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			a.log.Info("merging two mailboxes created at the same path (the higher GUID is kept)", "path", p,
 				"kept", winner.String(), "merged", loser.String())
 			a.resolved(ruleSamePathMerge)
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner}); err != nil {
+			// The merge is op's visible effect: a local delete of the merged
+			// mailbox must name op as seen, or the other nodes keep op's
+			// create where this one deleted it.
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner, Remote: op}); err != nil {
 				return index.Mailbox{}, err
 			}
 			if err := a.applyEarlyFlags(ctx, winner, loser); err != nil {
@@ -733,21 +736,23 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	}
 	// A mailbox the deleter never saw created (another node's, merged
 	// with the deleted one by rule 3) is not what it deleted: only the
-	// mail the deleter had seen goes, and the mailbox stays as it is.
-	creationUnseen := mb.CreatedSeq != 0 && op.Seen[mb.Created.Origin] < mb.CreatedSeq
-	if creationUnseen {
+	// mail the deleter had seen goes, and the mailbox stays, under the
+	// GUID of the creates the deleter had not seen, as on the deleter's
+	// side, where they arrive after the delete.
+	if unseenCreates := mb.CreatesUnseen(op.Seen); len(unseenCreates) > 0 {
 		for _, m := range seen {
 			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
-		if mb.GUID == op.Mailbox && !mb.CreatedGUID.IsZero() && mb.CreatedGUID != mb.GUID {
-			// The deleted GUID had won the merge: the mailbox goes back to
-			// the GUID it was created with, as on the deleter's side.
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: mb.CreatedGUID}); err != nil {
-				return err
-			}
-			if err := a.applyEarlyFlags(ctx, mb.CreatedGUID, mb.GUID); err != nil {
+		survivor := index.Survivor(unseenCreates)
+		a.log.Info("mailbox deleted on a peer that had not seen every create merged into it; kept", "path", mb.Path,
+			"mailbox", mb.GUID.String(), "kept_as", survivor.String())
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropSeenCreates, GUID: mb.GUID, Seen: op.Seen}); err != nil {
+			return err
+		}
+		if survivor != mb.GUID {
+			if err := a.applyEarlyFlags(ctx, survivor, mb.GUID); err != nil {
 				return err
 			}
 		}

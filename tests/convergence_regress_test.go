@@ -617,6 +617,36 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B and the third node create .Work concurrently (one folder, rule 3);
+	// A deletes it having seen only B's create. The third node's create
+	// survives the delete on every node, as on A and the third node, which
+	// get it after the delete: B, which merged the two before, must not
+	// take the folder with the delete.
+	t.Run("folder created on two nodes, deleted by one that saw one create", func(t *testing.T) {
+		c.t = t
+		root := "r23/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, b.Mnt, root+"/.Work")
+		mkMailbox(t, n3.Mnt, root+"/.Work")
+		want := mailboxGUIDs(t, n3.Store)[root+"/.Work"]
+		c.heal(0, 1)
+		c.pushed(1, 0)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".Work", "cur"))
+		c.cut(0, 1)
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.Work")
+		c.heal(1, 2)
+		c.pushed(2, 1)
+		c.cut(1, 2)
+		c.healAll()
+		c.converge("create unseen by the deleter")
+		if got := mailboxGUIDs(t, b.Store)[root+"/.Work"]; got != want {
+			t.Fatalf(".Work on B is %q; want the third node's folder %s", got, want)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

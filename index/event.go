@@ -31,11 +31,13 @@ const (
 	EvApplying                             // Remote is applied, its segment not yet: a local op has seen it (index-only)
 	EvIntent                               // Intent: a peer's adds whose files may appear before their commits (intent.go)
 	EvDropEarlyFlags                       // the early flag changes kept for message Path of mailbox GUID are applied
-	EvDropSeenCreates                      // a delete that had applied Seen ends the creates of mailbox GUID it had seen
+	EvDropSeenCreates                      // a delete that had applied Seen ends the creates of mailbox GUID it had seen; it becomes NewGUID
+	EvMerging                              // mailbox GUID's mail is being moved into mailbox NewGUID (merge.go)
+	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "absent-add"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -88,7 +90,7 @@ func (t *tx) apply(ev Event) error {
 	defer func() { t.remote = nil }()
 	if ev.Remote != nil {
 		t.s.clock.Observe(ev.Remote.Time)
-		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() && ev.Kind != EvRekey {
+		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() && ev.Kind != EvRekey && ev.Kind != EvMerging && ev.Kind != EvAbsentAdd {
 			ev.GUID = g
 		}
 		if visibleEffect(ev) {
@@ -120,7 +122,11 @@ func (t *tx) apply(ev Event) error {
 	case EvDropEarlyFlags:
 		return t.del(earlyFlagsKey(ev.GUID, ev.Path))
 	case EvDropSeenCreates:
-		return t.dropSeenCreates(ev.GUID, ev.Seen)
+		return t.dropSeenCreates(ev.GUID, ev.NewGUID, ev.Seen)
+	case EvMerging:
+		return t.startMerge(ev.GUID, ev.NewGUID)
+	case EvAbsentAdd:
+		return t.noteAbsentAdd(t.resolve(ev.GUID), ev.Path, ev.Remote)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -156,7 +162,7 @@ func visibleEffect(ev Event) bool {
 	switch ev.Kind {
 	case EvApplied, EvIntent, EvDropSeenCreates:
 		return false
-	case EvRekey:
+	case EvRekey, EvMerging:
 		// A rule-3 merge made for a peer's create: a local delete of the
 		// merged mailbox from now on takes that create with it.
 		return ev.Remote != nil
@@ -284,6 +290,12 @@ func (t *tx) rmdir(path string) error {
 		mb, err := t.mailboxAt(c.Mailbox)
 		if err != nil || mb == nil {
 			return err
+		}
+		if into, ok, err := t.mergingInto(mb.GUID); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			return t.endMerge(mb, into)
 		}
 		return t.deleteMailbox(mb)
 	case maildir.KindPlainDir:

@@ -232,6 +232,12 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	}
 	mbT := mbF
 	if ct.Mailbox != cf.Mailbox {
+		if into, ok, err := t.mergingInto(mbF.GUID); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			return t.mergeMove(mbF, into, nf.Base, nt, ct, recF)
+		}
 		if mbT, err = t.mailboxFor(ct); err != nil {
 			return err
 		}

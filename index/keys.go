@@ -27,6 +27,8 @@ const (
 	pAlias       = "al/" // + GUID → GUID: a mailbox GUID merged into another (rule 3, 4)
 	pEarlyFlags  = "ef/" // + GUID + key → earlyFlagsRec: flag changes that arrived before their message
 	pFileReg     = "pv/" // + path → fileRegRec: the versions of a plain file (rule 10)
+	pMerging     = "mg/" // + GUID → GUID: a mailbox whose mail the applier is moving into another (rule 3)
+	pAbsentAdd   = "aa/" // + GUID + key → absentAddRec: a peer's add that came without its body
 
 	kNode    = "meta/node"
 	kName    = "meta/name"
@@ -138,6 +140,19 @@ type subStampRec struct {
 func appliedKey(origin journal.NodeID) []byte { return append([]byte(pApplied), origin[:]...) }
 func subStampKey(dir, name string) []byte     { return []byte(pSubStamp + dir + "\x00" + name) }
 func aliasKey(g journal.GUID) []byte          { return append([]byte(pAlias), g[:]...) }
+func mergingKey(g journal.GUID) []byte        { return append([]byte(pMerging), g[:]...) }
+func absentAddKey(g journal.GUID, key string) []byte {
+	return append(append([]byte(pAbsentAdd), g[:]...), key...)
+}
+
+// absentAddRec is a peer's add of a message whose body its sender no
+// longer had (the message went again there before the op was sent): the
+// op that says where it went comes later, and until it does, the add is
+// mail a mailbox delete may not have seen (rule 4).
+type absentAddRec struct {
+	Origin journal.NodeID `json:"origin"`
+	Seq    uint64         `json:"seq"`
+}
 func earlyFlagsKey(g journal.GUID, key string) []byte {
 	return append(append([]byte(pEarlyFlags), g[:]...), key...)
 }

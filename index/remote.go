@@ -251,8 +251,10 @@ func (t *tx) noteMergedCreate(mb *mailboxRec, op *journal.Op) error {
 // dropSeenCreates applies to mailbox g a delete whose node had applied
 // seen but had not seen some of g's creates (rule 3 merged several): the
 // mailbox stays, as those creates make it on the nodes where they arrive
-// after the delete, under the GUID they give it there (Survivor).
-func (t *tx) dropSeenCreates(g journal.GUID, seen journal.VersionVector) error {
+// after the delete, under the GUID they give it there, survivor (the
+// highest of theirs and, when mail the deleter had not seen is kept, the
+// GUID the deleter keeps that mail under, rule 4).
+func (t *tx) dropSeenCreates(g, survivor journal.GUID, seen journal.VersionVector) error {
 	var mb mailboxRec
 	ok, err := t.getRec(mailboxKey(g), &mb)
 	if err != nil {
@@ -261,19 +263,23 @@ func (t *tx) dropSeenCreates(g journal.GUID, seen journal.VersionVector) error {
 	if !ok {
 		return fmt.Errorf("index: delete of the seen creates of mailbox %s: no such mailbox", g)
 	}
+	if survivor.IsZero() {
+		return fmt.Errorf("index: delete of the seen creates of mailbox %s: no surviving GUID", g)
+	}
 	unseen := mailboxOf(&mb).CreatesUnseen(seen)
 	if len(unseen) == 0 {
 		return fmt.Errorf("index: delete of the seen creates of mailbox %s: its delete had seen every create", g)
 	}
-	survivor := Survivor(unseen)
-	mb.MergedCreates = nil
-	for _, c := range unseen {
-		if c.GUID != survivor {
-			mb.MergedCreates = append(mb.MergedCreates, c)
-			continue
+	// The mailbox's create is the surviving GUID's, or any that survives.
+	own := 0
+	for i, c := range unseen {
+		if c.GUID == survivor {
+			own = i
 		}
-		mb.Created, mb.CreatedSeq, mb.CreatedGUID, mb.CreatedSeen = c.Stamp, c.Seq, c.GUID, c.Seen
 	}
+	c := unseen[own]
+	mb.Created, mb.CreatedSeq, mb.CreatedGUID, mb.CreatedSeen = c.Stamp, c.Seq, c.GUID, c.Seen
+	mb.MergedCreates = append(append([]CreateRef(nil), unseen[:own]...), unseen[own+1:]...)
 	if err := t.putMailbox(&mb); err != nil {
 		return err
 	}
@@ -371,6 +377,16 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 		return err
 	}
 	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
+	var absent absentAddRec
+	if ok, err := t.getRec(absentAddKey(g, key), &absent); err != nil {
+		return err
+	} else if ok {
+		// The add came without its body: the mail was there all the same.
+		ts.AddedOrigin, ts.AddedSeq = absent.Origin, absent.Seq
+		if err := t.del(absentAddKey(g, key)); err != nil {
+			return err
+		}
+	}
 	if op.Kind == journal.MessageMove {
 		to := t.resolve(op.Target)
 		ts.MovedTo, ts.MovedKey = &to, op.Key
@@ -379,6 +395,19 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 		}
 	}
 	return t.putRec(tombMessageKey(g, key), ts)
+}
+
+// noteAbsentAdd keeps op, a peer's add of message key to mailbox g that
+// came without its body, until the op that says where the message went
+// arrives (tombMessage).
+func (t *tx) noteAbsentAdd(g journal.GUID, key string, op *journal.Op) error {
+	if op == nil || op.Kind != journal.MessageAdd || key == "" {
+		return fmt.Errorf("index: absent add without its op")
+	}
+	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+		return err // where it went is known already
+	}
+	return t.putRec(absentAddKey(g, key), &absentAddRec{Origin: op.Origin, Seq: op.Seq})
 }
 
 // resolve follows the alias of a mailbox GUID merged into another.
@@ -416,7 +445,8 @@ func (t *tx) rekeyMailbox(from, to journal.GUID) error {
 		return err
 	}
 	for _, p := range [][2][]byte{{messagePrefix(from), messagePrefix(to)},
-		{append([]byte(pTombMessage), from[:]...), append([]byte(pTombMessage), to[:]...)}} {
+		{append([]byte(pTombMessage), from[:]...), append([]byte(pTombMessage), to[:]...)},
+		{append([]byte(pAbsentAdd), from[:]...), append([]byte(pAbsentAdd), to[:]...)}} {
 		if err := t.rekey(p[0], p[1], false); err != nil {
 			return err
 		}
@@ -544,6 +574,17 @@ func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bo
 		if ts.AddedSeq != 0 && seen[ts.AddedOrigin] < ts.AddedSeq {
 			found = true
 		}
+		return nil
+	})
+	if err != nil || found {
+		return found, err
+	}
+	err = v.t.scanKeys(append([]byte(pAbsentAdd), g[:]...), func(k []byte) error {
+		var a absentAddRec
+		if ok, err := v.t.getRec(k, &a); err != nil || !ok {
+			return err
+		}
+		found = found || seen[a.Origin] < a.Seq
 		return nil
 	})
 	return found, err

@@ -181,7 +181,7 @@ func TestMergedCreateSurvivesDeleteThatMissedIt(t *testing.T) {
 	if len(unseen) != 1 || Survivor(unseen) != theirs {
 		t.Fatalf("creates unseen by the delete: %+v; want the peer's", unseen)
 	}
-	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, Seen: seen}); err != nil {
+	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, NewGUID: theirs, Seen: seen}); err != nil {
 		t.Fatal(err)
 	}
 	mb, ok = mailbox(theirs)
@@ -192,7 +192,7 @@ func TestMergedCreateSurvivesDeleteThatMissedIt(t *testing.T) {
 	if len(mb.CreatesUnseen(seen)) != 1 {
 		t.Fatal("the kept create is no longer unseen by the delete")
 	}
-	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, Seen: journal.VersionVector{peer: 5}}); err == nil {
+	if _, err := s.Commit(ctx, Event{Kind: EvDropSeenCreates, GUID: theirs, NewGUID: theirs, Seen: journal.VersionVector{peer: 5}}); err == nil {
 		t.Fatal("a delete that had seen every create ended none of them without an error")
 	}
 }

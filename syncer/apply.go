@@ -314,10 +314,11 @@ func (a *applier) view(fn func(v index.PeerView) error) error { return a.store.V
 // place (rule 4). errSkip: g was deleted, and op was seen by the deleter.
 func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, op *journal.Op) (index.Mailbox, error) {
 	var recreatedFrom journal.GUID // the deleted mailbox whose unseen mail goes to g
-	for depth := 0; depth < 4; depth++ {
+	for depth := 0; depth < 8; depth++ {
 		var (
 			mb, at      index.Mailbox
 			have, taken bool
+			sameCreate  bool // at was created at p concurrently with op: the same mailbox
 			tomb        index.Tombstone
 			dead        bool
 			seenDead    bool
@@ -346,8 +347,8 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				for _, m := range same {
 					// Concurrent both ways: a create that had seen the other
 					// made a mailbox of its own (the other had left the path).
-					if m.GUID != g && op.Seen[m.Created.Origin] < m.CreatedSeq && m.CreatedSeen[op.Origin] < op.Seq {
-						at, taken = m, true
+					if m.GUID != g && concurrentCreate(op, m) {
+						at, taken, sameCreate = m, true, true
 						return nil
 					}
 				}
@@ -373,6 +374,27 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				if err := a.applyEarlyFlags(ctx, mb.GUID, recreatedFrom); err != nil {
 					return index.Mailbox{}, err
 				}
+				recreatedFrom = journal.GUID{}
+			}
+			if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
+				// A create that reached this node after its mailbox was made
+				// here (a rename came first), or after it merged with one
+				// create made at its path: any other mailbox made at that
+				// path concurrently is one with it too, though both hold mail
+				// here by now.
+				other, found, err := a.concurrentAt(op, p, mb.GUID)
+				if err != nil {
+					return index.Mailbox{}, err
+				}
+				if found {
+					keep, gone := mergeOrder(mb, other)
+					if err := a.mergeFolders(ctx, op, keep, gone); errors.Is(err, errKeptApart) {
+						return mb, nil
+					} else if err != nil {
+						return index.Mailbox{}, err
+					}
+					continue
+				}
 			}
 			return mb, nil
 		}
@@ -393,7 +415,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			continue
 		}
-		if taken && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
+		if taken && !sameCreate && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
 			if aside := a.createdApart(op, at, p); aside != "" {
 				p, taken = aside, false
 			} else if a.occupantApart(op, at) {
@@ -746,9 +768,17 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 		}
 		survivor := index.Survivor(unseenCreates)
+		if unseen > 0 {
+			// The deleter keeps the mail it had not seen under the GUID
+			// derived from the deleted one (rule 4), which the creates it
+			// had not seen merge with when they arrive (rule 3).
+			if r := index.RecreatedGUID(mb.GUID); string(r[:]) > string(survivor[:]) {
+				survivor = r
+			}
+		}
 		a.log.Info("mailbox deleted on a peer that had not seen every create merged into it; kept", "path", mb.Path,
 			"mailbox", mb.GUID.String(), "kept_as", survivor.String())
-		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropSeenCreates, GUID: mb.GUID, Seen: op.Seen}); err != nil {
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropSeenCreates, GUID: mb.GUID, NewGUID: survivor, Seen: op.Seen}); err != nil {
 			return err
 		}
 		if survivor != mb.GUID {
@@ -906,7 +936,12 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 		// The peer no longer had the body when it sent the op: the message
 		// moved or went away there since, and a later op says where.
 		a.log.Debug("peer op without its body; a later op carries the message", "op", op.String())
-		return nil
+		if op.Kind != journal.MessageAdd {
+			return nil
+		}
+		// Until that op comes, a delete of the mailbox must know the mail
+		// was added (rule 4).
+		return a.submit(ctx, index.Event{Kind: index.EvAbsentAdd, GUID: mb.GUID, Path: key, Remote: op})
 	}
 	flags, cur, err := a.withEarlyFlags(mb.GUID, key, op)
 	if err != nil {

@@ -618,6 +618,38 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 
+	// A makes folder .F with mail; the third node renames it to .F2, and B
+	// gets that rename before A's create (A and B cut off), so B makes .F2
+	// for it. B then creates a .F of its own with mail, not having seen
+	// A's create: the two are one folder by rule 3, as the nodes that had
+	// A's create first merge them. B must merge the two folders it holds
+	// on disk, .F into .F2, when A's create arrives.
+	t.Run("folder created at a path its rename left, merged late", func(t *testing.T) {
+		c.t = t
+		root := "r22/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.cut(0, 1)
+		mkMailbox(t, a.Mnt, root+"/.F")
+		deliverMsg(t, a.Mnt, root+"/.F", "new", "22000.M1.a", body("on a"), when)
+		c.pushed(0, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".F"), filepath.Join(n3.Mnt, root, ".F2")); err != nil {
+			t.Fatal(err)
+		}
+		c.pushed(2, 1)
+		waitForPath(t, filepath.Join(b.Mnt, root, ".F2", "cur"))
+		deliverMsg(t, b.Mnt, root+"/.F2", "new", "22000.M2.b", body("into the renamed folder on b"), when)
+		mkMailbox(t, b.Mnt, root+"/.F")
+		deliverMsg(t, b.Mnt, root+"/.F", "new", "22000.M3.b", body("into b's own .F"), when)
+		c.pushed(1, 2)
+		st := c.converge("create at a path its rename left")
+		if got := st.Mailboxes[root+"/.F2"]; len(got) != 3 || st.Mailboxes[root+"/.F"] != nil {
+			t.Fatalf(".F2 holds %v, .F %v; want the three messages in .F2 (folders %v)", got,
+				st.Mailboxes[root+"/.F"], keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
+
 	// B and the third node create .Work concurrently (one folder, rule 3);
 	// A deletes it having seen only B's create. The third node's create
 	// survives the delete on every node, as on A and the third node, which
@@ -644,6 +676,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		c.converge("create unseen by the deleter")
 		if got := mailboxGUIDs(t, b.Store)[root+"/.Work"]; got != want {
 			t.Fatalf(".Work on B is %q; want the third node's folder %s", got, want)
+		}
+		sameGUIDs(t, c)
+	})
+
+	// B adds mail to .X and expunges it again; A deletes .X not having
+	// seen the add. The third node gets B's add without its body (B no
+	// longer had it when it sent it) and the expunge before A's delete:
+	// it must keep .X, empty, as B (which had the mail) and A (which gets
+	// the add after its delete) do (rule 4).
+	t.Run("mail added and expunged, sent without its body, before a delete", func(t *testing.T) {
+		c.t = t
+		root := "r24/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.X")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, b.Mnt, root+"/.X", "new", "24000.M1.b", body("added and expunged"), when)
+		if err := os.Remove(filepath.Join(b.Mnt, root, ".X", "new", "24000.M1.b")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.X")
+		c.heal(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		c.heal(0, 2)
+		c.pushed(0, 2)
+		st := c.converge("add and expunge sent without the body, then a delete")
+		if _, ok := st.Mailboxes[root+"/.X"]; !ok {
+			t.Fatalf(".X is gone; want it kept, empty, for the mail its deleter had not seen (folders %v)", keys(st.Mailboxes))
 		}
 		sameGUIDs(t, c)
 	})

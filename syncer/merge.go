@@ -1,0 +1,221 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"mailfs/index"
+	"mailfs/journal"
+)
+
+// errKeptApart: two mailboxes that are one by rule 3 could not be merged
+// on disk here (one holds the other's directory), so they stay apart.
+var errKeptApart = errors.New("mailboxes kept apart")
+
+// concurrentCreate reports whether op, a peer's create, and the creates
+// of mailbox m (its own, and those merged into it) include two made at
+// one path by nodes that had not seen each other's: then op's mailbox and
+// m are one mailbox (rule 3), wherever renames have taken them since.
+func concurrentCreate(op *journal.Op, m index.Mailbox) bool {
+	apart := func(st journal.Stamp, seq uint64, seen journal.VersionVector) bool {
+		return seq != 0 && !st.Origin.IsZero() && !(st.Origin == op.Origin && seq == op.Seq) &&
+			op.Seen[st.Origin] < seq && seen[op.Origin] < op.Seq
+	}
+	if apart(m.Created, m.CreatedSeq, m.CreatedSeen) {
+		return true
+	}
+	for _, c := range m.MergedCreates {
+		if apart(c.Stamp, c.Seq, c.Seen) {
+			return true
+		}
+	}
+	return false
+}
+
+// concurrentAt finds a live mailbox other than except that was created at
+// p concurrently with op (concurrentCreate).
+func (a *applier) concurrentAt(op *journal.Op, p string, except journal.GUID) (index.Mailbox, bool, error) {
+	var (
+		found index.Mailbox
+		ok    bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		same, err := v.CreatedAt(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range same {
+			if m.GUID != except && concurrentCreate(op, m) {
+				found, ok = m, true
+				return nil
+			}
+		}
+		return nil
+	})
+	return found, ok, err
+}
+
+// mergeOrder picks which of two mailboxes to merge on disk keeps its
+// directory: the one that renames took away from the path they were
+// created at (where the nodes that merged them before the rename had it
+// renamed, and where a create that came later found it); of two renamed
+// ones, the newer rename wins (rule 2).
+func mergeOrder(x, y index.Mailbox) (keep, gone index.Mailbox) {
+	xAway, yAway := x.CreatedPath != "" && x.Path != x.CreatedPath, y.CreatedPath != "" && y.Path != y.CreatedPath
+	switch {
+	case xAway && !yAway:
+		return x, y
+	case yAway && !xAway:
+		return y, x
+	case y.Renamed.Less(x.Renamed):
+		return x, y
+	}
+	return y, x
+}
+
+// mergeFolders merges mailbox gone into mailbox keep on disk: two mailboxes
+// that are one by rule 3 and both hold mail here, because the create that
+// makes them one arrived after both were made. Every message file of gone
+// moves into keep's directory through the mount (keeping its key, with
+// keep's keyword letters; a key keep has already stays as a conflict copy
+// unless the bytes are the same), then gone's emptied directory goes. The
+// index moves each record with its file and retires gone when its cur/
+// goes (index/merge.go); nothing is journaled: every node merges so from
+// the same ops. The merged mailbox has the higher GUID, as rule 3 gives it
+// on the nodes that merged the two before either held mail.
+func (a *applier) mergeFolders(ctx context.Context, op *journal.Op, keep, gone index.Mailbox) error {
+	nested := false
+	err := a.store.Mailboxes(func(o index.Mailbox) error {
+		for _, pair := range [][2]string{{gone.Path, o.Path}, {gone.Path, keep.Path}, {keep.Path, gone.Path}} {
+			if o.GUID != gone.GUID && strings.HasPrefix(pair[1], pair[0]+"/") {
+				nested = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if nested || gone.Path == "" || keep.Path == "" {
+		a.log.Warn("two mailboxes that are one (created at one path concurrently) are nested here; kept apart",
+			"path", gone.Path, "mailbox", gone.GUID.String(), "other_path", keep.Path, "other", keep.GUID.String())
+		return errKeptApart
+	}
+	winner, loser := keep.GUID, gone.GUID
+	if string(gone.GUID[:]) > string(keep.GUID[:]) {
+		winner, loser = gone.GUID, keep.GUID
+	}
+	a.log.Info("merging two mailboxes created at the same path that both hold mail here (the higher GUID is kept)",
+		"path", keep.Path, "merged_path", gone.Path, "kept", winner.String(), "merged", loser.String())
+	a.resolved(ruleSamePathMerge)
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvMerging, GUID: gone.GUID, NewGUID: keep.GUID, Remote: op}); err != nil {
+		return fmt.Errorf("merge mailbox %s into %s: %w", gone.GUID, keep.GUID, err)
+	}
+	var msgs []index.Message
+	if err := a.store.Messages(gone.GUID, func(m index.Message) error {
+		if !m.Missing {
+			msgs = append(msgs, m)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if err := a.mergeMessage(ctx, op, keep, gone, m); err != nil {
+			return fmt.Errorf("merge mailbox %q into %q: message %s: %w", gone.Path, keep.Path, m.Key, err)
+		}
+	}
+	if err := a.removeMerged(op, gone); err != nil {
+		return fmt.Errorf("merge mailbox %q into %q: %w", gone.Path, keep.Path, err)
+	}
+	if err := a.applyEarlyFlags(ctx, winner, loser); err != nil {
+		return err
+	}
+	return nil
+}
+
+// mergeMessage moves message m of merging mailbox gone into keep.
+func (a *applier) mergeMessage(ctx context.Context, op *journal.Op, keep, gone index.Mailbox, m index.Message) error {
+	from := path.Join(gone.Path, subName(m.Sub), m.Name)
+	key := m.Key
+	if other, there, err := a.message(keep.GUID, key); err != nil {
+		return err
+	} else if there {
+		if other.Content == m.Content {
+			// The same message in both (moved between them on some node):
+			// one is enough.
+			return a.mnt.Apply(op, func() error {
+				if err := a.lockMailbox(gone.Path); err != nil {
+					return err
+				}
+				return os.Remove(a.abs(from))
+			})
+		}
+		key = conflictKey(key, op.Origin, op.Seq)
+	}
+	name, err := a.fileName(ctx, op, keep, key, m.Sub, m.Flags)
+	if err != nil {
+		return err
+	}
+	to := path.Join(keep.Path, subName(m.Sub), name)
+	return a.mnt.Apply(op, func() error {
+		if err := a.lockMailbox(gone.Path); err != nil {
+			return err
+		}
+		if err := a.lockMailbox(keep.Path); err != nil {
+			return err
+		}
+		if err := unix.Renameat2(unix.AT_FDCWD, a.abs(from), unix.AT_FDCWD, a.abs(to), unix.RENAME_NOREPLACE); err != nil {
+			return &os.LinkError{Op: "rename", Old: a.abs(from), New: a.abs(to), Err: err}
+		}
+		return nil
+	})
+}
+
+// removeMerged removes the directory of merging mailbox gone, emptied of
+// mail: tmp/ with its scratch (as a folder delete does: a delivery still
+// writing there fails and is retried by its MDA, unacknowledged), new/
+// (mail delivered since makes the merge go on with it), then cur/, whose
+// removal retires gone in the index, then Dovecot's own files and the
+// directory itself.
+func (a *applier) removeMerged(op *journal.Op, gone index.Mailbox) error {
+	a.unlockAll() // the dotlocks go with the directory
+	return a.mnt.Apply(op, func() error {
+		for _, sub := range []string{"tmp", "new", "cur"} {
+			d := a.abs(path.Join(gone.Path, sub))
+			if sub == "tmp" {
+				clearDir(d)
+			}
+			if err := syscall.Rmdir(d); errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+				return fmt.Errorf("%w: %s is not empty", errRace, d)
+			} else if err != nil && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("rmdir %s: %w", d, err)
+			}
+		}
+		dir := a.abs(gone.Path)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("read merged mailbox directory: %w", err)
+		}
+		for _, e := range ents {
+			if e.Type().IsRegular() && (strings.HasPrefix(e.Name(), "dovecot") || e.Name() == "maildirfolder") {
+				if err := os.Remove(path.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
+		}
+		if err := syscall.Rmdir(dir); err != nil && !errors.Is(err, syscall.ENOENT) {
+			// Something of the user's own (not mail) is left: the
+			// directory stays, no longer a mailbox.
+			a.log.Warn("a merged mailbox's directory keeps files that are not mail; left in place", "path", dir, "err", err)
+		}
+		return nil
+	})
+}

@@ -153,6 +153,7 @@ type absentAddRec struct {
 	Origin journal.NodeID `json:"origin"`
 	Seq    uint64         `json:"seq"`
 }
+
 func earlyFlagsKey(g journal.GUID, key string) []byte {
 	return append(append([]byte(pEarlyFlags), g[:]...), key...)
 }

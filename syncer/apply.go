@@ -961,6 +961,16 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 // withEarlyFlags is the flags op adds a message with, after the flag
 // changes that overtook the add (from a third node) and are newer.
 func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]string, bool, error) {
+	st := journal.StampOf(op)
+	return a.earlyFlagsOver(g, key, op, op.Flags, func(string) journal.Stamp { return st })
+}
+
+// earlyFlagsOver is flags, the flags message key of mailbox g gets from
+// op, after the flag changes that overtook op (from a third node) and are
+// newer than the stamp each flag has then (stampOf), and whether one of
+// those changes had the message in cur/.
+func (a *applier) earlyFlagsOver(g journal.GUID, key string, op *journal.Op, flags []string,
+	stampOf func(flag string) journal.Stamp) ([]string, bool, error) {
 	var early map[string]index.FlagChange
 	var cur bool
 	if err := a.view(func(v index.PeerView) error {
@@ -987,15 +997,14 @@ func (a *applier) withEarlyFlags(g journal.GUID, key string, op *journal.Op) ([]
 		cur = cur || alsoCur
 		return err
 	}); err != nil || len(early) == 0 {
-		return op.Flags, cur, err
+		return flags, cur, err
 	}
-	st := journal.StampOf(op)
 	have := map[string]bool{}
-	for _, f := range op.Flags {
+	for _, f := range flags {
 		have[f] = true
 	}
 	for f, c := range early {
-		if st.Less(c.Stamp) {
+		if stampOf(f).Less(c.Stamp) {
 			have[f] = c.Present
 		}
 	}
@@ -1248,6 +1257,21 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	sub := op.Sub
 	if src.Sub == journal.SubCur {
 		sub = journal.SubCur // cur/ beats new/
+	}
+	// Flag changes a third node made to the moved message in the target,
+	// which overtook the move, apply where newer than what it has then.
+	st := journal.StampOf(op)
+	flags, earlyCur, err := a.earlyFlagsOver(dst.GUID, newKey, op, flags, func(f string) journal.Stamp {
+		if slices.Contains(op.Changed, f) {
+			return st
+		}
+		return src.FlagStamps[f]
+	})
+	if err != nil {
+		return err
+	}
+	if earlyCur {
+		sub = journal.SubCur
 	}
 	name, err := a.fileName(ctx, op, dst, newKey, sub, flags)
 	if err != nil {

@@ -708,6 +708,36 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// The third node moves B's message to .Archive; A flags it there and
+	// B gets A's flag change before the move (the third node and B cut
+	// off). The move must bring A's flag along on B, as on the nodes that
+	// had the move first.
+	t.Run("flag change in the target overtakes a move", func(t *testing.T) {
+		c.t = t
+		root := "r25/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.Archive")
+		c.converge("setup")
+		deliverMsg(t, b.Mnt, root, "cur", "25000.M1.b:2,S", body("moved, then flagged"), when)
+		c.converge("setup mail")
+		c.cut(1, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, "cur", "25000.M1.b:2,S"),
+			filepath.Join(n3.Mnt, root, ".Archive", "cur", "25000.M1.b:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.pushed(2, 0)
+		setFlags(t, a.Mnt, root+"/.Archive", "25000.M1.b", "FS")
+		c.pushed(0, 1)
+		c.heal(1, 2)
+		st := c.converge("flag change overtakes the move")
+		if got := st.Mailboxes[root+"/.Archive"]; len(got) != 1 {
+			t.Fatalf(".Archive holds %v; want the moved message", got)
+		}
+		if _, name := findMsg(t, b.Mnt, root+"/.Archive", "25000.M1.b"); name != "25000.M1.b:2,FS" {
+			t.Fatalf("the moved message on B is %s; want it flagged", name)
+		}
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -435,7 +435,34 @@ func (t *tx) rekeyMailbox(from, to journal.GUID) error {
 		return err
 	}
 	if !ok {
-		// Nothing here by that GUID: it only becomes a name of to.
+		// Nothing here by that GUID: it only becomes a name of to. The
+		// traces of ops that named it before (an expunge of mail that has
+		// not arrived yet, an add that came without its body) are to's now,
+		// or that mail, arriving under either name, would come back.
+		for _, pre := range []string{pTombMessage, pAbsentAdd} {
+			src, dst := append([]byte(pre), from[:]...), append([]byte(pre), to[:]...)
+			err := t.scanKeys(src, func(k []byte) error {
+				key := k[len(src):]
+				nk := append(append([]byte(nil), dst...), key...)
+				if taken, err := t.has(nk); err != nil || taken {
+					return err
+				}
+				if live, err := t.has(append(messagePrefix(to), key...)); err != nil || live {
+					return err // to has a message by that key: it is not the one traced
+				}
+				v, _, err := get(t.txn, k)
+				if err != nil {
+					return err
+				}
+				if err := t.set(nk, v); err != nil {
+					return err
+				}
+				return t.del(k)
+			})
+			if err != nil {
+				return err
+			}
+		}
 		return t.set(aliasKey(from), to[:])
 	}
 	if ok, err := t.has(mailboxKey(to)); err != nil || ok {

@@ -738,6 +738,47 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			t.Fatalf("the moved message on B is %s; want it flagged", name)
 		}
 	})
+
+	// A and B create .Work concurrently; B adds mail there, and the third
+	// node expunges it. A gets the expunge first, naming B's folder, which
+	// A does not know yet: when B's create merges the two on A, the
+	// expunge must still hold, or B's add brings the message back on A.
+	t.Run("expunge naming a folder before its merge", func(t *testing.T) {
+		c.t = t
+		root := "r26/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		// A's GUID must be the higher: A then keeps its own, and B's
+		// becomes a name of it.
+		var mb string
+		for i := 0; ; i++ {
+			if i == 20 {
+				t.Fatal("20 folder pairs, none where A's GUID is the higher")
+			}
+			mb = fmt.Sprintf("%s/.Work%d", root, i)
+			mkMailbox(t, a.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			if mailboxGUIDs(t, a.Store)[mb] > mailboxGUIDs(t, b.Store)[mb] {
+				break
+			}
+		}
+		deliverMsg(t, b.Mnt, mb, "new", "26000.M1.b", body("expunged on the third node"), when)
+		c.heal(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		if err := os.Remove(filepath.Join(n3.Mnt, mb, "new", "26000.M1.b")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 2)
+		c.pushed(2, 0)
+		c.healAll()
+		st := c.converge("expunge before the merge")
+		if got := st.Mailboxes[mb]; len(got) != 0 {
+			t.Fatalf("%s holds %v; want the expunged message gone", mb, got)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -273,7 +273,8 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 		return err
 	}
 	last := t.lastOp
-	ts := &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq, Path: mb.Path, Seen: op.Seen}
+	ts := &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq, Path: mb.Path, Seen: op.Seen,
+		Creates: mailboxOf(mb).Creates(), CreatedPath: mb.CreatedPath}
 	if renamed := mb.Renamed; renamed != (journal.Stamp{}) {
 		ts.Renamed = &renamed // an older rename the deleter had not seen does not move Path
 	}

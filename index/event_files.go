@@ -137,7 +137,7 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 		Sub: sub, Flags: flags, Mtime: nrec.Mtime, Size: size, Content: content}); err != nil {
 		return err
 	}
-	nrec.Added, nrec.AddedSeq = journal.StampOf(&t.lastOp), t.lastOp.Seq
+	nrec.Added, nrec.AddedSeq, nrec.AddedTo = journal.StampOf(&t.lastOp), t.lastOp.Seq, t.addedTo(mb.GUID)
 	if rec != nil {
 		nrec.FlagStamps = rec.FlagStamps
 	}
@@ -205,6 +205,20 @@ func stampFlags(rec *messageRec, names []string, st journal.Stamp) {
 			rec.FlagStamps[f] = st
 		}
 	}
+}
+
+// addedTo is the mailbox GUID the op adding a message to mailbox g names:
+// the peer op's own (it may name a GUID merged into g), else g.
+func (t *tx) addedTo(g journal.GUID) journal.GUID {
+	if t.remote != nil {
+		switch t.remote.Kind {
+		case journal.MessageAdd:
+			return t.remote.Mailbox
+		case journal.MessageMove:
+			return t.remote.Target
+		}
+	}
+	return g
 }
 
 func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
@@ -289,7 +303,7 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 		return err
 	}
 	last := t.lastOp
-	moved.Added, moved.AddedSeq = journal.StampOf(&last), last.Seq
+	moved.Added, moved.AddedSeq, moved.AddedTo = journal.StampOf(&last), last.Seq, t.addedTo(mbT.GUID)
 	stampFlags(moved, op.Changed, moved.Added)
 	if err := t.takeEarlyFlags(mbT.GUID, nt.Base, moved); err != nil {
 		return err

@@ -117,6 +117,11 @@ type messageRec struct {
 	// removes only what its deleter had seen, design §6 rule 4).
 	Added    journal.Stamp `json:"added,omitempty"`
 	AddedSeq uint64        `json:"added_seq,omitempty"`
+	// AddedTo is the mailbox GUID that op named (rule 3 or 4 may have
+	// given the mailbox another since): a delete that had not seen every
+	// create of the mailbox keeps the mail under the GUID its name gets on
+	// the deleter's side.
+	AddedTo journal.GUID `json:"added_to,omitempty"`
 	// FlagStamps holds, per flag name, the op that last set or cleared it:
 	// flags merge one by one, newest change wins (design §6 rule 6).
 	FlagStamps map[string]journal.Stamp `json:"flag_stamps,omitempty"`
@@ -198,6 +203,11 @@ type tombstone struct {
 	// applied (mail it had not seen survives the delete, design §6 rule 4).
 	Path string                `json:"path,omitempty"`
 	Seen journal.VersionVector `json:"seen,omitempty"`
+	// Creates and CreatedPath, for a mailbox deleted here: its creates and
+	// where they were made, so a create made there concurrently that
+	// arrives later is known to be one mailbox with it (rule 3).
+	Creates     []CreateRef `json:"creates,omitempty"`
+	CreatedPath string      `json:"created_path,omitempty"`
 	// MovedTo and MovedKey, for a message moved away: where it went, so a
 	// peer's flag change to it there still finds it.
 	MovedTo  *journal.GUID `json:"moved_to,omitempty"`

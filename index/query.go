@@ -92,6 +92,9 @@ func (m Mailbox) CreatesUnseen(seen journal.VersionVector) []CreateRef {
 	return out
 }
 
+// Creates lists every create of m: its own, and those merged into it.
+func (m Mailbox) Creates() []CreateRef { return m.CreatesUnseen(nil) }
+
 // Survivor is the GUID a mailbox keeps after a delete that had not seen
 // the creates unseen: the highest, as rule 3 merges them on the nodes
 // where they arrive after the delete.
@@ -155,6 +158,7 @@ type Message struct {
 	Arrived    string
 	Added      journal.Stamp
 	AddedSeq   uint64
+	AddedTo    journal.GUID
 	FlagStamps map[string]journal.Stamp
 }
 

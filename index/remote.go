@@ -512,6 +512,10 @@ type Tombstone struct {
 	Seq   uint64
 	Path  string
 	Seen  journal.VersionVector
+	// Creates and CreatedPath: a mailbox's creates, where they were made
+	// (kept for mailboxes deleted here).
+	Creates     []CreateRef
+	CreatedPath string
 }
 
 // PeerView is a read-only snapshot of the index for the syncer's merge
@@ -549,7 +553,30 @@ func (v PeerView) MailboxAt(path string) (Mailbox, bool, error) {
 func (v PeerView) MailboxTombstone(g journal.GUID) (Tombstone, bool, error) {
 	var ts tombstone
 	ok, err := v.t.getRec(tombMailboxKey(g), &ts)
-	return Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen}, ok, err
+	return tombstoneOf(&ts), ok, err
+}
+
+func tombstoneOf(ts *tombstone) Tombstone {
+	return Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen,
+		Creates: ts.Creates, CreatedPath: ts.CreatedPath}
+}
+
+// DeletedCreatedAt lists the mailboxes deleted here that were created at
+// path, by their GUID, with no alias (not merged into another since).
+func (v PeerView) DeletedCreatedAt(path string) (map[journal.GUID]Tombstone, error) {
+	out := map[journal.GUID]Tombstone{}
+	err := v.t.scanKeys([]byte(pTombMailbox), func(k []byte) error {
+		var ts tombstone
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok || ts.CreatedPath != path {
+			return err
+		}
+		g := journal.GUID(k[len(pTombMailbox):])
+		if v.t.resolve(g) == g {
+			out[g] = tombstoneOf(&ts)
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Message returns message key of mailbox g (after aliases).
@@ -560,7 +587,7 @@ func (v PeerView) Message(g journal.GUID, key string) (Message, bool, error) {
 	}
 	return Message{Key: key, Name: rec.Name, Sub: rec.Sub, Flags: rec.Flags, Mtime: rec.Mtime, Size: rec.Size,
 		Content: rec.Content, Missing: rec.Missing, Arrived: rec.Arrived, Added: rec.Added, AddedSeq: rec.AddedSeq,
-		FlagStamps: rec.FlagStamps}, true, nil
+		AddedTo: rec.AddedTo, FlagStamps: rec.FlagStamps}, true, nil
 }
 
 // MessageExpunged reports whether message key of mailbox g has a tombstone.

@@ -395,6 +395,26 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 					}
 					continue
 				}
+				// A mailbox made at that path concurrently and deleted here
+				// by a delete that had not seen op's create: on the nodes
+				// that merged the two first, that delete left the mailbox to
+				// op's create, and ops naming the deleted one that the delete
+				// had not seen go to it.
+				dead, err := a.deletedConcurrent(op, p)
+				if err != nil {
+					return index.Mailbox{}, err
+				}
+				for d, ts := range dead {
+					if ts.Seen[op.Origin] >= op.Seq {
+						continue // it went with that delete; not this one
+					}
+					if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: d, NewGUID: mb.GUID, Remote: op}); err != nil {
+						return index.Mailbox{}, err
+					}
+					if err := a.applyEarlyFlags(ctx, mb.GUID, d); err != nil {
+						return index.Mailbox{}, err
+					}
+				}
 			}
 			return mb, nil
 		}
@@ -457,6 +477,27 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				return index.Mailbox{}, err
 			}
 			continue
+		}
+		if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
+			// A mailbox made at p concurrently and deleted here by a delete
+			// that had seen op's create too (its node had merged the two):
+			// op's mailbox went with it.
+			dead, err := a.deletedConcurrent(op, p)
+			if err != nil {
+				return index.Mailbox{}, err
+			}
+			var gone journal.GUID
+			for d, ts := range dead {
+				if ts.Seen[op.Origin] >= op.Seq {
+					gone = d
+				}
+			}
+			if !gone.IsZero() {
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: gone, Remote: op}); err != nil {
+					return index.Mailbox{}, err
+				}
+				continue
+			}
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
 		if op.Kind == journal.MailboxCreate {
@@ -702,6 +743,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		have          bool
 		seen          []index.Message
 		unseen        int
+		unseenNamed   []journal.GUID // the GUIDs the adds of unseen mail named
 		keptEmpty     bool
 		deletedBefore bool
 		hasNested     bool
@@ -723,6 +765,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		err = v.Messages(mb.GUID, func(m index.Message) error {
 			if m.AddedSeq != 0 && op.Seen[m.Added.Origin] < m.AddedSeq {
 				unseen++
+				unseenNamed = append(unseenNamed, m.AddedTo)
 				return nil
 			}
 			seen = append(seen, m)
@@ -768,13 +811,18 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 			}
 		}
 		survivor := index.Survivor(unseenCreates)
-		if unseen > 0 {
-			// The deleter keeps the mail it had not seen under the GUID
-			// derived from the deleted one (rule 4), which the creates it
-			// had not seen merge with when they arrive (rule 3).
+		for _, named := range unseenNamed {
+			if slices.ContainsFunc(unseenCreates, func(c index.CreateRef) bool { return c.GUID == named }) {
+				continue // the deleter puts it in that create's mailbox
+			}
+			// Mail named by a mailbox the deleter had seen created: it
+			// keeps it under the GUID derived from the deleted one (rule
+			// 4), which the creates it had not seen merge with when they
+			// arrive (rule 3).
 			if r := index.RecreatedGUID(mb.GUID); string(r[:]) > string(survivor[:]) {
 				survivor = r
 			}
+			break
 		}
 		a.log.Info("mailbox deleted on a peer that had not seen every create merged into it; kept", "path", mb.Path,
 			"mailbox", mb.GUID.String(), "kept_as", survivor.String())

@@ -23,20 +23,38 @@ var errKeptApart = errors.New("mailboxes kept apart")
 // of mailbox m (its own, and those merged into it) include two made at
 // one path by nodes that had not seen each other's: then op's mailbox and
 // m are one mailbox (rule 3), wherever renames have taken them since.
-func concurrentCreate(op *journal.Op, m index.Mailbox) bool {
-	apart := func(st journal.Stamp, seq uint64, seen journal.VersionVector) bool {
-		return seq != 0 && !st.Origin.IsZero() && !(st.Origin == op.Origin && seq == op.Seq) &&
-			op.Seen[st.Origin] < seq && seen[op.Origin] < op.Seq
-	}
-	if apart(m.Created, m.CreatedSeq, m.CreatedSeen) {
-		return true
-	}
-	for _, c := range m.MergedCreates {
-		if apart(c.Stamp, c.Seq, c.Seen) {
+func concurrentCreate(op *journal.Op, m index.Mailbox) bool { return concurrentWith(op, m.Creates()) }
+
+// concurrentWith reports whether op, a peer's create, and one of creates
+// were made by nodes that had not seen each other's.
+func concurrentWith(op *journal.Op, creates []index.CreateRef) bool {
+	for _, c := range creates {
+		if c.Seq != 0 && !c.Stamp.Origin.IsZero() && !(c.Stamp.Origin == op.Origin && c.Seq == op.Seq) &&
+			op.Seen[c.Stamp.Origin] < c.Seq && c.Seen[op.Origin] < op.Seq {
 			return true
 		}
 	}
 	return false
+}
+
+// deletedConcurrent lists the mailboxes deleted here that were created at
+// p concurrently with op: op's mailbox is one with each (rule 3), as on
+// the nodes that had op's create before the delete.
+func (a *applier) deletedConcurrent(op *journal.Op, p string) (map[journal.GUID]index.Tombstone, error) {
+	var out map[journal.GUID]index.Tombstone
+	err := a.view(func(v index.PeerView) error {
+		dead, err := v.DeletedCreatedAt(p)
+		for g, ts := range dead {
+			if g != op.Mailbox && concurrentWith(op, ts.Creates) {
+				if out == nil {
+					out = map[journal.GUID]index.Tombstone{}
+				}
+				out[g] = ts
+			}
+		}
+		return err
+	})
+	return out, err
 }
 
 // concurrentAt finds a live mailbox other than except that was created at

@@ -124,6 +124,16 @@ func (c *cluster) heal(i, j int) {
 	}
 }
 
+// healFrom restores the link from i to j only: i's pushes reach j, j's
+// do not reach i.
+func (c *cluster) healFrom(i, j int) {
+	if px := c.proxies[[2]int{i, j}]; !px.Enabled {
+		if err := px.Start(); err != nil {
+			c.t.Fatalf("restart proxy %d->%d: %v", i, j, err)
+		}
+	}
+}
+
 // pushed waits until node j has acknowledged every op node i journaled
 // (the link between them healed), whatever the other links are.
 func (c *cluster) pushed(i, j int) {

@@ -779,6 +779,48 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B and the third node create .X concurrently; the third node merges
+	// B's create (B's GUID the higher) and flags its own mail there under
+	// the merged GUID, while B deletes .X not having seen the third node's
+	// create. That create survives the delete (rule 3): on A and B, which
+	// get it after the delete, the flag change naming B's deleted GUID must
+	// reach the mail too.
+	t.Run("flag change naming a merged folder whose other create was deleted", func(t *testing.T) {
+		c.t = t
+		root := "r27/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb string
+		for i := 0; ; i++ {
+			if i == 20 {
+				t.Fatal("20 folder pairs, none where B's GUID is the higher")
+			}
+			mb = fmt.Sprintf("%s/.X%d", root, i)
+			mkMailbox(t, n3.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			if mailboxGUIDs(t, b.Store)[mb] > mailboxGUIDs(t, n3.Store)[mb] {
+				break
+			}
+		}
+		deliverMsg(t, n3.Mnt, mb, "cur", "27000.M1.c:2,S", body("flagged under the merged GUID"), when)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		deleteMailboxDovecotStyle(t, b.Mnt, mb)
+		setFlags(t, n3.Mnt, mb, "27000.M1.c", "FS")
+		c.heal(0, 1)
+		c.pushed(1, 0)
+		c.healAll()
+		c.converge("flag naming the merged GUID after the delete")
+		for _, n := range c.nodes {
+			if _, name := findMsg(t, n.Mnt, mb, "27000.M1.c"); name != "27000.M1.c:2,FS" {
+				t.Fatalf("on %s the message is %s; want it flagged", n.Name, name)
+			}
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -68,6 +68,9 @@ type applier struct {
 	// bulk is on for the segment, async for the op being applied when its
 	// index commits need not be waited for one by one.
 	bulk, async bool
+	// behind is on for a segment of a backlog (catchUpSegmentOps ops or
+	// more): its deliveries may be held (see held).
+	behind bool
 	// pending are the submitted commits not waited for yet; pendingKeys
 	// the message keys they concern (an op on one of those keys waits for
 	// them first: it must see their effect in the index).
@@ -77,11 +80,14 @@ type applier struct {
 	// to, made durable with the segment (syncDelivered).
 	syncDirs map[string]bool
 	// held is, per new/ or cur/ directory, the last delivery of the bulk
-	// path, still in tmp/: the ones before it went in behind the kernel's
-	// back (Mount.DeliverBehind, no FUSE round trips), and this one goes
-	// through the mount (showHeld) before the mailbox's dotlock is let go,
-	// so that the kernel drops what it cached of the directory and inotify
-	// (Dovecot's IDLE) hears of the directory's change.
+	// path of a backlog's segment, still in tmp/: the ones before it went
+	// in behind the kernel's back (Mount.DeliverBehind, no FUSE round
+	// trips), and this one goes through the mount (showHeld) before the
+	// mailbox's dotlock is let go, so that the kernel drops what it cached
+	// of the directory and inotify (Dovecot's IDLE) hears of the
+	// directory's change. Watchers then hear of the directory, not of each
+	// name: in a catch-up, which is thousands of deliveries in a row (and
+	// overflows inotify's queues), not in live replication.
 	held map[string]heldDelivery
 	// unheld are deliveries once held that could not be made behind the
 	// kernel's back: showHeld makes them through the mount.
@@ -1510,7 +1516,7 @@ func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name
 		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
 	to := path.Join(mbPath, subName(sub), name)
-	if err == nil && later && op != nil && a.async {
+	if err == nil && later && op != nil && a.async && a.behind {
 		err = a.holdDelivery(op, tmpRel, to)
 	} else if err == nil {
 		err = renameFile(a.abs(tmpRel), a.abs(to))

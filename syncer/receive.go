@@ -415,10 +415,11 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	a := s.applier
 	started := time.Now()
 	a.bulk = true
+	a.behind = len(ops) >= catchUpSegmentOps
 	defer func() {
 		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
 		a.dropDelivered()
-		a.bulk = false
+		a.bulk, a.behind = false, false
 		a.unlockAll()
 	}()
 	for i := range ops {
@@ -460,6 +461,13 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	}
 	return err
 }
+
+// catchUpSegmentOps is the size of a segment from which it is taken for a
+// backlog's (a catch-up's): the pusher's segments grow from 64 ops to this
+// only after hundreds of ops sent back to back. Its deliveries go in
+// behind the kernel's back, all but the last of each directory
+// (applier.held).
+const catchUpSegmentOps = 256
 
 // maxLockHold bounds how long the applier keeps a mailbox's
 // dovecot-uidlist.lock across consecutive ops of a segment.

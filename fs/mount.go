@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"mailfs/index"
 	"mailfs/journal"
@@ -101,6 +103,60 @@ func (s *Server) ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending,
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.pending, err
+}
+
+// DeliverBehind is the applier's rename of a peer's message (op) from
+// fromRel, in a mailbox's tmp/, into toRel in its new/ or cur/, made in the
+// backing tree and recorded as the Rename handler records it, without the
+// three FUSE round trips (LOOKUP of both names, RENAME) a rename through
+// the mount costs. Its commit is submitted and returned, not waited for
+// (as ApplyNoWait's). It is only right for a name the kernel cannot know
+// (a new message: the mount keeps no negative entries, and the target must
+// not exist), and the kernel does not see it: its cached listing and
+// attributes of the directory stay as they were and nobody's inotify hears
+// of it, until the next change made through the mount in that directory,
+// which the caller makes before it lets go of the mailbox's dotlock.
+// ok false (and no error): the delivery is not one it makes (the target
+// name exists, the file is not the verified body), and nothing was done.
+func (s *Server) DeliverBehind(op *journal.Op, fromRel, toRel string) (p *index.Pending, ok bool, err error) {
+	m := s.m
+	if op == nil || op.Content.IsZero() || !deliveryInMailbox(fromRel, toRel) {
+		return nil, false, nil
+	}
+	absFrom, absTo := m.abs(fromRel), m.abs(toRel)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(absFrom, &st); err != nil {
+		return nil, false, &os.PathError{Op: "lstat", Path: absFrom, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size != op.Size {
+		return nil, false, nil // not the verified body: the Rename handler hashes it
+	}
+	if e := m.checkTarget(toRel, true); e != 0 {
+		return nil, false, &os.PathError{Op: "deliver", Path: absTo, Err: e}
+	}
+	// As the Rename handler makes a delivery's event, the body being the
+	// one the receiver verified against op's content ID.
+	ev := index.Event{Kind: index.EvRename, Path: fromRel, NewPath: toRel, Remote: op, Content: hasher(absTo)}
+	ev.File.Content, ev.File.Size = op.Content, op.Size
+	// Under mu, as every change to the tree: a local rename of the new
+	// file (seen in a listing the moment it is there) is submitted after
+	// its delivery.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := unix.Renameat2(unix.AT_FDCWD, absFrom, unix.AT_FDCWD, absTo, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			return nil, false, nil // replacing a name the kernel may have cached
+		}
+		return nil, false, &os.LinkError{Op: "rename", Old: absFrom, New: absTo, Err: err}
+	}
+	if fi, _, err := statInfo(absTo); err == nil {
+		ev.File.Mode, ev.File.Mtime = fi.Mode, fi.Mtime
+	}
+	if p, err = m.store.Submit(ev); err != nil {
+		syscall.Rename(absTo, absFrom)
+		return nil, false, err
+	}
+	return p, true, nil
 }
 
 // collector gathers the pending commits of an ApplyNoWait.

@@ -723,7 +723,9 @@ func (n *node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) sys
 // OpendirHandle lets the kernel cache directory listings across opens.
 // Every change to the tree goes through this mount, and the kernel drops a
 // directory's cached listing whenever it changes it, so a 50k-message cur/
-// is listed from the daemon once, not at every scan.
+// is listed from the daemon once, not at every scan. (The applier's
+// deliveries behind the kernel's back, Server.DeliverBehind, are each
+// followed by one through the mount into the same directory.)
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	fh, fflags, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
 	if errno != 0 {

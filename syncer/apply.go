@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,11 @@ type Mount interface {
 	// to the index but not waited for: their pending commits are returned
 	// (the bulk path of a segment, see applier.bulk).
 	ApplyNoWait(op *journal.Op, fn func() error) ([]*index.Pending, error)
+	// DeliverBehind renames a peer's new message from its mailbox's tmp/
+	// into new/ or cur/ in the backing tree and submits its commit as
+	// ApplyNoWait would, without the kernel seeing the change (fs.Server);
+	// ok false: it did not, the rename must go through the mount.
+	DeliverBehind(op *journal.Op, fromRel, toRel string) (p *index.Pending, ok bool, err error)
 }
 
 // Bodies finds a staged body by content ID.
@@ -62,21 +68,42 @@ type applier struct {
 	// bulk is on for the segment, async for the op being applied when its
 	// index commits need not be waited for one by one.
 	bulk, async bool
+	// behind is on for a segment of a backlog (catchUpSegmentOps ops or
+	// more): its deliveries may be held (see held).
+	behind bool
 	// pending are the submitted commits not waited for yet; pendingKeys
 	// the message keys they concern (an op on one of those keys waits for
 	// them first: it must see their effect in the index).
 	pending     []*index.Pending
 	pendingKeys map[string]bool
-	// syncFiles are the files delivered on the bulk path, open until they
-	// are fsynced with the segment (syncDelivered); syncDirs the new/ and
-	// cur/ directories they went to.
-	syncFiles []*os.File
-	syncDirs  map[string]bool
+	// syncDirs are the new/ and cur/ directories the bulk path delivered
+	// to, made durable with the segment (syncDelivered).
+	syncDirs map[string]bool
+	// held is, per new/ or cur/ directory, the last delivery of the bulk
+	// path of a backlog's segment, still in tmp/: the ones before it went
+	// in behind the kernel's back (Mount.DeliverBehind, no FUSE round
+	// trips), and this one goes through the mount (showHeld) before the
+	// mailbox's dotlock is let go, so that the kernel drops what it cached
+	// of the directory and inotify (Dovecot's IDLE) hears of the
+	// directory's change. Watchers then hear of the directory, not of each
+	// name: in a catch-up, which is thousands of deliveries in a row (and
+	// overflows inotify's queues), not in live replication.
+	held map[string]heldDelivery
+	// unheld are deliveries once held that could not be made behind the
+	// kernel's back: showHeld makes them through the mount.
+	unheld []heldDelivery
+}
+
+// heldDelivery is a delivery whose last rename is yet to be made.
+type heldDelivery struct {
+	op      *journal.Op
+	tmp, to string // relative paths
 }
 
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
 	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {},
-		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{}}
+		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{},
+		held: map[string]heldDelivery{}}
 }
 
 // bulkKind reports whether op may take the bulk path: a message add or a
@@ -114,7 +141,7 @@ func (a *applier) submit(ctx context.Context, ev index.Event) error {
 // applied in submission order, so once flush returns the index shows every
 // op applied so far.
 func (a *applier) flush() error {
-	var first error
+	first := a.showHeld()
 	for _, p := range a.pending {
 		if _, err := p.Wait(); err != nil && first == nil {
 			first = err
@@ -125,49 +152,76 @@ func (a *applier) flush() error {
 	return first
 }
 
-// syncDelivered makes the deliveries of the bulk path durable: the bodies
-// were fsynced when staged, so what is left is each file's inode (owner,
-// mode, times: cheap, its data is on disk) and the directories that got
-// the renames, fsynced in parallel (on a journaling file system they share
-// a few journal commits; without a journal each writes its own blocks).
-func (a *applier) syncDelivered() error {
-	work := make(chan func() error)
-	errs := make(chan error, stageSyncers)
-	n := min(stageSyncers, len(a.syncFiles)+len(a.syncDirs))
-	for i := 0; i < n; i++ {
-		go func() {
-			var first error
-			for fn := range work {
-				if err := fn(); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
-	for _, f := range a.syncFiles {
-		work <- func() error {
-			err := f.Sync()
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("fsync delivered %s: %w", f.Name(), err)
-			}
-			return nil
+// holdDelivery makes op's delivery of the body at tmp to the name to, on the
+// bulk path (in op's Mount.ApplyNoWait): it is held, and the one held before
+// for the same directory is made behind the kernel's back, or, when that
+// cannot be, left for showHeld.
+func (a *applier) holdDelivery(op *journal.Op, tmp, to string) error {
+	dir := path.Dir(to)
+	if h, ok := a.held[dir]; ok {
+		p, done, err := a.mnt.DeliverBehind(h.op, h.tmp, h.to)
+		if err != nil {
+			// Not wrapped: apply's retry is for op, not for this one.
+			return fmt.Errorf("delivering op %d %s: %v", h.op.Seq, h.to, err)
+		}
+		if done {
+			a.pending = append(a.pending, p)
+		} else {
+			a.unheld = append(a.unheld, h)
 		}
 	}
-	for d := range a.syncDirs {
-		work <- func() error { return syncDir(a.backing(d)) }
-	}
-	close(work)
+	a.held[dir] = heldDelivery{op: op, tmp: tmp, to: to}
+	return nil
+}
+
+// showHeld makes the held deliveries through the mount.
+func (a *applier) showHeld() error {
 	var first error
-	for i := 0; i < n; i++ {
-		if err := <-errs; err != nil && first == nil {
-			first = err
+	for _, h := range a.unheld {
+		first = cmp.Or(first, a.showDelivery(h))
+	}
+	a.unheld = a.unheld[:0]
+	for dir, h := range a.held {
+		first = cmp.Or(first, a.showDelivery(h))
+		delete(a.held, dir)
+	}
+	return first
+}
+
+func (a *applier) showDelivery(h heldDelivery) error {
+	ps, err := a.mnt.ApplyNoWait(h.op, func() error { return renameFile(a.abs(h.tmp), a.abs(h.to)) })
+	a.pending = append(a.pending, ps...)
+	if err != nil {
+		return fmt.Errorf("delivering op %d %s: %v", h.op.Seq, h.to, err)
+	}
+	return nil
+}
+
+// syncDelivered makes the deliveries of the bulk path durable: the bodies
+// were made durable when staged, so what is left is each file's inode
+// (owner, mode, times: cheap, its data is on disk) and the directories
+// that got the renames: one syncfs of each file system they are on, where
+// an fsync of every file and directory cost a journal commit per few.
+func (a *applier) syncDelivered() error {
+	var first error
+	synced := map[uint64]bool{}
+	for d := range a.syncDirs {
+		var st syscall.Stat_t
+		dir := a.backing(d)
+		if err := syscall.Stat(dir, &st); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // gone since (a mailbox deleted or renamed): nothing of it to keep
+			}
+			first = cmp.Or(first, fmt.Errorf("fsync %s: %w", dir, err))
+			continue
+		}
+		if !synced[st.Dev] {
+			synced[st.Dev] = true
+			if err := syncFS(dir); err != nil {
+				first = cmp.Or(first, err)
+			}
 		}
 	}
-	a.syncFiles = a.syncFiles[:0]
 	clear(a.syncDirs)
 	return first
 }
@@ -175,26 +229,15 @@ func (a *applier) syncDelivered() error {
 // dropDelivered forgets the deliveries of a segment that failed (it is not
 // acknowledged: the peer sends it again).
 func (a *applier) dropDelivered() {
-	for _, f := range a.syncFiles {
-		f.Close()
+	for dir, h := range a.held {
+		os.Remove(a.backing(h.tmp))
+		delete(a.held, dir)
 	}
-	a.syncFiles = a.syncFiles[:0]
+	for _, h := range a.unheld {
+		os.Remove(a.backing(h.tmp))
+	}
+	a.unheld = a.unheld[:0]
 	clear(a.syncDirs)
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // gone since (a mailbox deleted or renamed): nothing of it to keep
-		}
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // processStarted is when this process started: before its mount existed.
@@ -1003,7 +1046,7 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 	if err != nil {
 		return err
 	}
-	return a.applyFS(op, func() error { return a.deliver(mb.Path, sub, name, body, op.Mtime) })
+	return a.applyFS(op, func() error { return a.deliverAs(op, mb.Path, sub, name, body, op.Mtime) })
 }
 
 // withEarlyFlags is the flags op adds a message with, after the flag
@@ -1536,6 +1579,12 @@ func (a *applier) replaceFile(rel, ownerDir string, build func(cur []byte) []byt
 // the body is written there in the backing tree; the rename, which readers
 // and inotify must see, goes through the mount.
 func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mtime int64) error {
+	return a.deliverAs(nil, mbPath, sub, name, body, mtime)
+}
+
+// deliverAs is deliver, for op on the bulk path (else nil): its last rename
+// is held (holdDelivery).
+func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name, body string, mtime int64) error {
 	if err := a.lockMailbox(mbPath); err != nil {
 		return err
 	}
@@ -1562,31 +1611,29 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 	if uid >= 0 {
 		err = f.Chown(uid, gid)
 	}
-	// On the bulk path the receiver fsynced the staged body (this very
-	// inode) before the segment was applied: the bytes are durable before
-	// the rename makes them visible. The inode's new owner, mode and times
-	// and the rename itself are made durable with the segment, file and
-	// directory together (syncDelivered), the file kept open until then.
+	// On the bulk path the receiver made the staged body (this very
+	// inode) durable before the segment was applied: the bytes are on disk
+	// before the rename makes them visible. The inode's new owner, mode and
+	// times and the rename itself are made durable with the segment's
+	// (syncDelivered).
 	later := linked && a.bulk
 	if err == nil && !later {
 		err = f.Sync()
 	}
-	if !later {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
 		err = os.Chtimes(a.backing(tmpRel), t, t)
 	}
-	if err == nil {
-		err = renameFile(a.abs(tmpRel), a.abs(path.Join(mbPath, subName(sub), name)))
+	to := path.Join(mbPath, subName(sub), name)
+	if err == nil && later && op != nil && a.async && a.behind {
+		err = a.holdDelivery(op, tmpRel, to)
+	} else if err == nil {
+		err = renameFile(a.abs(tmpRel), a.abs(to))
 	}
 	if err != nil {
-		if later {
-			f.Close()
-		}
 		os.Remove(a.backing(tmpRel))
 		if errors.Is(err, os.ErrNotExist) {
 			if rerr := a.repairMailboxDirs(mbPath); rerr != nil {
@@ -1596,7 +1643,6 @@ func (a *applier) deliver(mbPath string, sub journal.Sub, name, body string, mti
 		return fmt.Errorf("deliver %s into %s: %w", name, mbPath, err)
 	}
 	if later {
-		a.syncFiles = append(a.syncFiles, f)
 		a.syncDirs[path.Join(mbPath, subName(sub))] = true
 	}
 	return nil

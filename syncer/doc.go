@@ -2,7 +2,10 @@
 // it pushes the ops this node originated to every peer over mutual TLS,
 // and merges the ops peers push to it by the rules of design §6, carrying
 // them out through the mount so local readers (and Dovecot's IDLE) see
-// them at once.
+// them at once. (A segment's many deliveries into one directory go in
+// behind the kernel's back but the last, which goes through the mount
+// before the mailbox's dotlock is let go: the kernel then drops what it
+// cached of the directory, and inotify hears of its change.)
 //
 // A node dials each peer and pushes; the peer's listener receives. One
 // connection carries one direction: hello (version, epoch), the

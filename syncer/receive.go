@@ -11,10 +11,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"mailfs/index"
 	"mailfs/journal"
@@ -39,54 +39,31 @@ func (b staged) Body(c journal.ContentID) (string, bool) {
 	return p, ok
 }
 
-// stageSyncers bounds the fsyncs of staged bodies in flight: concurrent
-// fsyncs share the backing file system's journal commits, so a segment's
-// bodies cost a few commits instead of one each.
-const stageSyncers = 8
-
 // sync makes every staged body durable, so that a delivery made from it
 // needs no fsync of its own (applier.deliver on the bulk path): the body's
 // bytes are on disk before its rename makes it visible, and before the
-// index commit that names it can be.
+// index commit that names it can be. One syncfs of the staging directory's
+// file system for the whole segment: an fdatasync per body cost a journal
+// commit (and a disk cache flush) per few bodies, and was what a catch-up
+// waited for most.
 func (b staged) sync() error {
-	work := make(chan string)
-	errs := make(chan error, stageSyncers)
-	var wg sync.WaitGroup
-	for i := 0; i < min(stageSyncers, len(b)); i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var first error
-			for p := range work {
-				if err := fdatasync(p); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
 	for _, p := range b {
-		work <- p
-	}
-	close(work)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
+		return syncFS(filepath.Dir(p))
 	}
 	return nil
 }
 
-func fdatasync(p string) error {
-	f, err := os.Open(p)
+// syncFS makes everything written to the file system holding dir durable
+// (syncfs(2), which reports the write-back errors of its files since
+// Linux 5.8).
+func syncFS(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("fsync staged body: %w", err)
+		return fmt.Errorf("syncfs %s: %w", dir, err)
 	}
-	defer f.Close()
-	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-		return fmt.Errorf("fsync staged body %s: %w", p, err)
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
 	}
 	return nil
 }
@@ -438,10 +415,11 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	a := s.applier
 	started := time.Now()
 	a.bulk = true
+	a.behind = len(ops) >= catchUpSegmentOps
 	defer func() {
 		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
 		a.dropDelivered()
-		a.bulk = false
+		a.bulk, a.behind = false, false
 		a.unlockAll()
 	}()
 	for i := range ops {
@@ -459,6 +437,9 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 		// directory let go of them first (unlockAll).
 		if len(a.locks) > 0 && (time.Since(a.lockedSince) > maxLockHold || i+1 == len(ops) ||
 			!bulkKind(&ops[i+1]) || ops[i+1].Mailbox != ops[i].Mailbox) {
+			if err := a.showHeld(); err != nil {
+				return err
+			}
 			a.unlockAll()
 		}
 	}
@@ -480,6 +461,13 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	}
 	return err
 }
+
+// catchUpSegmentOps is the size of a segment from which it is taken for a
+// backlog's (a catch-up's): the pusher's segments grow from 64 ops to this
+// only after hundreds of ops sent back to back. Its deliveries go in
+// behind the kernel's back, all but the last of each directory
+// (applier.held).
+const catchUpSegmentOps = 256
 
 // maxLockHold bounds how long the applier keeps a mailbox's
 // dovecot-uidlist.lock across consecutive ops of a segment.

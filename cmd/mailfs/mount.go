@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +42,8 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	fullSyncInterval := fs.Duration("full-sync-interval", 24*time.Hour, "run the anti-entropy full sync with every peer this often (0: never)")
 	cacheTimeout := fs.Duration("cache-timeout", 60*time.Second, "kernel entry/attribute cache lifetime")
 	debug := fs.Bool("debug", false, "log every FUSE request")
+	cpuProfile := fs.String("cpu-profile", os.Getenv("MAILFS_CPUPROFILE"),
+		"write a pprof CPU profile of the daemon's life to FILE on a clean stop (%p: the pid; default $MAILFS_CPUPROFILE)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -66,6 +70,13 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr)
+	if *cpuProfile != "" {
+		stopProfile, err := startCPUProfile(*cpuProfile, log)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	st, err := initStore(ctx, initOptions{store: *store}, log)
@@ -154,6 +165,29 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("unmounted", "mountpoint", mountpoint, "journal_seq", st.index.Seq())
 	return nil
+}
+
+// startCPUProfile starts a CPU profile written to file (a "%p" in it is
+// the pid, so that the daemons of a test or a demo can share one setting);
+// stop ends it. A debugging aid: where a daemon's time goes while it serves
+// or replicates.
+func startCPUProfile(file string, log *slog.Logger) (stop func(), err error) {
+	file = strings.ReplaceAll(file, "%p", strconv.Itoa(os.Getpid()))
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", file, err)
+	}
+	log.Info("writing a CPU profile until the daemon stops", "file", file)
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			log.Error("writing the CPU profile failed", "file", file, "err", err)
+		}
+	}, nil
 }
 
 // checkMountpoint refuses a missing mountpoint, a non-directory, a stale

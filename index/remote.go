@@ -447,9 +447,6 @@ func (t *tx) rekeyMailbox(from, to journal.GUID) error {
 				if taken, err := t.has(nk); err != nil || taken {
 					return err
 				}
-				if live, err := t.has(append(messagePrefix(to), key...)); err != nil || live {
-					return err // to has a message by that key: it is not the one traced
-				}
 				v, _, err := get(t.txn, k)
 				if err != nil {
 					return err
@@ -559,6 +556,28 @@ func (v PeerView) MailboxTombstone(g journal.GUID) (Tombstone, bool, error) {
 func tombstoneOf(ts *tombstone) Tombstone {
 	return Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen,
 		Creates: ts.Creates, CreatedPath: ts.CreatedPath}
+}
+
+// ExpungedLive calls fn for each message of mailbox g that has an expunge
+// trace too: an expunge that reached this node under another GUID of the
+// mailbox (before a rule-3 merge or rule-4 rekey made the two one) and
+// whose message is here under this one. The expunge wins: it was made
+// after the add, by a node that had the message.
+func (v PeerView) ExpungedLive(g journal.GUID, fn func(m Message, expunge journal.Op) error) error {
+	g = v.t.resolve(g)
+	prefix := messagePrefix(g)
+	return v.t.scanKeys(prefix, func(k []byte) error {
+		key := string(k[len(prefix):])
+		var ts tombstone
+		if ok, err := v.t.getRec(tombMessageKey(g, key), &ts); err != nil || !ok || ts.MovedTo != nil {
+			return err
+		}
+		m, ok, err := v.Message(g, key)
+		if err != nil || !ok {
+			return err
+		}
+		return fn(m, journal.Op{Kind: journal.MessageExpunge, Origin: ts.Origin, Seq: ts.Seq, Time: ts.Time, Mailbox: g, Key: key})
+	})
 }
 
 // DeletedCreatedAt lists the mailboxes deleted here that were created at

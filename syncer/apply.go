@@ -627,8 +627,48 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 // changes kept under either GUID for messages that had not arrived under
 // it (a third node's change, named by the GUID its sender had): the
 // message is there now, under the other GUID, and no add of it will come
-// to take them.
+// to take them. The same goes for expunges (applyEarlyExpunges).
 func (a *applier) applyEarlyFlags(ctx context.Context, winner, loser journal.GUID) error {
+	if err := a.applyEarlyFlagChanges(ctx, winner, loser); err != nil {
+		return err
+	}
+	return a.applyEarlyExpunges(ctx, winner)
+}
+
+// applyEarlyExpunges removes the messages of mailbox g that an expunge
+// reached this node for under another of g's GUIDs before the two were
+// one (index.PeerView.ExpungedLive).
+func (a *applier) applyEarlyExpunges(ctx context.Context, g journal.GUID) error {
+	type traced struct {
+		m  index.Message
+		op journal.Op
+	}
+	var found []traced
+	var mb index.Mailbox
+	err := a.view(func(v index.PeerView) error {
+		var ok bool
+		var err error
+		if mb, ok, err = v.Mailbox(g); err != nil || !ok {
+			return err
+		}
+		return v.ExpungedLive(g, func(m index.Message, op journal.Op) error {
+			found = append(found, traced{m, op})
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range found {
+		a.log.Info("a message expunged under another GUID of its merged mailbox goes", "mailbox", mb.Path, "key", t.m.Key)
+		if err := a.unlinkDeleted(&t.op, mb, t.m); err != nil {
+			return fmt.Errorf("expunge of %s kept for %s: %w", t.m.Key, mb.Path, err)
+		}
+	}
+	return nil
+}
+
+func (a *applier) applyEarlyFlagChanges(ctx context.Context, winner, loser journal.GUID) error {
 	type early struct {
 		g     journal.GUID
 		key   string

@@ -821,6 +821,49 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A and the third node create .W concurrently (the third node's GUID
+	// the higher); A adds mail, merges the third node's create and expunges
+	// the mail naming the merged GUID. B gets all of A's ops before the
+	// third node's create: the expunge names a GUID B does not know yet.
+	// When the create merges the two on B, the expunge must still win.
+	t.Run("expunge naming the merged GUID before the merge", func(t *testing.T) {
+		c.t = t
+		root := "r28/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb string
+		for i := 0; ; i++ {
+			if i == 20 {
+				t.Fatal("20 folder pairs, none where the third node's GUID is the higher")
+			}
+			mb = fmt.Sprintf("%s/.W%d", root, i)
+			mkMailbox(t, a.Mnt, mb)
+			mkMailbox(t, n3.Mnt, mb)
+			if mailboxGUIDs(t, n3.Store)[mb] > mailboxGUIDs(t, a.Store)[mb] {
+				break
+			}
+		}
+		deliverMsg(t, a.Mnt, mb, "new", "28000.M1.a", body("expunged after the merge"), when)
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(0, 2)
+		if err := os.Remove(filepath.Join(a.Mnt, mb, "new", "28000.M1.a")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.healAll()
+		st := c.converge("expunge naming the merged GUID first")
+		if got := st.Mailboxes[mb]; len(got) != 0 {
+			t.Fatalf("%s holds %v; want the expunged message gone", mb, got)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -635,6 +635,25 @@ func (a *applier) applyEarlyFlags(ctx context.Context, winner, loser journal.GUI
 	return a.applyEarlyExpunges(ctx, winner)
 }
 
+// dropEarlyFlags forgets the flag changes kept for message key of mailbox
+// g (they went with the message elsewhere).
+func (a *applier) dropEarlyFlags(ctx context.Context, g journal.GUID, key string) error {
+	var (
+		resolved journal.GUID
+		kept     bool
+	)
+	if err := a.view(func(v index.PeerView) error {
+		resolved = v.Resolve(g)
+		early, _, err := v.EarlyFlags(g, key)
+		kept = len(early) > 0
+		return err
+	}); err != nil || !kept {
+		return err
+	}
+	_, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropEarlyFlags, GUID: resolved, Path: key})
+	return err
+}
+
 // applyEarlyExpunges removes the messages of mailbox g that an expunge
 // reached this node for under another of g's GUIDs before the two were
 // one (index.PeerView.ExpungedLive).
@@ -1372,9 +1391,36 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 				}
 				add = &merged
 			}
+			// Flag changes made to it in the source before the move reached
+			// their nodes, which came here before the message did: they
+			// stand where the move did not change the flag (the nodes that
+			// had the message moved it with them).
+			st := journal.StampOf(op)
+			flags, cur, err := a.earlyFlagsOver(op.Mailbox, op.Key, op, add.Flags, func(f string) journal.Stamp {
+				if slices.Contains(op.Changed, f) {
+					return st
+				}
+				return journal.Stamp{}
+			})
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(flags, add.Flags) || (cur && add.Sub != journal.SubCur) {
+				merged := *add
+				merged.Flags = flags
+				if cur {
+					merged.Sub = journal.SubCur
+				}
+				add = &merged
+			}
 		}
 		if err := a.place(ctx, add, dst, newKey, add.Flags, bodies); err != nil {
 			return err
+		}
+		if !have {
+			if err := a.dropEarlyFlags(ctx, op.Mailbox, op.Key); err != nil {
+				return err
+			}
 		}
 		return a.meta(ctx, op)
 	}

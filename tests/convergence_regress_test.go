@@ -864,6 +864,42 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// The third node adds a message and moves it to .W; A, not having seen
+	// the move, changes its flags and expunges it. B gets A's flag change
+	// and expunge before the message itself: the move must still bring it
+	// to .W with A's flag change, as on the nodes that had the message
+	// when A's change came.
+	t.Run("flag change and expunge before the message, then its move", func(t *testing.T) {
+		c.t = t
+		root := "r29/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.W")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, n3.Mnt, root, "cur", "29000.M1.c:2,RS", body("flagged, expunged, moved"), when)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(0, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, "cur", "29000.M1.c:2,RS"),
+			filepath.Join(n3.Mnt, root, ".W", "cur", "29000.M1.c:2,RS")); err != nil {
+			t.Fatal(err)
+		}
+		setFlags(t, a.Mnt, root, "29000.M1.c", "S")
+		if err := os.Remove(filepath.Join(a.Mnt, root, "cur", "29000.M1.c:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		c.healAll()
+		c.converge("flags and expunge before the message, then the move")
+		for _, n := range c.nodes {
+			if _, name := findMsg(t, n.Mnt, root+"/.W", "29000.M1.c"); name != "29000.M1.c:2,S" {
+				t.Fatalf("on %s the moved message is %s; want A's flag change on it", n.Name, name)
+			}
+		}
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

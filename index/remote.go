@@ -199,10 +199,12 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if mb.CreatedSeq != 0 || g != op.Mailbox {
 			return t.noteMergedCreate(&mb, op)
 		}
-		if mb.Renamed == mb.Created {
+		if mb.Renamed == mb.Created && mb.Path == mb.CreatedPath {
 			// Not renamed since it was made here: that making was no
 			// rename, so the create dates its path (a rename of it from
-			// before the op that made it here must still win).
+			// before the op that made it here must still win). A mailbox
+			// made for a rename (at the rename's old path, then moved) has
+			// that rename's stamp, and keeps it.
 			mb.Renamed = st
 		}
 		mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedSeen = st, op.Seq, op.Path, op.Seen

@@ -900,6 +900,37 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			}
 		}
 	})
+
+	// The third node makes .F and renames it to .R1; A, having seen the
+	// create but not the rename, renames it to .R2 later. B gets A's
+	// rename first (it makes the folder for it), then the create and the
+	// older rename: the newer rename must keep its path (rule 2).
+	t.Run("newer rename before the create and the older rename", func(t *testing.T) {
+		c.t = t
+		root := "r30/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, n3.Mnt, root+"/.F")
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(0, 2)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".F"), filepath.Join(n3.Mnt, root, ".R1")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // A's rename is the newer
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".F"), filepath.Join(a.Mnt, root, ".R2")); err != nil {
+			t.Fatal(err)
+		}
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.healAll()
+		st := c.converge("newer rename first")
+		if _, ok := st.Mailboxes[root+"/.R2"]; !ok || st.Mailboxes[root+"/.R1"] != nil {
+			t.Fatalf("folders %v; want the folder at .R2, the newer rename's path", keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -1048,14 +1048,32 @@ func (a *applier) message(g journal.GUID, key string) (m index.Message, ok bool,
 }
 
 func (a *applier) addMessage(ctx context.Context, op *journal.Op, bodies Bodies) error {
-	var expunged bool
+	var expunged, unseenByDelete bool
 	err := a.view(func(v index.PeerView) error {
 		var err error
-		expunged, err = v.MessageExpunged(op.Mailbox, op.Key)
+		if expunged, err = v.MessageExpunged(op.Mailbox, op.Key); err != nil || !expunged {
+			return err
+		}
+		if _, live, err := v.Mailbox(op.Mailbox); err != nil || live {
+			return err
+		}
+		ts, dead, err := v.MailboxTombstone(v.Resolve(op.Mailbox))
+		unseenByDelete = dead && ts.Seen[op.Origin] < op.Seq
 		return err
 	})
-	if err != nil || expunged {
-		return err // an expunge wins: nothing resurrects (rule 5)
+	if err != nil {
+		return err
+	}
+	if expunged {
+		// An expunge wins: nothing resurrects (rule 5). But mail the
+		// deleter of its mailbox had not seen keeps that mailbox (empty
+		// now), as on the nodes that had the mail when the delete came.
+		if unseenByDelete {
+			if _, err := a.ensureMailbox(ctx, op.Mailbox, op.Path, op); err != nil && !errors.Is(err, errSkip) {
+				return err
+			}
+		}
+		return nil
 	}
 	mb, expunged, err := a.messageTarget(ctx, op.Mailbox, op.Path, op.Key, op)
 	if errors.Is(err, errSkip) || expunged {

@@ -931,6 +931,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// The third node adds mail to .X, A expunges it, and B deletes .X not
+	// having seen the add. B gets A's expunge before the add: the add is
+	// still mail B's delete had not seen, so .X stays on B too, empty, as
+	// on the nodes that had the add when the delete came (rule 4).
+	t.Run("expunge before the add it removes, into a deleted folder", func(t *testing.T) {
+		c.t = t
+		root := "r31/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, n3.Mnt, root+"/.X")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, n3.Mnt, root+"/.X", "new", "31000.M1.c", body("expunged before it arrives"), when)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(0, 2)
+		if err := os.Remove(filepath.Join(a.Mnt, root, ".X", "new", "31000.M1.c")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.X")
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.pushed(1, 0)
+		st := c.converge("expunge before the add, folder deleted")
+		if got, ok := st.Mailboxes[root+"/.X"]; !ok || len(got) != 0 {
+			t.Fatalf(".X is %v (there: %v); want it kept, empty (folders %v)", got, ok, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -141,7 +141,16 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 	if rec != nil {
 		nrec.FlagStamps = rec.FlagStamps
 	}
-	stampFlags(nrec, flags, nrec.Added)
+	dated := flags
+	if t.remote != nil && t.remote.Kind == journal.MessageMove {
+		// A peer's move made here as an add (the message never reached
+		// this node in its source): only the flags the move changed date
+		// from it. The others are as old as the message, and any change
+		// made to them since (one that reaches this node only now, through
+		// the move) beats them.
+		dated = t.remote.Changed
+	}
+	stampFlags(nrec, dated, nrec.Added)
 	if err := t.takeEarlyFlags(mb.GUID, name.Base, nrec); err != nil {
 		return err
 	}

@@ -960,6 +960,39 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B adds a message flagged \Deleted, the third node gets it and moves
+	// it to .Archive, while B (not having seen the move) clears \Deleted.
+	// A gets the move before the message: the move makes it in .Archive,
+	// but only the flags the move changed date from it, so B's older
+	// change to \Deleted still wins there, as everywhere else.
+	t.Run("move arriving as an add does not date the flags it did not change", func(t *testing.T) {
+		c.t = t
+		root := "r32/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.Archive")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, b.Mnt, root, "cur", "32000.M1.b:2,T", body("undeleted, moved"), when)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		setFlags(t, b.Mnt, root, "32000.M1.b", "RS")
+		time.Sleep(5 * time.Millisecond) // the move is the newer op
+		if err := os.Rename(filepath.Join(n3.Mnt, root, "cur", "32000.M1.b:2,T"),
+			filepath.Join(n3.Mnt, root, ".Archive", "cur", "32000.M1.b:2,T")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.healAll()
+		c.converge("move before the message")
+		for _, n := range c.nodes {
+			if _, name := findMsg(t, n.Mnt, root+"/.Archive", "32000.M1.b"); name != "32000.M1.b:2,RS" {
+				t.Fatalf("on %s the moved message is %s; want B's flag change on it", n.Name, name)
+			}
+		}
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -205,12 +205,21 @@ func (a *applier) showDelivery(h heldDelivery) error {
 func (a *applier) syncDelivered() error {
 	var first error
 	synced := map[uint64]bool{}
+	dirs := make([]string, 0, len(a.syncDirs)+1)
+	if len(a.syncDirs) > 0 {
+		// The tree's own file system too: a directory renamed away since
+		// (a local folder rename) took its deliveries there.
+		dirs = append(dirs, "")
+	}
 	for d := range a.syncDirs {
+		dirs = append(dirs, d)
+	}
+	for _, d := range dirs {
 		var st syscall.Stat_t
 		dir := a.backing(d)
 		if err := syscall.Stat(dir, &st); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				continue // gone since (a mailbox deleted or renamed): nothing of it to keep
+				continue // gone since (a mailbox deleted): nothing of it to keep
 			}
 			first = cmp.Or(first, fmt.Errorf("fsync %s: %w", dir, err))
 			continue

@@ -15,6 +15,11 @@ import (
 	"mailfs/journal"
 )
 
+// mergeBatch is how many messages of a merging mailbox are read at once.
+const mergeBatch = 512
+
+var errBatchFull = errors.New("batch full")
+
 // errKeptApart: two mailboxes that are one by rule 3 could not be merged
 // on disk here (one holds the other's directory), so they stay apart.
 var errKeptApart = errors.New("mailboxes kept apart")
@@ -136,18 +141,28 @@ func (a *applier) mergeFolders(ctx context.Context, op *journal.Op, keep, gone i
 	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvMerging, GUID: gone.GUID, NewGUID: keep.GUID, Remote: op}); err != nil {
 		return fmt.Errorf("merge mailbox %s into %s: %w", gone.GUID, keep.GUID, err)
 	}
-	var msgs []index.Message
-	if err := a.store.Messages(gone.GUID, func(m index.Message) error {
-		if !m.Missing {
-			msgs = append(msgs, m)
+	// In batches: each message moved leaves gone's records, so every
+	// batch is the first ones left (a mailbox is never read whole).
+	for {
+		var batch []index.Message
+		if err := a.store.Messages(gone.GUID, func(m index.Message) error {
+			if len(batch) == mergeBatch {
+				return errBatchFull
+			}
+			if !m.Missing { // no file to move; its record goes along at the end
+				batch = append(batch, m)
+			}
+			return nil
+		}); err != nil && !errors.Is(err, errBatchFull) {
+			return err
 		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, m := range msgs {
-		if err := a.mergeMessage(ctx, op, keep, gone, m); err != nil {
-			return fmt.Errorf("merge mailbox %q into %q: message %s: %w", gone.Path, keep.Path, m.Key, err)
+		if len(batch) == 0 {
+			break
+		}
+		for _, m := range batch {
+			if err := a.mergeMessage(ctx, op, keep, gone, m); err != nil {
+				return fmt.Errorf("merge mailbox %q into %q: message %s: %w", gone.Path, keep.Path, m.Key, err)
+			}
 		}
 	}
 	if err := a.removeMerged(op, gone); err != nil {

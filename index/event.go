@@ -33,11 +33,12 @@ const (
 	EvDropEarlyFlags                       // the early flag changes kept for message Path of mailbox GUID are applied
 	EvDropSeenCreates                      // a delete that had applied Seen ends the creates of mailbox GUID it had seen; it becomes NewGUID
 	EvMerging                              // mailbox GUID's mail is being moved into mailbox NewGUID (merge.go)
+	EvUnrecreate                           // mailbox NewGUID, recreated for deleted GUID's unseen mail and emptied, is forgotten
 	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "absent-add"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -125,6 +126,8 @@ func (t *tx) apply(ev Event) error {
 		return t.dropSeenCreates(ev.GUID, ev.NewGUID, ev.Seen)
 	case EvMerging:
 		return t.startMerge(ev.GUID, ev.NewGUID)
+	case EvUnrecreate:
+		return t.unrecreate(ev.GUID, ev.NewGUID)
 	case EvAbsentAdd:
 		return t.noteAbsentAdd(t.resolve(ev.GUID), ev.Path, ev.Remote)
 	case EvMkdir:

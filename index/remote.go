@@ -399,6 +399,36 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	return t.putRec(tombMessageKey(g, key), ts)
 }
 
+// unrecreate forgets mailbox recreated, made for mail a delete of deleted
+// had not seen and emptied by a later delete of deleted: it was part of
+// deleted, so its tombstone and deleted's alias to it go, and mail
+// neither delete had seen, arriving later, finds deleted's tombstone and
+// recreates it again, under the same GUID.
+func (t *tx) unrecreate(deleted, recreated journal.GUID) error {
+	if ok, err := t.has(mailboxKey(recreated)); err != nil || ok {
+		if err == nil {
+			err = fmt.Errorf("index: forget recreated mailbox %s: it is still here", recreated)
+		}
+		return err
+	}
+	// The last hop of deleted's aliases, the one to recreated, goes.
+	for g, i := deleted, 0; i < 8; i++ {
+		b, ok, err := get(t.txn, aliasKey(g))
+		if err != nil || !ok || len(b) != 16 {
+			return err
+		}
+		if next := journal.GUID(b); next == recreated {
+			if err := t.del(aliasKey(g)); err != nil {
+				return err
+			}
+			break
+		} else {
+			g = next
+		}
+	}
+	return t.del(tombMailboxKey(recreated))
+}
+
 // noteAbsentAdd keeps op, a peer's add of message key to mailbox g that
 // came without its body, until the op that says where the message went
 // arrives (tombMessage).

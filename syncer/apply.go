@@ -1021,6 +1021,14 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		}
 		return nil
 	})
+	if err == nil && deletedBefore && derivedFrom(mb.GUID, op.Mailbox) {
+		// The mailbox recreated for what an earlier delete of op's had not
+		// seen is empty now: it goes as part of those deletes, not as a
+		// mailbox of its own, so mail neither delete had seen, arriving
+		// later, recreates it under the same GUID, as on the nodes where
+		// that mail was in it all along.
+		_, err = a.store.Commit(ctx, index.Event{Kind: index.EvUnrecreate, GUID: op.Mailbox, NewGUID: mb.GUID})
+	}
 	if err == nil && deletedBefore {
 		err = a.meta(ctx, op) // the deleted GUID's record learns this delete's view
 	}

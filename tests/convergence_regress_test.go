@@ -993,6 +993,37 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			}
 		}
 	})
+
+	// B adds mail to .A and deletes .A; the third node deletes .A too, not
+	// having seen B's mail, and A adds mail neither deleter had seen. The
+	// third node gets B's mail (kept for its own delete, in the folder
+	// recreated for it) and B's delete, which takes that mail and leaves
+	// the recreated folder empty: it goes as part of .A's deletes, not as a
+	// folder of its own, so A's mail arriving later recreates it under the
+	// same GUID as on A.
+	t.Run("second delete empties the folder recreated for the first", func(t *testing.T) {
+		c.t = t
+		root := "r33/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.A")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, b.Mnt, root+"/.A", "new", "33000.M1.b", body("seen by B's delete"), when)
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.cut(0, 1)
+		deliverMsg(t, a.Mnt, root+"/.A", "new", "33000.M2.a", body("seen by neither delete"), when)
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.A")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.A")
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		st := c.converge("two deletes, the second emptying the recreated folder")
+		if got := st.Mailboxes[root+"/.A"]; len(got) != 1 {
+			t.Fatalf(".A holds %v; want A's mail only (folders %v)", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -246,7 +246,7 @@ func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*ma
 	if err := t.journal(journal.Op{Kind: journal.MailboxCreate, Mailbox: guid, Path: path, Seen: seen}); err != nil {
 		return nil, err
 	}
-	mb.Renamed = journal.StampOf(&t.lastOp)
+	mb.Renamed, mb.RenamedSeq = journal.StampOf(&t.lastOp), t.lastOp.Seq
 	mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedGUID = mb.Renamed, t.lastOp.Seq, path, guid
 	mb.CreatedSeen = seen
 	t.counts.Mailboxes++
@@ -280,6 +280,14 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 		Creates: mailboxOf(mb).Creates(), CreatedPath: mb.CreatedPath}
 	if renamed := mb.Renamed; renamed != (journal.Stamp{}) {
 		ts.Renamed = &renamed // an older rename the deleter had not seen does not move Path
+	}
+	if r := t.remote; r != nil && r.Kind == journal.MailboxDelete && r.Path != "" && r.Path != mb.Path &&
+		t.resolve(r.Mailbox) == mb.GUID && r.Seen[mb.Renamed.Origin] >= mb.RenamedSeq {
+		// A peer's delete that had seen this mailbox's path here, and a
+		// rename of it since that has not arrived yet: where the deleter
+		// had it is where mail it had not seen is kept (that rename, seen
+		// by the deleter, changes nothing when it comes).
+		ts.Path, ts.Renamed = r.Path, nil
 	}
 	return t.putRec(tombMailboxKey(mb.GUID), ts)
 }
@@ -372,7 +380,7 @@ func (t *tx) renameDir(from, to string) error {
 		if err := t.journal(journal.Op{Kind: journal.MailboxRename, Mailbox: mb.GUID, Path: old, NewPath: mb.Path}); err != nil {
 			return err
 		}
-		mb.Renamed = journal.StampOf(&t.lastOp)
+		mb.Renamed, mb.RenamedSeq = journal.StampOf(&t.lastOp), t.lastOp.Seq
 		if err := t.putMailbox(mb); err != nil {
 			return err
 		}

@@ -81,6 +81,8 @@ type mailboxRec struct {
 	// Renamed is the stamp of the op that gave the mailbox its path: the
 	// newest rename wins (design §6 rule 2).
 	Renamed journal.Stamp `json:"renamed,omitempty"`
+	// RenamedSeq is that op's seq: whether a peer's delete had seen it.
+	RenamedSeq uint64 `json:"renamed_seq,omitempty"`
 	// Created, CreatedSeq and CreatedPath name the op that created the
 	// mailbox and where: two mailboxes created at one path by nodes that
 	// had not seen each other's create are one mailbox (rule 3), wherever

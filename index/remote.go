@@ -205,7 +205,7 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			// before the op that made it here must still win). A mailbox
 			// made for a rename (at the rename's old path, then moved) has
 			// that rename's stamp, and keeps it.
-			mb.Renamed = st
+			mb.Renamed, mb.RenamedSeq = st, op.Seq
 		}
 		mb.Created, mb.CreatedSeq, mb.CreatedPath, mb.CreatedSeen = st, op.Seq, op.Path, op.Seen
 		if mb.CreatedGUID.IsZero() {

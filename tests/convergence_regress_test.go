@@ -1024,6 +1024,35 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// The third node renames .Work to .R7 and adds mail there; B deletes
+	// .R7 having seen the rename but not the mail. A gets B's delete
+	// before the rename: the mail B had not seen is kept where B had the
+	// folder, .R7, on A too.
+	t.Run("delete that had seen a rename not arrived yet", func(t *testing.T) {
+		c.t = t
+		root := "r34/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.Work")
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".Work"), filepath.Join(n3.Mnt, root, ".R7")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.cut(1, 2)
+		deliverMsg(t, n3.Mnt, root+"/.R7", "new", "34000.M1.c", body("unseen by the delete"), when)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.R7")
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.healAll()
+		st := c.converge("delete before the rename it had seen")
+		if got := st.Mailboxes[root+"/.R7"]; len(got) != 1 || st.Mailboxes[root+"/.Work"] != nil {
+			t.Fatalf(".R7 holds %v (folders %v); want the mail B had not seen kept there", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -540,8 +540,8 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			var gone journal.GUID
 			for d, ts := range dead {
-				if ts.Seen[op.Origin] >= op.Seq {
-					gone = d
+				if ts.Seen[op.Origin] >= op.Seq && string(d[:]) > string(gone[:]) {
+					gone = d // the highest, as rule 3 keeps it
 				}
 			}
 			if !gone.IsZero() {

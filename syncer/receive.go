@@ -44,6 +44,12 @@ func (b staged) Body(c journal.ContentID) (string, bool) {
 // concurrent ones share the file system's journal commits.
 const stageSyncers = 8
 
+// stageSyncMaxBodies is the most bodies a segment's staging fdatasyncs one
+// by one (bodySyncs); a segment with more (a catch-up's) is made durable by
+// one syncfs when it has arrived: a journal commit per few bodies, for
+// thousands, cost more than waiting once for the file system's dirty data.
+const stageSyncMaxBodies = 64
+
 // bodySyncs makes a segment's staged bodies durable while the rest of the
 // segment is still arriving, so that a delivery made from one needs no
 // fsync of its own (applier.deliver on the bulk path): the body's bytes are
@@ -53,7 +59,8 @@ const stageSyncers = 8
 // segment's end. (One syncfs at the end, which this replaces, waited for
 // every dirty byte of the whole file system, other programs' included: on
 // a busy mail server, or beside other tests, that was tens to hundreds of
-// ms before a small segment could be applied.)
+// ms before a small segment could be applied; a catch-up's large segments
+// still take one, see stageSyncMaxBodies.)
 type bodySyncs struct {
 	wg  sync.WaitGroup
 	sem chan struct{}
@@ -341,7 +348,10 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 	}
 	want := map[journal.ContentID]bool{}
 	syncs := newBodySyncs()
-	defer syncs.wait() // a failed segment's bodies are removed after their syncs
+	// A failed segment's bodies are removed after their syncs.
+	defer syncs.wait()
+	// A large segment's bodies are made durable by one syncfs.
+	one := h.Bodies > stageSyncMaxBodies
 	for i := range ops {
 		op := &ops[i]
 		if op.Origin != r.peer || op.Seq != h.Prev+uint64(i)+1 {
@@ -359,6 +369,11 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 		if errors.Is(err, io.EOF) {
 			if err := syncs.wait(); err != nil {
 				return h, nil, bodies, err
+			}
+			if one {
+				if err := syncFS(r.s.cfg.StagingDir); err != nil {
+					return h, nil, bodies, err
+				}
 			}
 			return h, ops, bodies, nil
 		}
@@ -380,7 +395,13 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 			return h, nil, bodies, err
 		}
 		bodies[b.Content] = p
-		syncs.start(f)
+		if one {
+			if err := f.Close(); err != nil {
+				return h, nil, bodies, fmt.Errorf("stage body %s: %w", p, err)
+			}
+		} else {
+			syncs.start(f)
+		}
 	}
 }
 

@@ -1801,8 +1801,10 @@ func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name
 		}
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
-	if uid >= 0 {
+	if uid >= 0 && f != nil {
 		err = f.Chown(uid, gid)
+	} else if uid >= 0 {
+		err = os.Lchown(a.backing(tmpRel), uid, gid)
 	}
 	// On the bulk path the receiver made the staged body (this very
 	// inode) durable before the segment was applied: the bytes are on disk
@@ -1811,10 +1813,17 @@ func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name
 	// (syncDelivered).
 	later := linked && a.bulk
 	if err == nil && !later {
-		err = f.Sync()
+		if f == nil {
+			f, err = os.OpenFile(a.backing(tmpRel), os.O_WRONLY, 0)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
@@ -1881,27 +1890,20 @@ func (a *applier) repairMailboxDirs(mbPath string) error {
 	return nil
 }
 
-// stageInto puts the staged body at tmp (in the backing tree) and returns
-// it open for writing. A body staged on the same file system and not used
-// yet is hard-linked there: no copy, and no inode made and freed per
-// message (ext4's inode allocator slows down past many recently freed
-// inodes). Otherwise it is copied.
-// linked says the file is the staged inode itself.
+// stageInto puts the staged body at tmp (in the backing tree), with mode.
+// A body staged on the same file system and not used yet is hard-linked
+// there: no copy, and no inode made and freed per message (ext4's inode
+// allocator slows down past many recently freed inodes); linked says so,
+// and f is nil (its mode set by path: an open and a close less per
+// message). Otherwise it is copied, and f is the copy, open for writing.
 func (a *applier) stageInto(body, tmp string, mode os.FileMode) (f *os.File, linked bool, err error) {
 	if fi, err := os.Stat(body); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && os.Link(body, tmp) == nil {
-			f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
-			if err == nil {
-				err = f.Chmod(mode)
-			}
-			if err != nil {
-				if f != nil {
-					f.Close()
-				}
+			if err := os.Chmod(tmp, mode); err != nil {
 				os.Remove(tmp)
 				return nil, false, err
 			}
-			return f, true, nil
+			return nil, true, nil
 		}
 	}
 	src, err := os.Open(body)

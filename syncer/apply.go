@@ -111,7 +111,7 @@ type heldDelivery struct {
 	op      *journal.Op
 	tmp, to string // relative paths
 	flags   bool
-	ctx     context.Context // the op's, for deciding it again (redoFlags)
+	ctx     context.Context // the op's, for deciding it again (showFlags)
 }
 
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -159,6 +161,88 @@ func (s *Server) DeliverBehind(op *journal.Op, fromRel, toRel string) (p *index.
 	return p, true, nil
 }
 
+// RenameBehind is the applier's rename of a peer's flag change (op): the
+// message at fromRel renamed to toRel in the same new/ or cur/, made in the
+// backing tree and recorded as the Rename handler records it, without the
+// three FUSE round trips (LOOKUP of both names, RENAME) of a rename through
+// the mount. Its commit is submitted and returned, not waited for (as
+// ApplyNoWait's). go-fuse's node moves to the new name and the kernel is
+// told to drop its entry for the old one, so no cached name finds the
+// message where it was; the directory's cached attributes and listing stay
+// as they were and nobody's inotify hears of it, until the caller's next
+// change through the mount in that directory, or its InvalidateDir, which
+// the caller makes before it lets go of the mailbox's dotlock.
+// ok false (and no error): the rename is not one it makes (another
+// directory, the target name exists), and nothing was done. An error
+// wrapping ENOENT: the message is not at fromRel (a local rename came
+// first).
+func (s *Server) RenameBehind(op *journal.Op, fromRel, toRel string) (p *index.Pending, ok bool, err error) {
+	m := s.m
+	if op == nil || path.Dir(fromRel) != path.Dir(toRel) || !sameMessage(fromRel, toRel) {
+		return nil, false, nil
+	}
+	absFrom, absTo := m.abs(fromRel), m.abs(toRel)
+	if e := m.checkTarget(toRel, true); e != 0 {
+		return nil, false, &os.PathError{Op: "rename", Path: absTo, Err: e}
+	}
+	ev := index.Event{Kind: index.EvRename, Path: fromRel, NewPath: toRel, Remote: op, Content: hasher(absTo)}
+	oldName, newName := path.Base(fromRel), path.Base(toRel)
+	dir := m.inode(path.Dir(fromRel))
+	m.mu.Lock()
+	if err := unix.Renameat2(unix.AT_FDCWD, absFrom, unix.AT_FDCWD, absTo, unix.RENAME_NOREPLACE); err != nil {
+		m.mu.Unlock()
+		if errors.Is(err, syscall.EEXIST) {
+			return nil, false, nil
+		}
+		return nil, false, &os.LinkError{Op: "rename", Old: absFrom, New: absTo, Err: err}
+	}
+	if fi, _, err := statInfo(absTo); err == nil {
+		ev.File.Mode, ev.File.Mtime, ev.File.Size = fi.Mode, fi.Mtime, fi.Size
+	}
+	if p, err = m.store.Submit(ev); err != nil {
+		syscall.Rename(absTo, absFrom)
+		m.mu.Unlock()
+		return nil, false, err
+	}
+	// Under mu, as the Rename handler's rename and the tree's move are
+	// ordered against other renames of the message.
+	cached := dir != nil && dir.GetChild(oldName) != nil
+	if cached {
+		dir.MvChild(oldName, dir, newName, true)
+	}
+	m.mu.Unlock()
+	if cached {
+		// Outside mu: the kernel takes the directory's lock for it, which
+		// a request waiting for mu may hold.
+		dir.NotifyEntry(oldName)
+	}
+	return p, true, nil
+}
+
+// InvalidateDir makes the kernel drop what it cached of the directory at
+// rel (attributes, listing), after changes made behind its back
+// (RenameBehind). It must not be called from a FUSE handler or under a
+// lock one needs.
+func (s *Server) InvalidateDir(rel string) {
+	if n := s.m.inode(rel); n != nil {
+		n.NotifyContent(0, 0)
+	}
+}
+
+// inode is go-fuse's node of the directory at rel, if the kernel knows it.
+func (m *mailFS) inode(rel string) *fusefs.Inode {
+	n := m.rootNode.EmbeddedInode()
+	if rel == "" || rel == "." {
+		return n
+	}
+	for _, name := range strings.Split(rel, "/") {
+		if n = n.GetChild(name); n == nil {
+			return nil
+		}
+	}
+	return n
+}
+
 // collector gathers the pending commits of an ApplyNoWait.
 type collector struct {
 	mu      sync.Mutex
@@ -185,6 +269,8 @@ type mailFS struct {
 	store *index.Store
 	root  string
 	log   *slog.Logger
+	// rootNode is the mount's root (its go-fuse node tree: see inode).
+	rootNode fusefs.InodeEmbedder
 	// mu orders mutations: a syscall and the Submit of its event happen
 	// under it, so the journal order equals the order on disk. The wait for
 	// durability happens outside it, so many changes share one fsync.
@@ -265,6 +351,7 @@ func Mount(mountpoint string, o Options) (*Server, error) {
 	}
 	rootNode := lr.NewNode(lr, nil, "", &st)
 	lr.RootNode = rootNode
+	m.rootNode = rootNode
 
 	timeout := o.CacheTimeout
 	if timeout == 0 {

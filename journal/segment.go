@@ -399,7 +399,18 @@ func (sw *SegmentWriter) WriteHeader(h SegmentHeader, ops []Op) error {
 // writes the last chunk, so a mismatch leaves the segment incomplete rather
 // than carrying a wrong body. r must hold at least b.Size bytes; any more
 // are left unread.
-func (sw *SegmentWriter) WriteBody(b Body, r io.Reader) error {
+func (sw *SegmentWriter) WriteBody(b Body, r io.Reader) error { return sw.writeBody(b, r, true) }
+
+// WriteBodyUnchecked is WriteBody without the writer's own hash of the
+// bytes, for a body that cannot have changed since it was hashed (a Maildir
+// message file, which is never rewritten): the SegmentReader verifies every
+// body against its content ID anyway, so a wrong one has the whole segment
+// refused there, and nothing of it applied, instead of failing here.
+func (sw *SegmentWriter) WriteBodyUnchecked(b Body, r io.Reader) error {
+	return sw.writeBody(b, r, false)
+}
+
+func (sw *SegmentWriter) writeBody(b Body, r io.Reader, check bool) error {
 	if sw.err != nil {
 		return sw.err
 	}
@@ -419,7 +430,7 @@ func (sw *SegmentWriter) WriteBody(b Body, r io.Reader) error {
 		return err
 	}
 	sw.bodies++
-	if err := sw.cw.writeBody(sw.write, b, r, true); err != nil {
+	if err := sw.cw.writeBody(sw.write, b, r, check); err != nil {
 		if sw.err == nil {
 			sw.err = fmt.Errorf("journal: segment %w", err)
 		}

@@ -483,6 +483,23 @@ func TestSegmentWriterRefuses(t *testing.T) {
 	if err := sw.Close(); err == nil {
 		t.Error("close after a wrong body accepted")
 	}
+
+	// Unchecked, the wrong body is written whole, and the reader refuses it.
+	buf.Reset()
+	sw = NewSegmentWriter(&buf)
+	if err := sw.WriteHeader(h, ops); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.WriteBodyUnchecked(bodyOf([]byte("0123456789")), strings.NewReader("0123456780")); err != nil {
+		t.Fatalf("unchecked body: %v", err)
+	}
+	if err := sw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, bodies, err = readSegment(bytes.NewReader(buf.Bytes()), Limits{})
+	if !errors.Is(err, ErrBadSegment) || len(bodies) != 0 {
+		t.Errorf("reading the segment with an unchecked wrong body: %v, %d bodies", err, len(bodies))
+	}
 }
 
 // smallSegment is a segment with every part: 3 ops, then bodies of 12 bytes

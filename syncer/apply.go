@@ -35,6 +35,12 @@ type Mount interface {
 	// ApplyNoWait would, without the kernel seeing the change (fs.Server);
 	// ok false: it did not, the rename must go through the mount.
 	DeliverBehind(op *journal.Op, fromRel, toRel string) (p *index.Pending, ok bool, err error)
+	// RenameBehind is DeliverBehind for a peer's flag change: the message
+	// renamed within its new/ or cur/ (the kernel forgets the old name).
+	RenameBehind(op *journal.Op, fromRel, toRel string) (p *index.Pending, ok bool, err error)
+	// InvalidateDir drops the kernel's cache of a directory changed behind
+	// its back.
+	InvalidateDir(rel string)
 }
 
 // Bodies finds a staged body by content ID.
@@ -68,8 +74,8 @@ type applier struct {
 	// bulk is on for the segment, async for the op being applied when its
 	// index commits need not be waited for one by one.
 	bulk, async bool
-	// behind is on for a segment of a backlog (catchUpSegmentOps ops or
-	// more): its deliveries may be held (see held).
+	// behind is on for a batch's segment (behindSegmentOps ops or more):
+	// its deliveries and flag renames may be held (see held).
 	behind bool
 	// pending are the submitted commits not waited for yet; pendingKeys
 	// the message keys they concern (an op on one of those keys waits for
@@ -79,31 +85,39 @@ type applier struct {
 	// syncDirs are the new/ and cur/ directories the bulk path delivered
 	// to, made durable with the segment (syncDelivered).
 	syncDirs map[string]bool
-	// held is, per new/ or cur/ directory, the last delivery of the bulk
-	// path of a backlog's segment, still in tmp/: the ones before it went
-	// in behind the kernel's back (Mount.DeliverBehind, no FUSE round
-	// trips), and this one goes through the mount (showHeld) before the
-	// mailbox's dotlock is let go, so that the kernel drops what it cached
-	// of the directory and inotify (Dovecot's IDLE) hears of the
-	// directory's change. Watchers then hear of the directory, not of each
-	// name: in a catch-up, which is thousands of deliveries in a row (and
-	// overflows inotify's queues), not in live replication.
+	// held is, per new/ or cur/ directory, the last delivery (still in
+	// tmp/) or flag rename (not made yet) of the bulk path of a batch's
+	// segment: the ones before it went in behind the kernel's back
+	// (Mount.DeliverBehind, Mount.RenameBehind: no FUSE round trips), and
+	// this one goes through the mount (showHeld) before the mailbox's
+	// dotlock is let go, so that the kernel drops what it cached of the
+	// directory and inotify (Dovecot's IDLE) hears of the directory's
+	// change. Watchers then hear of the directory, not of each name: in a
+	// catch-up or a burst (a client's flag change of a whole folder), not
+	// in live replication's segments of a few ops.
 	held map[string]heldDelivery
+	// behindDirs are the directories renamed in behind the kernel's back
+	// since the last showHeld, whose cache it drops (Mount.InvalidateDir)
+	// even when the held change that follows them is not made after all.
+	behindDirs map[string]bool
 	// unheld are deliveries once held that could not be made behind the
 	// kernel's back: showHeld makes them through the mount.
 	unheld []heldDelivery
 }
 
-// heldDelivery is a delivery whose last rename is yet to be made.
+// heldDelivery is a delivery whose last rename is yet to be made, or a
+// flag change (flags) whose rename of the message from tmp is.
 type heldDelivery struct {
 	op      *journal.Op
 	tmp, to string // relative paths
+	flags   bool
+	ctx     context.Context // the op's, for deciding it again (showFlags)
 }
 
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
 	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {},
 		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{},
-		held: map[string]heldDelivery{}}
+		held: map[string]heldDelivery{}, behindDirs: map[string]bool{}}
 }
 
 // bulkKind reports whether op may take the bulk path: a message add or a
@@ -157,20 +171,45 @@ func (a *applier) flush() error {
 // for the same directory is made behind the kernel's back, or, when that
 // cannot be, left for showHeld.
 func (a *applier) holdDelivery(op *journal.Op, tmp, to string) error {
-	dir := path.Dir(to)
+	return a.hold(heldDelivery{op: op, tmp: tmp, to: to})
+}
+
+// hold holds n, making the change held before in its directory behind the
+// kernel's back.
+func (a *applier) hold(n heldDelivery) error {
+	dir := path.Dir(n.to)
 	if h, ok := a.held[dir]; ok {
-		p, done, err := a.mnt.DeliverBehind(h.op, h.tmp, h.to)
-		if err != nil {
-			// Not wrapped: apply's retry is for op, not for this one.
-			return fmt.Errorf("delivering op %d %s: %v", h.op.Seq, h.to, err)
-		}
-		if done {
-			a.pending = append(a.pending, p)
-		} else {
-			a.unheld = append(a.unheld, h)
+		if err := a.behindHeld(h); err != nil {
+			return err
 		}
 	}
-	a.held[dir] = heldDelivery{op: op, tmp: tmp, to: to}
+	a.held[dir] = n
+	return nil
+}
+
+// behindHeld makes h behind the kernel's back, or leaves it for showHeld
+// when that cannot be.
+func (a *applier) behindHeld(h heldDelivery) error {
+	if h.flags {
+		p, done, err := a.mnt.RenameBehind(h.op, h.tmp, h.to)
+		if err != nil || !done {
+			return a.showFlags(h, err)
+		}
+		a.pending = append(a.pending, p)
+		a.behindDirs[path.Dir(h.to)] = true
+		return a.heldMeta(h)
+	}
+	p, done, err := a.mnt.DeliverBehind(h.op, h.tmp, h.to)
+	if err != nil {
+		// Not wrapped: apply's retry is for op, not for this one.
+		return fmt.Errorf("delivering op %d %s: %v", h.op.Seq, h.to, err)
+	}
+	if done {
+		a.pending = append(a.pending, p)
+		a.behindDirs[path.Dir(h.to)] = true
+	} else {
+		a.unheld = append(a.unheld, h)
+	}
 	return nil
 }
 
@@ -185,16 +224,72 @@ func (a *applier) showHeld() error {
 		first = cmp.Or(first, a.showDelivery(h))
 		delete(a.held, dir)
 	}
+	for dir := range a.behindDirs {
+		a.mnt.InvalidateDir(dir)
+		delete(a.behindDirs, dir)
+	}
 	return first
 }
 
 func (a *applier) showDelivery(h heldDelivery) error {
+	if h.flags {
+		return a.showFlags(h, nil)
+	}
 	ps, err := a.mnt.ApplyNoWait(h.op, func() error { return renameFile(a.abs(h.tmp), a.abs(h.to)) })
 	a.pending = append(a.pending, ps...)
 	if err != nil {
 		return fmt.Errorf("delivering op %d %s: %v", h.op.Seq, h.to, err)
 	}
 	return nil
+}
+
+// showFlags makes h's flag rename through the mount (behind is why
+// RenameBehind did not, if it failed), then records the op's stamps. A
+// message gone from its name (a local rename came between the decision and
+// the rename) has the op decided again.
+func (a *applier) showFlags(h heldDelivery, behind error) error {
+	err := behind
+	if err == nil {
+		var ps []*index.Pending
+		ps, err = a.mnt.ApplyNoWait(h.op, func() error { return renameFile(a.abs(h.tmp), a.abs(h.to)) })
+		a.pending = append(a.pending, ps...)
+	}
+	if err == nil {
+		return a.heldMeta(h)
+	}
+	if !raced(err) {
+		return fmt.Errorf("flag change op %d %s: %v", h.op.Seq, h.to, err)
+	}
+	async := a.async
+	a.async = false // decided and made at once, as outside the bulk path
+	defer func() { a.async = async }()
+	for attempt := 0; attempt < 5; attempt++ {
+		a.log.Debug("applying a peer op raced a local change; deciding again", "op", h.op.String(), "err", err)
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+		if err = a.flagMessage(h.ctx, h.op); err == nil || !raced(err) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("flag change op %d %s: %v", h.op.Seq, h.to, err)
+	}
+	return nil
+}
+
+// heldMeta records the stamps of a held flag change once it is made (as
+// mergeFlags does after its rename).
+func (a *applier) heldMeta(h heldDelivery) error {
+	p, err := a.store.Submit(index.Event{Kind: index.EvRemoteMeta, Remote: h.op})
+	if err == nil {
+		a.pending = append(a.pending, p)
+	}
+	return err
+}
+
+// raced reports whether err is a local change racing the applier's (the op
+// is decided again).
+func raced(err error) bool {
+	return errors.Is(err, errRace) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST)
 }
 
 // syncDelivered makes the deliveries of the bulk path durable: the bodies
@@ -239,7 +334,9 @@ func (a *applier) syncDelivered() error {
 // acknowledged: the peer sends it again).
 func (a *applier) dropDelivered() {
 	for dir, h := range a.held {
-		os.Remove(a.backing(h.tmp))
+		if !h.flags { // a flag change's is the message itself
+			os.Remove(a.backing(h.tmp))
+		}
 		delete(a.held, dir)
 	}
 	for _, h := range a.unheld {
@@ -284,7 +381,7 @@ func (a *applier) apply(ctx context.Context, op *journal.Op, bodies Bodies) erro
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		err = a.applyOnce(ctx, op, bodies)
-		if err == nil || !(errors.Is(err, errRace) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST)) {
+		if err == nil || !raced(err) {
 			break
 		}
 		a.log.Debug("applying a peer op raced a local change; deciding again", "op", op.String(), "err", err)
@@ -1290,6 +1387,16 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 	}
 	from := path.Join(mb.Path, subName(local.Sub), local.Name)
 	to := path.Join(mb.Path, subName(sub), name)
+	if a.async && a.behind && op.Kind == journal.MessageFlags && sub == local.Sub {
+		// A batch's flag change: held, and made behind the kernel's back
+		// when the next change in its directory comes, or through the
+		// mount (showHeld); its stamps follow its rename.
+		if err := a.lockMailbox(mb.Path); err != nil {
+			return err
+		}
+		a.pendingKeys[local.Key] = true
+		return a.hold(heldDelivery{op: op, tmp: from, to: to, flags: true, ctx: ctx})
+	}
 	if err := a.applyFS(op, func() error {
 		if err := a.lockMailbox(mb.Path); err != nil {
 			return err
@@ -1729,8 +1836,10 @@ func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name
 		}
 		return fmt.Errorf("deliver into %s: %w", mbPath, err)
 	}
-	if uid >= 0 {
+	if uid >= 0 && f != nil {
 		err = f.Chown(uid, gid)
+	} else if uid >= 0 {
+		err = os.Lchown(a.backing(tmpRel), uid, gid)
 	}
 	// On the bulk path the receiver made the staged body (this very
 	// inode) durable before the segment was applied: the bytes are on disk
@@ -1739,10 +1848,17 @@ func (a *applier) deliverAs(op *journal.Op, mbPath string, sub journal.Sub, name
 	// (syncDelivered).
 	later := linked && a.bulk
 	if err == nil && !later {
-		err = f.Sync()
+		if f == nil {
+			f, err = os.OpenFile(a.backing(tmpRel), os.O_WRONLY, 0)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && mtime != 0 {
 		t := time.Unix(0, mtime)
@@ -1809,27 +1925,20 @@ func (a *applier) repairMailboxDirs(mbPath string) error {
 	return nil
 }
 
-// stageInto puts the staged body at tmp (in the backing tree) and returns
-// it open for writing. A body staged on the same file system and not used
-// yet is hard-linked there: no copy, and no inode made and freed per
-// message (ext4's inode allocator slows down past many recently freed
-// inodes). Otherwise it is copied.
-// linked says the file is the staged inode itself.
+// stageInto puts the staged body at tmp (in the backing tree), with mode.
+// A body staged on the same file system and not used yet is hard-linked
+// there: no copy, and no inode made and freed per message (ext4's inode
+// allocator slows down past many recently freed inodes); linked says so,
+// and f is nil (its mode set by path: an open and a close less per
+// message). Otherwise it is copied, and f is the copy, open for writing.
 func (a *applier) stageInto(body, tmp string, mode os.FileMode) (f *os.File, linked bool, err error) {
 	if fi, err := os.Stat(body); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && os.Link(body, tmp) == nil {
-			f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
-			if err == nil {
-				err = f.Chmod(mode)
-			}
-			if err != nil {
-				if f != nil {
-					f.Close()
-				}
+			if err := os.Chmod(tmp, mode); err != nil {
 				os.Remove(tmp)
 				return nil, false, err
 			}
-			return f, true, nil
+			return nil, true, nil
 		}
 	}
 	src, err := os.Open(body)

@@ -293,8 +293,21 @@ func (s *Syncer) writeSegment(w io.Writer, after, epoch uint64, maxOps int, vers
 	if err := sw.WriteHeader(h, ops); err != nil {
 		return after, 0, err
 	}
+	// A message's file is never rewritten, so its bytes are not hashed
+	// again here (the peer verifies every body); a plain file's may have
+	// been rewritten in place since the index read, and is checked.
+	rewritable := map[journal.ContentID]bool{}
+	for i := range ops {
+		if ops[i].Kind != journal.MessageAdd && ops[i].Kind != journal.MessageMove {
+			rewritable[ops[i].Content] = true
+		}
+	}
 	for i, b := range bodies {
-		if err := sw.WriteBody(b, files[i]); err != nil {
+		write := sw.WriteBodyUnchecked
+		if rewritable[b.Content] {
+			write = sw.WriteBody
+		}
+		if err := write(b, files[i]); err != nil {
 			return after, 0, fmt.Errorf("body %s: %w", b.Content.String()[:16], err)
 		}
 	}
@@ -308,6 +321,18 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 	var bodies []journal.Body
 	var files []*os.File
 	seen := map[journal.ContentID]bool{}
+	// Where every body is, in one index read: a read per op cost a
+	// transaction each, most of a small segment's time to its first byte.
+	rels := make([]string, len(ops))
+	_ = s.cfg.Store.View(func(v index.PeerView) error {
+		mailboxes := map[journal.GUID]string{}
+		for i := range ops {
+			if op := &ops[i]; !op.Content.IsZero() && op.LinkTarget == "" {
+				rels[i] = currentPath(v, op, mailboxes)
+			}
+		}
+		return nil
+	})
 	for i := range ops {
 		op := &ops[i]
 		if op.Content.IsZero() || seen[op.Content] || op.LinkTarget != "" {
@@ -320,11 +345,14 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 		// no longer there at all (expunged, or moved: the move carries it)
 		// goes without its body: the peer could never get it otherwise.
 		var f *os.File
+		if rels[i] != "" {
+			f, _ = os.Open(filepath.Join(s.cfg.Root, filepath.FromSlash(rels[i])))
+		}
 		deadline := time.Now().Add(10 * time.Second)
 		for try := 0; f == nil && (try < 20 || time.Now().Before(deadline)); try++ {
 			var rel string
 			_ = s.cfg.Store.View(func(v index.PeerView) error {
-				rel = currentPath(v, op)
+				rel = currentPath(v, op, nil)
 				return nil
 			})
 			if rel == "" {
@@ -352,7 +380,9 @@ func (s *Syncer) openBodies(ops []journal.Op) ([]journal.Body, []*os.File) {
 }
 
 // currentPath is where the content op added lives now, if still there.
-func currentPath(v index.PeerView, op *journal.Op) string {
+// mailboxes, if not nil, keeps the paths of the mailboxes looked up in v
+// (a segment's adds are mostly to a few).
+func currentPath(v index.PeerView, op *journal.Op, mailboxes map[journal.GUID]string) string {
 	switch op.Kind {
 	case journal.MessageAdd, journal.MessageMove:
 		g, key := op.Mailbox, op.Key
@@ -366,11 +396,17 @@ func currentPath(v index.PeerView, op *journal.Op) string {
 		if err != nil || !ok || m.Content != op.Content || m.Missing {
 			return ""
 		}
-		mb, ok, err := v.Mailbox(g)
-		if err != nil || !ok {
-			return ""
+		p, ok := mailboxes[g]
+		if !ok {
+			mb, ok, err := v.Mailbox(g)
+			if err != nil || !ok {
+				return ""
+			}
+			if p = mb.Path; mailboxes != nil {
+				mailboxes[g] = p
+			}
 		}
-		return joinRel(mb.Path, subName(m.Sub), m.Name)
+		return joinRel(p, subName(m.Sub), m.Name)
 	case journal.FileWrite:
 		// The version is at its path, or kept as a conflict copy when a
 		// newer one took the path since (rule 10).

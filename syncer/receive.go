@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,18 +40,63 @@ func (b staged) Body(c journal.ContentID) (string, bool) {
 	return p, ok
 }
 
-// sync makes every staged body durable, so that a delivery made from it
-// needs no fsync of its own (applier.deliver on the bulk path): the body's
-// bytes are on disk before its rename makes it visible, and before the
-// index commit that names it can be. One syncfs of the staging directory's
-// file system for the whole segment: an fdatasync per body cost a journal
-// commit (and a disk cache flush) per few bodies, and was what a catch-up
-// waited for most.
-func (b staged) sync() error {
-	for _, p := range b {
-		return syncFS(filepath.Dir(p))
-	}
-	return nil
+// stageSyncers bounds the fdatasyncs of staged bodies in flight:
+// concurrent ones share the file system's journal commits.
+const stageSyncers = 8
+
+// stageSyncMaxBodies is the most bodies a segment's staging fdatasyncs one
+// by one (bodySyncs); a segment with more (a catch-up's) is made durable by
+// one syncfs when it has arrived: a journal commit per few bodies, for
+// thousands, cost more than waiting once for the file system's dirty data.
+const stageSyncMaxBodies = 64
+
+// bodySyncs makes a segment's staged bodies durable while the rest of the
+// segment is still arriving, so that a delivery made from one needs no
+// fsync of its own (applier.deliver on the bulk path): the body's bytes are
+// on disk before its rename makes it visible, and before the index commit
+// that names it can be. Each body is fdatasynced as soon as it is staged,
+// overlapping the network and the next bodies, and wait gathers them at the
+// segment's end. (One syncfs at the end, which this replaces, waited for
+// every dirty byte of the whole file system, other programs' included: on
+// a busy mail server, or beside other tests, that was tens to hundreds of
+// ms before a small segment could be applied; a catch-up's large segments
+// still take one, see stageSyncMaxBodies.)
+type bodySyncs struct {
+	wg  sync.WaitGroup
+	sem chan struct{}
+	mu  sync.Mutex
+	err error
+}
+
+func newBodySyncs() *bodySyncs { return &bodySyncs{sem: make(chan struct{}, stageSyncers)} }
+
+// start fdatasyncs f, then closes it.
+func (bs *bodySyncs) start(f *os.File) {
+	bs.sem <- struct{}{}
+	bs.wg.Add(1)
+	go func() {
+		defer bs.wg.Done()
+		err := unix.Fdatasync(int(f.Fd()))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		<-bs.sem
+		if err != nil {
+			bs.mu.Lock()
+			if bs.err == nil {
+				bs.err = fmt.Errorf("fdatasync staged body %s: %w", f.Name(), err)
+			}
+			bs.mu.Unlock()
+		}
+	}()
+}
+
+// wait returns once every started body is durable (or failed).
+func (bs *bodySyncs) wait() error {
+	bs.wg.Wait()
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.err
 }
 
 // syncFS makes everything written to the file system holding dir durable
@@ -301,6 +347,11 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 		return h, nil, bodies, err
 	}
 	want := map[journal.ContentID]bool{}
+	syncs := newBodySyncs()
+	// A failed segment's bodies are removed after their syncs.
+	defer syncs.wait()
+	// A large segment's bodies are made durable by one syncfs.
+	one := h.Bodies > stageSyncMaxBodies
 	for i := range ops {
 		op := &ops[i]
 		if op.Origin != r.peer || op.Seq != h.Prev+uint64(i)+1 {
@@ -316,8 +367,13 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 	for {
 		b, body, err := sr.NextBody()
 		if errors.Is(err, io.EOF) {
-			if err := bodies.sync(); err != nil {
+			if err := syncs.wait(); err != nil {
 				return h, nil, bodies, err
+			}
+			if one {
+				if err := syncFS(r.s.cfg.StagingDir); err != nil {
+					return h, nil, bodies, err
+				}
 			}
 			return h, ops, bodies, nil
 		}
@@ -334,10 +390,18 @@ func (r *receiver) readSegment(br *bufio.Reader, curEpoch, curSeq uint64) (journ
 		// old and a new connection) can carry the same body at once, and
 		// each removes its own when done.
 		p := filepath.Join(r.s.cfg.StagingDir, fmt.Sprintf("%s.%d", b.Content, stagedSeq.Add(1)))
-		if err := stageBody(p, body); err != nil {
+		f, err := stageBody(p, body)
+		if err != nil {
 			return h, nil, bodies, err
 		}
 		bodies[b.Content] = p
+		if one {
+			if err := f.Close(); err != nil {
+				return h, nil, bodies, fmt.Errorf("stage body %s: %w", p, err)
+			}
+		} else {
+			syncs.start(f)
+		}
 	}
 }
 
@@ -356,20 +420,18 @@ func checkCursor(h journal.SegmentHeader, epoch, seq uint64) error {
 	return nil
 }
 
-func stageBody(p string, body io.Reader) error {
+// stageBody writes body to a new file at p, returned open (for its sync).
+func stageBody(p string, body io.Reader) (*os.File, error) {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("stage body: %w", err)
+		return nil, fmt.Errorf("stage body: %w", err)
 	}
-	_, err = io.Copy(f, body)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if _, err = io.Copy(f, body); err != nil {
+		f.Close()
 		os.Remove(p)
-		return fmt.Errorf("stage body %s: %w", p, err)
+		return nil, fmt.Errorf("stage body %s: %w", p, err)
 	}
-	return nil
+	return f, nil
 }
 
 // applySegment merges the ops into this node, then makes the new cursor
@@ -415,7 +477,7 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	a := s.applier
 	started := time.Now()
 	a.bulk = true
-	a.behind = len(ops) >= catchUpSegmentOps
+	a.behind = len(ops) >= behindSegmentOps
 	defer func() {
 		a.flush() // on a failure: nothing is left waiting (the segment is not acked)
 		a.dropDelivered()
@@ -462,12 +524,14 @@ func (r *receiver) applySegment(ctx context.Context, h journal.SegmentHeader, op
 	return err
 }
 
-// catchUpSegmentOps is the size of a segment from which it is taken for a
-// backlog's (a catch-up's): the pusher's segments grow from 64 ops to this
-// only after hundreds of ops sent back to back. Its deliveries go in
-// behind the kernel's back, all but the last of each directory
-// (applier.held).
-const catchUpSegmentOps = 256
+// behindSegmentOps is the size of a segment from which it is taken for a
+// batch: a backlog (the pusher's segments grow from 64 ops when it has
+// more to send than that) or a burst (a client flagging a whole folder).
+// Its deliveries and flag renames go in behind the kernel's back, all but
+// the last of each directory (applier.held): watchers hear of each
+// directory once per mailbox and segment, not of each name. Live
+// replication's segments, a few ops each, keep an inotify event per name.
+const behindSegmentOps = 64
 
 // maxLockHold bounds how long the applier keeps a mailbox's
 // dovecot-uidlist.lock across consecutive ops of a segment.

@@ -95,37 +95,15 @@ func (t *tx) endMerge(mb *mailboxRec, into journal.GUID) error {
 	if !ok {
 		return fmt.Errorf("index: merge of mailbox %s: %s is gone", mb.GUID, into)
 	}
-	for _, p := range [][2][]byte{{messagePrefix(mb.GUID), messagePrefix(into)},
-		{append([]byte(pTombMessage), mb.GUID[:]...), append([]byte(pTombMessage), into[:]...)},
-		{append([]byte(pAbsentAdd), mb.GUID[:]...), append([]byte(pAbsentAdd), into[:]...)}} {
-		from, to := p[0], p[1]
-		tombs := string(from) != string(messagePrefix(mb.GUID))
-		err := t.scanKeys(from, func(k []byte) error {
-			nk := append(append([]byte(nil), to...), k[len(from):]...)
-			taken, err := t.has(nk)
-			if err == nil && !taken && tombs {
-				// A trace of a key that is live in into now is no expunge.
-				taken, err = t.has(append(messagePrefix(into), k[len(from):]...))
-			}
-			if err != nil || taken {
-				if err == nil {
-					err = t.del(k)
-				}
-				return err
-			}
-			v, _, err := get(t.txn, k)
-			if err != nil {
-				return err
-			}
-			if err := t.set(nk, v); err != nil {
-				return err
-			}
-			if !tombs {
-				in.Messages++
-			}
-			return t.del(k)
-		})
-		if err != nil {
+	moved, err := t.moveUnder(messagePrefix(mb.GUID), messagePrefix(into))
+	if err != nil {
+		return err
+	}
+	in.Messages += int64(moved)
+	// Traces too: an expunge of a message now in into still wins there
+	// (the applier removes it, applyEarlyExpunges).
+	for _, pre := range []string{pTombMessage, pAbsentAdd} {
+		if _, err := t.moveUnder(append([]byte(pre), mb.GUID[:]...), append([]byte(pre), into[:]...)); err != nil {
 			return err
 		}
 	}

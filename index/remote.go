@@ -288,6 +288,33 @@ func (t *tx) dropSeenCreates(g, survivor journal.GUID, seen journal.VersionVecto
 	return t.rekeyMailbox(g, survivor)
 }
 
+// moveUnder moves each record under prefix src to the same key under
+// prefix dst, unless dst has one there: then the record under src goes
+// (the one under dst stands). It returns how many moved.
+func (t *tx) moveUnder(src, dst []byte) (int, error) {
+	moved := 0
+	err := t.scanKeys(src, func(k []byte) error {
+		nk := append(append([]byte(nil), dst...), k[len(src):]...)
+		taken, err := t.has(nk)
+		if err != nil || taken {
+			if err == nil {
+				err = t.del(k)
+			}
+			return err
+		}
+		v, _, err := get(t.txn, k)
+		if err != nil {
+			return err
+		}
+		if err := t.set(nk, v); err != nil {
+			return err
+		}
+		moved++
+		return t.del(k)
+	})
+	return moved, err
+}
+
 // mergeSeen is the pointwise maximum of two version vectors.
 func mergeSeen(a, b journal.VersionVector) journal.VersionVector {
 	out := journal.VersionVector{}
@@ -472,23 +499,7 @@ func (t *tx) rekeyMailbox(from, to journal.GUID) error {
 		// not arrived yet, an add that came without its body) are to's now,
 		// or that mail, arriving under either name, would come back.
 		for _, pre := range []string{pTombMessage, pAbsentAdd} {
-			src, dst := append([]byte(pre), from[:]...), append([]byte(pre), to[:]...)
-			err := t.scanKeys(src, func(k []byte) error {
-				key := k[len(src):]
-				nk := append(append([]byte(nil), dst...), key...)
-				if taken, err := t.has(nk); err != nil || taken {
-					return err
-				}
-				v, _, err := get(t.txn, k)
-				if err != nil {
-					return err
-				}
-				if err := t.set(nk, v); err != nil {
-					return err
-				}
-				return t.del(k)
-			})
-			if err != nil {
+			if _, err := t.moveUnder(append([]byte(pre), from[:]...), append([]byte(pre), to[:]...)); err != nil {
 				return err
 			}
 		}

@@ -751,18 +751,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		c.partition()
 		// A's GUID must be the higher: A then keeps its own, and B's
 		// becomes a name of it.
-		var mb string
-		for i := 0; ; i++ {
-			if i == 20 {
-				t.Fatal("20 folder pairs, none where A's GUID is the higher")
-			}
-			mb = fmt.Sprintf("%s/.Work%d", root, i)
-			mkMailbox(t, a.Mnt, mb)
-			mkMailbox(t, b.Mnt, mb)
-			if mailboxGUIDs(t, a.Store)[mb] > mailboxGUIDs(t, b.Store)[mb] {
-				break
-			}
-		}
+		mb := concurrentPairHigherOn(t, root+"/.Work", a, b)
 		deliverMsg(t, b.Mnt, mb, "new", "26000.M1.b", body("expunged on the third node"), when)
 		c.heal(1, 2)
 		c.pushed(1, 2)
@@ -792,18 +781,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		mkMailbox(t, a.Mnt, root)
 		c.converge("setup")
 		c.partition()
-		var mb string
-		for i := 0; ; i++ {
-			if i == 20 {
-				t.Fatal("20 folder pairs, none where B's GUID is the higher")
-			}
-			mb = fmt.Sprintf("%s/.X%d", root, i)
-			mkMailbox(t, n3.Mnt, mb)
-			mkMailbox(t, b.Mnt, mb)
-			if mailboxGUIDs(t, b.Store)[mb] > mailboxGUIDs(t, n3.Store)[mb] {
-				break
-			}
-		}
+		mb := concurrentPairHigherOn(t, root+"/.X", b, n3)
 		deliverMsg(t, n3.Mnt, mb, "cur", "27000.M1.c:2,S", body("flagged under the merged GUID"), when)
 		c.healFrom(1, 2)
 		c.pushed(1, 2)
@@ -833,18 +811,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		mkMailbox(t, a.Mnt, root)
 		c.converge("setup")
 		c.partition()
-		var mb string
-		for i := 0; ; i++ {
-			if i == 20 {
-				t.Fatal("20 folder pairs, none where the third node's GUID is the higher")
-			}
-			mb = fmt.Sprintf("%s/.W%d", root, i)
-			mkMailbox(t, a.Mnt, mb)
-			mkMailbox(t, n3.Mnt, mb)
-			if mailboxGUIDs(t, n3.Store)[mb] > mailboxGUIDs(t, a.Store)[mb] {
-				break
-			}
-		}
+		mb := concurrentPairHigherOn(t, root+"/.W", n3, a)
 		deliverMsg(t, a.Mnt, mb, "new", "28000.M1.a", body("expunged after the merge"), when)
 		c.heal(0, 1)
 		c.pushed(0, 1)
@@ -1053,6 +1020,24 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+}
+
+// concurrentPairHigherOn makes a folder of the same name on high and low
+// (cut off from each other), trying names base0, base1, ... until high's
+// GUID is the higher one (rule 3 then keeps it), and returns that name.
+// The other pairs stay, to be merged like any other.
+func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		mb := fmt.Sprintf("%s%d", base, i)
+		mkMailbox(t, high.Mnt, mb)
+		mkMailbox(t, low.Mnt, mb)
+		if mailboxGUIDs(t, high.Store)[mb] > mailboxGUIDs(t, low.Store)[mb] {
+			return mb
+		}
+	}
+	t.Fatalf("20 folder pairs, none where %s's GUID is the higher", high.Name)
+	return ""
 }
 
 // waitForPath waits until p exists (replication is asynchronous).

@@ -641,6 +641,26 @@ func (v PeerView) DeletedCreatedAt(path string) (map[journal.GUID]Tombstone, err
 	return out, err
 }
 
+// KeptDeletedAt lists the mailboxes deleted at path (by their deleters'
+// paths) whose GUIDs now name a live mailbox: one recreated, or kept, for
+// mail their deleters had not seen (design §6 rule 4), wherever renames
+// have taken it since.
+func (v PeerView) KeptDeletedAt(path string) (map[journal.GUID]Tombstone, error) {
+	out := map[journal.GUID]Tombstone{}
+	err := v.t.scanKeys([]byte(pTombMailbox), func(k []byte) error {
+		var ts tombstone
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok || ts.Path != path {
+			return err
+		}
+		g := journal.GUID(k[len(pTombMailbox):])
+		if v.t.resolve(g) != g {
+			out[g] = tombstoneOf(&ts)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Message returns message key of mailbox g (after aliases).
 func (v PeerView) Message(g journal.GUID, key string) (Message, bool, error) {
 	rec, err := v.t.message(v.t.resolve(g), key)

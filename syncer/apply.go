@@ -608,6 +608,18 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			continue
 		}
+		if !taken && op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
+			// Made at the path of a mailbox its creator had deleted, where
+			// that delete kept mail it had not seen: on the creator's node
+			// that mail arrives later and meets op's mailbox at p, and the
+			// two merge there (below); renames here have only moved the
+			// kept one away since.
+			if kept, found, err := a.keptForUnseenAt(op, g, p); err != nil {
+				return index.Mailbox{}, err
+			} else if found {
+				at, taken = kept, true
+			}
+		}
 		if taken {
 			winner, loser := at.GUID, g
 			if string(g[:]) > string(at.GUID[:]) {
@@ -663,6 +675,51 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 		}
 	}
 	return index.Mailbox{}, fmt.Errorf("mailbox %s at %q: could not be created", g, p)
+}
+
+// keptForUnseenAt finds the live mailbox kept for unseen mail of a
+// mailbox deleted at p by a delete that op's creator had seen, when that
+// creator had seen nothing since that the delete had not (so not the mail
+// that kept it, nor a rename of it): op's mailbox g meets it on its
+// creator's node when that mail arrives, and is one with it.
+func (a *applier) keptForUnseenAt(op *journal.Op, g journal.GUID, p string) (index.Mailbox, bool, error) {
+	var (
+		found index.Mailbox
+		ok    bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		dead, err := v.KeptDeletedAt(p)
+		if err != nil {
+			return err
+		}
+		for d, ts := range dead {
+			sawDelete := (ts.Stamp.Origin == op.Origin && op.Seq > ts.Seq) || op.Seen[ts.Stamp.Origin] >= ts.Seq
+			if !sawDelete || seenSince(op, ts.Seen) {
+				continue
+			}
+			mb, live, err := v.Mailbox(d)
+			if err != nil {
+				return err
+			}
+			if live && mb.GUID != g && mb.Path != p {
+				found, ok = mb, true
+				return nil
+			}
+		}
+		return nil
+	})
+	return found, ok, err
+}
+
+// seenSince reports whether op's creator had seen an op of another node
+// that a node having applied seen had not.
+func seenSince(op *journal.Op, seen journal.VersionVector) bool {
+	for o, n := range op.Seen {
+		if o != op.Origin && n > seen[o] {
+			return true
+		}
+	}
+	return false
 }
 
 // derivedFrom reports whether g is the GUID that mail kept from deletes of

@@ -255,6 +255,36 @@ func TestConvergenceRegressions(t *testing.T) {
 			t.Fatalf("%s holds %v, .X %v; want 22000.M1.a back in %s", root, st.Mailboxes[root], st.Mailboxes[root+"/.X"], root)
 		}
 	})
+	// B fills its folder .S while A deletes it and makes a new .S with
+	// mail; B renames the old one away before A's delete arrives. On A the
+	// folder kept for B's mail meets A's new .S and they merge (r16), and
+	// B's rename then moves the merged folder: on B, A's new .S must merge
+	// with the kept folder at its renamed path too.
+	t.Run("folder deleted and made again while the other side filled and renamed it", func(t *testing.T) {
+		c.t = t
+		root := "r35/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.S")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, b.Mnt, root+"/.S", "new", "35000.M1.b", body("kept, expunged"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.S")
+		mkMailbox(t, a.Mnt, root+"/.S")
+		deliverMsg(t, a.Mnt, root+"/.S", "cur", "35001.M2.a:2,S", body("in the new .S"), when)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".S"), filepath.Join(b.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		if err := os.Remove(filepath.Join(b.Mnt, root, ".R", "new", "35000.M1.b")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("delete and create vs new mail and rename")
+		if got := st.Mailboxes[root+"/.R"]; len(got) != 1 || st.Mailboxes[root+"/.S"] != nil {
+			t.Fatalf(".R holds %v, .S %v; want A's new mail in .R (folders %v)", got, st.Mailboxes[root+"/.S"], keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -422,7 +422,7 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 	case journal.MailboxRename:
 		return a.renameMailbox(ctx, op)
 	case journal.MailboxDelete:
-		return a.deleteMailbox(ctx, op)
+		return a.deleteMailbox(ctx, op, false)
 	case journal.MessageAdd:
 		return a.addMessage(ctx, op, bodies)
 	case journal.MessageFlags:
@@ -722,6 +722,35 @@ func seenSince(op *journal.Op, seen journal.VersionVector) bool {
 	return false
 }
 
+// applyEarlyDelete applies the delete of mailbox g that reached this node
+// before g did: a third node deleted the mailbox kept under g for mail an
+// earlier delete had not seen, and that earlier delete, which made g here,
+// came later. What g's deleter had seen goes now; what it had not stays.
+func (a *applier) applyEarlyDelete(ctx context.Context, g journal.GUID) error {
+	var (
+		ts   index.Tombstone
+		dead bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		var err error
+		if v.Resolve(g) != g {
+			return nil
+		}
+		if _, live, err := v.Mailbox(g); err != nil || !live {
+			return err
+		}
+		ts, dead, err = v.MailboxTombstone(g)
+		return err
+	})
+	if err != nil || !dead || ts.Seq == 0 || ts.Stamp.Origin.IsZero() {
+		return err
+	}
+	a.log.Info("a peer's delete of a mailbox that came before the mailbox applies now", "mailbox", g.String(), "path", ts.Path)
+	del := &journal.Op{Kind: journal.MailboxDelete, Origin: ts.Stamp.Origin, Seq: ts.Seq, Time: ts.Stamp.Time,
+		Mailbox: g, Path: ts.Path, Seen: ts.Seen}
+	return a.deleteMailbox(ctx, del, true)
+}
+
 // derivedFrom reports whether g is the GUID that mail kept from deletes of
 // mailbox from gets (design §6 rule 4), after one delete or a few in a row.
 func derivedFrom(g, from journal.GUID) bool {
@@ -1002,7 +1031,11 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 	})
 }
 
-func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
+// deleteMailbox applies a peer's delete of a mailbox. early: op is a
+// delete this node recorded before it had the mailbox, which a later
+// delete's rekey has just made (the GUID kept for unseen mail): it
+// applies now, as on the nodes that had the mailbox when it came.
+func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool) error {
 	var (
 		mb            index.Mailbox
 		have          bool
@@ -1015,7 +1048,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 	)
 	err := a.view(func(v index.PeerView) error {
 		t, ok, err := v.MailboxTombstone(op.Mailbox)
-		if err != nil || (ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
+		if err != nil || (!early && ok && t.Stamp.Origin == op.Origin && t.Seq == op.Seq) {
 			// This delete is applied already (replayed after a crash): its
 			// GUID may name the mailbox recreated for unseen mail now.
 			return err
@@ -1023,7 +1056,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 		// Deleted here before (by another node's delete, or this node's):
 		// the GUID names the mailbox recreated for the mail that delete had
 		// not seen, and this delete takes what it had seen of that.
-		deletedBefore = ok
+		deletedBefore = ok && !early
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
 			return err
 		}
@@ -1099,7 +1132,13 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 				return err
 			}
 		}
-		return a.meta(ctx, op)
+		if err := a.meta(ctx, op); err != nil {
+			return err
+		}
+		if survivor != mb.GUID {
+			return a.applyEarlyDelete(ctx, survivor)
+		}
+		return nil
 	}
 	if unseen > 0 || hasNested {
 		// Remove only what the deleter had seen; the mailbox stays (for
@@ -1127,6 +1166,10 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op) error {
 				if err := a.applyEarlyFlags(ctx, recreated, mb.GUID); err != nil {
 					return err
 				}
+				if err := a.meta(ctx, op); err != nil {
+					return err
+				}
+				return a.applyEarlyDelete(ctx, recreated)
 			}
 			return a.meta(ctx, op)
 		}

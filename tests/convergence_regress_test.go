@@ -1050,12 +1050,38 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// A deletes .A without C's new mail; C keeps that mail in the folder
+	// recreated for it, then deletes that folder too, having seen it. B
+	// gets C's ops first (the mail into .A, then the delete of a GUID B
+	// does not have yet), A's delete last: A's delete makes that GUID on
+	// B, and C's delete, recorded before, must then take it away.
+	t.Run("delete of the folder kept for unseen mail before the delete that kept it", func(t *testing.T) {
+		c.t = t
+		root := "r36/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.A")
+		c.converge("setup")
+		c.partition()
+		deliverMsg(t, n3.Mnt, root+"/.A", "new", "36000.M1.c", body("kept, then deleted"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.A")
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.cut(0, 2)
+		waitForPath(t, filepath.Join(n3.Mnt, root, ".A", "new", "36000.M1.c"))
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.A")
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.cut(1, 2)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		st := c.converge("delete of the kept folder before the delete that kept it")
+		if got, ok := st.Mailboxes[root+"/.A"]; ok {
+			t.Fatalf(".A holds %v; want it gone (folders %v)", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
-// concurrentPairHigherOn makes a folder of the same name on high and low
-// (cut off from each other), trying names base0, base1, ... until high's
-// GUID is the higher one (rule 3 then keeps it), and returns that name.
-// The other pairs stay, to be merged like any other.
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {
 	t.Helper()
 	for i := 0; i < 20; i++ {

@@ -262,8 +262,10 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 	}
 	t.counts.Mailboxes--
 	t.counts.Messages -= mb.Messages
-	// Message records of the deleted mailbox are swept later, in bounded
-	// transactions; a mailbox of 100k messages must not need one huge txn.
+	// Message records of the deleted mailbox stay, like tombstones (there
+	// is no sweep yet): a peer's concurrent move out of it finds there the
+	// flags and stamps the message had here. The orphan mark names them;
+	// deleting them in one transaction would not do for 100k messages.
 	if err := t.set(orphanKey(mb.GUID), nil); err != nil {
 		return err
 	}

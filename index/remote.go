@@ -399,13 +399,30 @@ func (v PeerView) EarlyFlags(g journal.GUID, key string) (map[string]FlagChange,
 }
 
 func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
-	if rec, err := t.message(g, key); err != nil || rec != nil {
+	rec, err := t.message(g, key)
+	if err != nil {
 		return err
+	}
+	if rec != nil {
+		// Still here, unless only as the record of a message deleted with
+		// its mailbox: a move of it from there leaves the trace an expunge
+		// would have (its flags and their stamps), which followMove then
+		// points at the moved message, so flag changes made to it in the
+		// source follow it, as on the nodes that moved it.
+		live, err := t.has(mailboxKey(g))
+		if err != nil || live || op.Kind != journal.MessageMove {
+			return err
+		}
 	}
 	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
 		return err
 	}
 	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
+	if rec != nil {
+		ts.AddedOrigin, ts.AddedSeq = rec.Added.Origin, rec.AddedSeq
+		ts.Sub, ts.Flags, ts.FlagStamps = rec.Sub, rec.Flags, rec.FlagStamps
+		return t.putRec(tombMessageKey(g, key), ts)
+	}
 	var absent absentAddRec
 	if ok, err := t.getRec(absentAddKey(g, key), &absent); err != nil {
 		return err
@@ -556,6 +573,8 @@ type Tombstone struct {
 	// (kept for mailboxes deleted here).
 	Creates     []CreateRef
 	CreatedPath string
+	// Renamed: the stamp of the rename that had taken it to Path, if any.
+	Renamed journal.Stamp
 }
 
 // PeerView is a read-only snapshot of the index for the syncer's merge
@@ -597,8 +616,12 @@ func (v PeerView) MailboxTombstone(g journal.GUID) (Tombstone, bool, error) {
 }
 
 func tombstoneOf(ts *tombstone) Tombstone {
-	return Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen,
+	out := Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen,
 		Creates: ts.Creates, CreatedPath: ts.CreatedPath}
+	if ts.Renamed != nil {
+		out.Renamed = *ts.Renamed
+	}
+	return out
 }
 
 // ExpungedLive calls fn for each message of mailbox g that has an expunge

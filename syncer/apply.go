@@ -471,6 +471,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			tomb        index.Tombstone
 			dead        bool
 			seenDead    bool
+			gDeleted    bool // g itself deleted, by a delete that had not seen op
 		)
 		err := a.view(func(v index.PeerView) error {
 			// g itself deleted by a node that had seen op: op went with it,
@@ -480,6 +481,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				seenDead = ok
 				return err
 			}
+			gDeleted = ok
 			if mb, have, err = v.Mailbox(g); err != nil || have {
 				return err
 			}
@@ -510,6 +512,26 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 		}
 		if seenDead {
 			return index.Mailbox{}, errSkip
+		}
+		if have && gDeleted && recreatedFrom.IsZero() && mb.GUID != g && !derivedFrom(mb.GUID, g) &&
+			(op.Kind == journal.MessageAdd || op.Kind == journal.MessageMove) {
+			// Mail naming g, deleted here by a delete that had not seen it,
+			// where g names another create's mailbox (one made at its path
+			// concurrently, which that delete had not seen either): on the
+			// node that added the mail, g was that mailbox's name when the
+			// delete came, and the mailbox was kept under the higher of the
+			// creates' GUIDs and the one derived from g (rules 3 and 4).
+			if r := index.RecreatedGUID(g); r != mb.GUID && string(r[:]) > string(mb.GUID[:]) {
+				a.log.Info("mail the deleter had not seen names the deleted mailbox; the mailbox it went to takes the GUID derived from it",
+					"path", mb.Path, "mailbox", mb.GUID.String(), "kept_as", r.String())
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: r}); err != nil {
+					return index.Mailbox{}, err
+				}
+				if err := a.applyEarlyFlags(ctx, r, mb.GUID); err != nil {
+					return index.Mailbox{}, err
+				}
+				continue
+			}
 		}
 		if have {
 			if !recreatedFrom.IsZero() {
@@ -553,6 +575,8 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				if err != nil {
 					return index.Mailbox{}, err
 				}
+				var renamedTo index.Tombstone
+				var renamedFrom journal.GUID
 				for d, ts := range dead {
 					if ts.Seen[op.Origin] >= op.Seq {
 						continue // it went with that delete; not this one
@@ -561,6 +585,17 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 						return index.Mailbox{}, err
 					}
 					if err := a.applyEarlyFlags(ctx, mb.GUID, d); err != nil {
+						return index.Mailbox{}, err
+					}
+					if ts.Path != "" && ts.Path != ts.CreatedPath && string(d[:]) > string(renamedFrom[:]) {
+						renamedTo, renamedFrom = ts, d
+					}
+				}
+				if !renamedFrom.IsZero() && mb.Path == p {
+					// That mailbox was renamed before its delete: on the
+					// nodes that merged op's into it first, the rename took
+					// both, and the delete left op's create there.
+					if err := a.followDeletedRename(mb, renamedTo); err != nil {
 						return index.Mailbox{}, err
 					}
 				}
@@ -790,6 +825,39 @@ func (a *applier) createdApart(op *journal.Op, at index.Mailbox, p string) strin
 func (a *applier) occupantApart(op *journal.Op, at index.Mailbox) bool {
 	return op.Seen != nil && at.GUID == at.CreatedGUID && at.CreatedSeq != 0 && !at.Created.Origin.IsZero() &&
 		op.Seen[at.Created.Origin] >= at.CreatedSeq
+}
+
+// followDeletedRename moves mailbox mb to where a mailbox made at its path
+// concurrently was renamed before a delete that had not seen mb's create
+// (ts, that delete's tombstone), with that rename's stamp, unless that
+// path is taken here.
+func (a *applier) followDeletedRename(mb index.Mailbox, ts index.Tombstone) error {
+	if _, err := os.Lstat(a.abs(ts.Path)); err == nil {
+		return nil
+	}
+	if fi, err := os.Stat(a.abs(path.Dir(ts.Path))); err != nil || !fi.IsDir() {
+		return nil // its parent is gone here: it stays where it was made
+	}
+	taken := false
+	if err := a.view(func(v index.PeerView) error {
+		_, ok, err := v.MailboxAt(ts.Path)
+		taken = ok
+		return err
+	}); err != nil || taken {
+		return err
+	}
+	a.log.Info("a peer's mailbox follows the rename of a mailbox made at its path concurrently and deleted since",
+		"path", mb.Path, "mailbox", mb.GUID.String(), "to", ts.Path)
+	a.resolved(ruleSamePathMerge)
+	move := &journal.Op{Kind: journal.MailboxRename, Origin: ts.Renamed.Origin, Time: ts.Renamed.Time,
+		Mailbox: mb.GUID, Path: mb.Path, NewPath: ts.Path}
+	a.unlockAll() // dotlocks go with the directory
+	return a.mnt.Apply(move, func() error {
+		if err := os.Rename(a.abs(mb.Path), a.abs(ts.Path)); err != nil {
+			return fmt.Errorf("move mailbox %s to %q: %w", mb.GUID, ts.Path, err)
+		}
+		return nil
+	})
 }
 
 // stepAside moves mailbox at from p to p-GUID, keeping the stamp of its
@@ -1520,7 +1588,11 @@ func (a *applier) locate(g journal.GUID, key string) (mb index.Mailbox, m index.
 			}
 			if found {
 				mb, found, err = v.Mailbox(g)
-				return err
+				if err != nil || found {
+					return err
+				}
+				// Deleted here with its mailbox, but perhaps moved away
+				// since by a peer's move that brought it back elsewhere.
 			}
 			to, tk, moved, err := v.MovedTo(g, key)
 			if err != nil || !moved {
@@ -1574,13 +1646,16 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	if err != nil {
 		return err
 	}
-	var srcMb index.Mailbox
+	var (
+		srcMb  index.Mailbox
+		orphan bool // src is the record of a message deleted with its mailbox here
+	)
 	if have {
 		err = a.view(func(v index.PeerView) error {
 			var ok bool
 			srcMb, ok, err = v.Mailbox(op.Mailbox)
 			if err == nil && !ok {
-				have = false
+				have, orphan = false, true
 			}
 			return err
 		})
@@ -1624,6 +1699,12 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 				return err
 			}); err != nil {
 				return err
+			}
+			if !expunged && orphan {
+				// Deleted here with its mailbox, which leaves no expunge
+				// trace but the message's record: its flags and their
+				// stamps meet the move's as they would have in the source.
+				was, expunged = src, true
 			}
 			if expunged {
 				merged := *op

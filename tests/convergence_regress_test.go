@@ -285,6 +285,48 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// A and B both make .S; A merges B's into its own (B's GUID is the
+	// higher) and adds mail to it, naming B's GUID, while B deletes its
+	// .S, not having seen A's. A keeps the folder for A's create and for
+	// that mail, under the higher of A's GUID and the one derived from
+	// B's (rules 3 and 4); B, which gets A's create after its delete (and
+	// so keeps B's deleted GUID as a name of A's folder), must give the
+	// folder the derived GUID too when the mail naming B's GUID comes.
+	t.Run("mail into a merged folder its other creator deleted", func(t *testing.T) {
+		c.t = t
+		root := "r38/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb string
+		for i := 0; ; i++ {
+			if i == 40 {
+				t.Fatal("40 folder pairs, none with B's GUID and the one derived from it above A's")
+			}
+			mb = fmt.Sprintf("%s/.S%d", root, i)
+			mkMailbox(t, a.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			ga, gb := mailboxGUIDs(t, a.Store)[mb], mailboxGUIDs(t, b.Store)[mb]
+			raw, err := hex.DecodeString(gb)
+			if err != nil || len(raw) != 16 {
+				t.Fatalf("GUID of %s: %q, %v", mb, gb, err)
+			}
+			r := index.RecreatedGUID(journal.GUID(raw))
+			if gb > ga && hex.EncodeToString(r[:]) > ga {
+				break
+			}
+		}
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.cut(0, 1)
+		deliverMsg(t, a.Mnt, mb, "new", "38000.M1.a", body("kept"), when)
+		deleteMailboxDovecotStyle(t, b.Mnt, mb)
+		st := c.converge("mail into a merged folder vs its other creator's delete")
+		if got := st.Mailboxes[mb]; len(got) != 1 {
+			t.Fatalf("%s holds %v; want A's mail (folders %v)", mb, got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for
@@ -1077,6 +1119,69 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		st := c.converge("delete of the kept folder before the delete that kept it")
 		if got, ok := st.Mailboxes[root+"/.A"]; ok {
 			t.Fatalf(".A holds %v; want it gone (folders %v)", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
+	// A moves B's message into .Archive while B changes its flags and
+	// deletes .Archive, and C deletes the source folder. B gets C's delete
+	// (the message goes here with its flags' stamps) before A's move: the
+	// move brings it back into the folder kept for it, with B's newer flag
+	// change, as on A, which had the move first and the flag change later.
+	t.Run("move into a deleted folder after its source folder's delete, flags changed meanwhile", func(t *testing.T) {
+		c.t = t
+		root := "r37/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, b.Mnt, root+"/.Work")
+		mkMailbox(t, n3.Mnt, root+"/.Archive")
+		deliverMsg(t, b.Mnt, root+"/.Work", "cur", "37000.M1.b:2,FS", body("moved, flags changed"), when)
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(a.Mnt, root, ".Work", "cur", "37000.M1.b:2,FS"),
+			filepath.Join(a.Mnt, root, ".Archive", "cur", "37000.M1.b:2,FS")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		setFlags(t, b.Mnt, root+"/.Work", "37000.M1.b", "RS")
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.Archive")
+		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.Work")
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.cut(1, 2)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		st := c.converge("move into a deleted folder vs source delete and flag change")
+		if m, ok := st.Mailboxes[root+"/.Archive"]["37000.M1.b"]; !ok || m.Flags != `\Answered \Seen` {
+			t.Fatalf(".Archive holds %v; want the moved message, answered and seen (folders %v)", st.Mailboxes[root+"/.Archive"], keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
+	// A and B make .W concurrently; C merges the two (B's GUID is the
+	// higher) and renames the folder to .R; B, having the rename but not
+	// A's create, deletes it. On A and C the delete leaves A's create, at
+	// .R; B gets A's create last and must put its folder at .R too.
+	t.Run("create concurrent with a folder renamed and deleted before it arrives", func(t *testing.T) {
+		c.t = t
+		root := "r39/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := concurrentPairHigherOn(t, root+"/.W", b, a)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.partition()
+		waitForPath(t, filepath.Join(n3.Mnt, mb, "cur"))
+		if err := os.Rename(filepath.Join(n3.Mnt, mb), filepath.Join(n3.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.partition()
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.R")
+		st := c.converge("create vs merge, rename and delete")
+		if _, ok := st.Mailboxes[root+"/.R"]; !ok || st.Mailboxes[mb] != nil {
+			t.Fatalf("folders %v; want A's create kept at .R", keys(st.Mailboxes))
 		}
 		sameGUIDs(t, c)
 	})

@@ -511,6 +511,11 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			return mb, err
 		}
 		if seenDead {
+			if op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 && op.Seen != nil {
+				if err := a.mergeIntoDeleted(ctx, op, p); err != nil {
+					return index.Mailbox{}, err
+				}
+			}
 			return index.Mailbox{}, errSkip
 		}
 		if have && gDeleted && recreatedFrom.IsZero() && mb.GUID != g && !derivedFrom(mb.GUID, g) &&
@@ -710,6 +715,40 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 		}
 	}
 	return index.Mailbox{}, fmt.Errorf("mailbox %s at %q: could not be created", g, p)
+}
+
+// mergeIntoDeleted handles op, a peer's create of a mailbox that a delete
+// which had seen op deleted here before op came: a mailbox made here at
+// op's path concurrently is one with op's (rule 3), and when op's GUID is
+// the higher, the deleter had that GUID for the two and its delete takes
+// this one too (what it had seen of it), as on the nodes that merged them
+// before the delete came.
+func (a *applier) mergeIntoDeleted(ctx context.Context, op *journal.Op, p string) error {
+	var (
+		m  index.Mailbox
+		ok bool
+	)
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		m, ok, err = v.MailboxAt(p)
+		return err
+	}); err != nil || !ok {
+		return err
+	}
+	g := op.Mailbox
+	if m.GUID == g || string(g[:]) < string(m.GUID[:]) || !concurrentCreate(op, m) {
+		return nil
+	}
+	a.log.Info("a peer's create that a delete here had seen merges with the mailbox made at its path; the delete takes it",
+		"path", p, "mailbox", m.GUID.String(), "deleted", g.String())
+	a.resolved(ruleSamePathMerge)
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: m.GUID, NewGUID: g, Remote: op}); err != nil {
+		return err
+	}
+	if err := a.meta(ctx, op); err != nil {
+		return err
+	}
+	return a.applyEarlyDelete(ctx, g)
 }
 
 // keptForUnseenAt finds the live mailbox kept for unseen mail of a

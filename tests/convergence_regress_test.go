@@ -1185,6 +1185,34 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// A and B make .S concurrently (B's GUID the higher); C merges the two
+	// and deletes the folder, having seen both creates and A's mail. A gets
+	// C's delete (naming B's GUID, unknown to A) before B's create: when
+	// that create comes, A's folder is one with B's, and the delete, which
+	// had seen both, takes it.
+	t.Run("delete of a merged folder before the other create reaches its creator", func(t *testing.T) {
+		c.t = t
+		root := "r40/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := concurrentPairHigherOn(t, root+"/.S", b, a)
+		deliverMsg(t, a.Mnt, mb, "new", "40000.M1.a", body("seen by the deleter"), when)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.partition()
+		waitForPath(t, filepath.Join(n3.Mnt, mb, "new", "40000.M1.a"))
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		st := c.converge("merged folder deleted before the other create arrives")
+		if got, ok := st.Mailboxes[mb]; ok {
+			t.Fatalf("%s holds %v; want it gone (folders %v)", mb, got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {

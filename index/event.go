@@ -227,9 +227,17 @@ func (t *tx) createMailbox(path string, guid journal.GUID, keywords []byte) (*ma
 		if err != nil {
 			return nil, err
 		}
-		dead, err := t.has(tombMailboxKey(guid))
+		var ts tombstone
+		dead, err := t.getRec(tombMailboxKey(guid), &ts)
 		if err != nil {
 			return nil, err
+		}
+		if r := t.remote; dead && r != nil && r.Kind == journal.MailboxCreate && r.Mailbox == guid && r.Seq != 0 &&
+			ts.Seen[r.Origin] < r.Seq {
+			// The peer's create of guid, which its delete here had not
+			// seen (a rename or a third node's mail made it here first):
+			// the nodes that had the create kept the mailbox under guid.
+			dead = false
 		}
 		if inUse || dead {
 			guid = journal.GUID{}

@@ -463,6 +463,7 @@ func (a *applier) view(fn func(v index.PeerView) error) error { return a.store.V
 // place (rule 4). errSkip: g was deleted, and op was seen by the deleter.
 func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, op *journal.Op) (index.Mailbox, error) {
 	var recreatedFrom journal.GUID // the deleted mailbox whose unseen mail goes to g
+	revived := false               // g's own create, which g's delete here had not seen, makes it again
 	for depth := 0; depth < 8; depth++ {
 		var (
 			mb, at      index.Mailbox
@@ -485,7 +486,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if mb, have, err = v.Mailbox(g); err != nil || have {
 				return err
 			}
-			if tomb, dead, err = v.MailboxTombstone(v.Resolve(g)); err != nil || dead {
+			if tomb, dead, err = v.MailboxTombstone(v.Resolve(g)); err != nil || (dead && !revived) {
 				return err
 			}
 			if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g {
@@ -607,7 +608,26 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			return mb, nil
 		}
-		if dead {
+		if dead && !revived && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 &&
+			tomb.Seen[op.Origin] < op.Seq && tomb.Path != "" {
+			var self bool
+			if err := a.view(func(v index.PeerView) error { self = v.Resolve(g) == g; return nil }); err != nil {
+				return index.Mailbox{}, err
+			}
+			if self {
+				// g deleted here by a delete that had not seen g's create
+				// (a rename, or a third node's mail, had made g here first):
+				// the nodes that had the create kept the mailbox under g
+				// (what the delete had seen of it went), where the deleter
+				// had it; so does this one.
+				a.log.Info("a mailbox deleted here before its create arrived is made again for that create",
+					"path", tomb.Path, "mailbox", g.String())
+				a.resolved(ruleUnseenKept)
+				revived, p = true, tomb.Path
+				continue
+			}
+		}
+		if dead && !revived {
 			if tomb.Seen[op.Origin] >= op.Seq || op.Kind == journal.MailboxCreate || op.Kind == journal.MailboxRename {
 				return index.Mailbox{}, errSkip
 			}

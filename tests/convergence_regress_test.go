@@ -1213,6 +1213,37 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// C makes .X with mail; B renames it to .Y, and A gets that rename
+	// before C's create (so A makes .Y for it) and deletes .Y. A's delete
+	// had not seen C's create: B and C keep the folder under C's GUID (the
+	// create the delete never saw), and A, when C's create comes, must
+	// make it again under that GUID, where its delete had it.
+	t.Run("create that a delete never saw, after a rename made its folder", func(t *testing.T) {
+		c.t = t
+		root := "r41/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, n3.Mnt, root+"/.X")
+		deliverMsg(t, n3.Mnt, root+"/.X", "new", "41000.M1.c", body("not seen by the deleter"), when)
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.partition()
+		waitForPath(t, filepath.Join(b.Mnt, root, ".X", "cur"))
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".X"), filepath.Join(b.Mnt, root, ".Y")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.partition()
+		waitForPath(t, filepath.Join(a.Mnt, root, ".Y", "cur"))
+		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.Y")
+		st := c.converge("delete of a folder made by a rename before its create")
+		if got := st.Mailboxes[root+"/.Y"]; len(got) != 1 || st.Mailboxes[root+"/.X"] != nil {
+			t.Fatalf(".Y holds %v; want C's mail there (folders %v)", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {

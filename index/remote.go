@@ -405,10 +405,9 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	}
 	if rec != nil {
 		// Still here, unless only as the record of a message deleted with
-		// its mailbox: a move of it from there leaves the trace an expunge
-		// would have (its flags and their stamps), which followMove then
-		// points at the moved message, so flag changes made to it in the
-		// source follow it, as on the nodes that moved it.
+		// its mailbox: a move of it from there leaves a trace pointing at
+		// the moved message, so flag changes made to it in the source
+		// follow it, as on the nodes that moved it.
 		live, err := t.has(mailboxKey(g))
 		if err != nil || live || op.Kind != journal.MessageMove {
 			return err
@@ -419,8 +418,31 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	}
 	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
 	if rec != nil {
+		// The trace points where the move went at once (an expunge trace
+		// without MovedTo would take a message of that key wherever the
+		// mailbox's GUIDs meet again); the moved message takes the stamps
+		// of the flags the move did not change, as followMove gives it.
+		to, toKey := t.resolve(op.Target), op.Key
+		if op.NewKey != "" {
+			toKey = op.NewKey
+		}
 		ts.AddedOrigin, ts.AddedSeq = rec.Added.Origin, rec.AddedSeq
-		ts.Sub, ts.Flags, ts.FlagStamps = rec.Sub, rec.Flags, rec.FlagStamps
+		ts.MovedTo, ts.MovedKey = &to, toKey
+		if moved, err := t.message(to, toKey); err != nil {
+			return err
+		} else if moved != nil {
+			if moved.FlagStamps == nil {
+				moved.FlagStamps = map[string]journal.Stamp{}
+			}
+			for f, st := range rec.FlagStamps {
+				if !slices.Contains(op.Changed, f) {
+					moved.FlagStamps[f] = st
+				}
+			}
+			if err := t.putRec(messageKey(to, toKey), moved); err != nil {
+				return err
+			}
+		}
 		return t.putRec(tombMessageKey(g, key), ts)
 	}
 	var absent absentAddRec

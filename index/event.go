@@ -1,6 +1,7 @@
 package index
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -35,10 +36,11 @@ const (
 	EvMerging                              // mailbox GUID's mail is being moved into mailbox NewGUID (merge.go)
 	EvUnrecreate                           // mailbox NewGUID, recreated for deleted GUID's unseen mail and emptied, is forgotten
 	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body
+	EvSweepOrphans                         // up to sweepBatch message records left by deleted mailbox GUID become expunge traces
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add", "sweep-orphans"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -130,6 +132,8 @@ func (t *tx) apply(ev Event) error {
 		return t.unrecreate(ev.GUID, ev.NewGUID)
 	case EvAbsentAdd:
 		return t.noteAbsentAdd(t.resolve(ev.GUID), ev.Path, ev.Remote)
+	case EvSweepOrphans:
+		return t.sweepOrphans(ev.GUID)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -163,7 +167,7 @@ func (t *tx) apply(ev Event) error {
 // come before the effect (a body written before its rename into new/).
 func visibleEffect(ev Event) bool {
 	switch ev.Kind {
-	case EvApplied, EvIntent, EvDropSeenCreates:
+	case EvApplied, EvIntent, EvDropSeenCreates, EvSweepOrphans:
 		return false
 	case EvRekey, EvMerging:
 		// A rule-3 merge made for a peer's create: a local delete of the
@@ -301,6 +305,58 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 	}
 	return t.putRec(tombMailboxKey(mb.GUID), ts)
 }
+
+// sweepBatch is how many message records of a deleted mailbox one
+// transaction turns into expunge traces.
+const sweepBatch = 512
+
+// sweepOrphans turns up to sweepBatch message records left by deleted
+// mailbox g into expunge traces (with the flags and stamps they had): g
+// is about to be made again (a create its delete had not seen), and its
+// deleted mail must not come back with it.
+func (t *tx) sweepOrphans(g journal.GUID) error {
+	if live, err := t.has(mailboxKey(g)); err != nil || live {
+		return err
+	}
+	var ts tombstone
+	if _, err := t.getRec(tombMailboxKey(g), &ts); err != nil {
+		return err
+	}
+	prefix := messagePrefix(g)
+	var keys []string
+	err := t.scanKeys(prefix, func(k []byte) error {
+		if len(keys) == sweepBatch {
+			return errBatchDone
+		}
+		keys = append(keys, string(k[len(prefix):]))
+		return nil
+	})
+	if err != nil && !errors.Is(err, errBatchDone) {
+		return err
+	}
+	for _, key := range keys {
+		rec, err := t.message(g, key)
+		if err != nil || rec == nil {
+			return err
+		}
+		if err := t.del(messageKey(g, key)); err != nil {
+			return err
+		}
+		if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err := t.putRec(tombMessageKey(g, key), &tombstone{Time: ts.Time, Origin: ts.Origin, Seq: ts.Seq,
+			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var errBatchDone = errors.New("batch done")
 
 func (t *tx) rmdir(path string) error {
 	c := maildir.Classify(path, true)

@@ -623,6 +623,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				a.log.Info("a mailbox deleted here before its create arrived is made again for that create",
 					"path", tomb.Path, "mailbox", g.String())
 				a.resolved(ruleUnseenKept)
+				if err := a.sweepOrphans(ctx, g); err != nil {
+					return index.Mailbox{}, err
+				}
 				revived, p = true, tomb.Path
 				continue
 			}
@@ -843,6 +846,30 @@ func (a *applier) applyEarlyDelete(ctx context.Context, g journal.GUID) error {
 	del := &journal.Op{Kind: journal.MailboxDelete, Origin: ts.Stamp.Origin, Seq: ts.Seq, Time: ts.Stamp.Time,
 		Mailbox: g, Path: ts.Path, Seen: ts.Seen}
 	return a.deleteMailbox(ctx, del, true)
+}
+
+// sweepOrphans turns the message records deleted mailbox g left into
+// expunge traces, a batch per transaction, before g is made again: its
+// deleted mail must not come back with it.
+func (a *applier) sweepOrphans(ctx context.Context, g journal.GUID) error {
+	for batch := 0; ; batch++ {
+		if batch == 1<<16 {
+			return fmt.Errorf("mailbox %s: records of its deleted mail are still there after %d batches", g, batch)
+		}
+		left := false
+		if err := a.view(func(v index.PeerView) error {
+			err := v.Messages(g, func(index.Message) error { left = true; return errBatchFull })
+			if errors.Is(err, errBatchFull) {
+				err = nil
+			}
+			return err
+		}); err != nil || !left {
+			return err
+		}
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvSweepOrphans, GUID: g}); err != nil {
+			return err
+		}
+	}
 }
 
 // derivedFrom reports whether g is the GUID that mail kept from deletes of
@@ -1285,6 +1312,27 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			a.resolved(ruleUnseenKept)
 			if !deletedBefore {
 				recreated := index.RecreatedGUID(mb.GUID)
+				var other index.Mailbox
+				inUse := false
+				if err := a.view(func(v index.PeerView) error {
+					var err error
+					other, inUse, err = v.Mailbox(recreated)
+					inUse = inUse && other.GUID == recreated
+					return err
+				}); err != nil {
+					return err
+				}
+				if inUse {
+					// Mail that names the kept GUID came first and made it
+					// elsewhere: the two are one mailbox; merge them on disk
+					// rather than refuse the delete for good.
+					a.log.Warn("mailbox deleted on a peer keeps mail where the GUID kept for it is already in use; merging the two",
+						"path", mb.Path, "mailbox", mb.GUID.String(), "other_path", other.Path, "other", recreated.String())
+					if err := a.mergeFolders(ctx, op, other, mb); err != nil && !errors.Is(err, errKeptApart) {
+						return err
+					}
+					return a.meta(ctx, op)
+				}
 				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: recreated}); err != nil {
 					return err
 				}

@@ -1237,12 +1237,39 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		c.pushed(1, 0)
 		c.partition()
 		waitForPath(t, filepath.Join(a.Mnt, root, ".Y", "cur"))
+		deliverMsg(t, a.Mnt, root+"/.Y", "cur", "41001.M2.a:2,S", body("seen by the deleter"), when)
+		// C flags A's mail too, concurrently with A's delete: when that
+		// flag change reaches A, the folder is there again, without it.
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.partition()
+		waitForPath(t, filepath.Join(n3.Mnt, root, ".X", "cur", "41001.M2.a:2,S"))
+		setFlags(t, n3.Mnt, root+"/.X", "41001.M2.a", "FS")
 		deleteMailboxDovecotStyle(t, a.Mnt, root+"/.Y")
 		st := c.converge("delete of a folder made by a rename before its create")
 		if got := st.Mailboxes[root+"/.Y"]; len(got) != 1 || st.Mailboxes[root+"/.X"] != nil {
 			t.Fatalf(".Y holds %v; want C's mail there (folders %v)", got, keys(st.Mailboxes))
 		}
 		sameGUIDs(t, c)
+		// The deleter's own mail, gone with its delete, must not come
+		// back in its index when the folder is made again: a flag change
+		// to the kept mail still applies everywhere.
+		setFlags(t, b.Mnt, root+"/.Y", "41000.M1.c", "FS")
+		for _, n := range c.nodes {
+			out, errs, code := runMailfs(t, "mailboxes", "--store", n.Store, "--json")
+			if code != 0 {
+				t.Fatalf("mailfs mailboxes on %s: exit %d: %s", n.Name, code, errs)
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, `"`+root+`/.Y"`) && !strings.Contains(l, `"messages":1`) {
+					t.Fatalf("%s lists %s; want 1 message", n.Name, l)
+				}
+			}
+		}
+		st = c.converge("flag change after the folder was made again")
+		if m := st.Mailboxes[root+"/.Y"]["41000.M1.c"]; m.Flags != `\Flagged \Seen` {
+			t.Fatalf(".Y holds %v; want C's mail flagged", st.Mailboxes[root+"/.Y"])
+		}
 	})
 }
 

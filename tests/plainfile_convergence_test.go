@@ -86,13 +86,15 @@ func runPlainScenario(t *testing.T, c *cluster, dir string, rng *rand.Rand) {
 		if !racy {
 			// The node changes its files while no peer's op arrives: a
 			// peer's version replacing a file a local writer has open is
-			// a race of its own (MAILFS_PLAIN_RACY=1 runs with it).
+			// a race of its own (MAILFS_PLAIN_RACY=1 runs with it). A
+			// segment received before the cut may still be applying: the
+			// pause lets it land first (30 ms was too short under -race).
 			for j := range c.nodes {
 				if j != ni {
 					c.cut(ni, j)
 				}
 			}
-			time.Sleep(30 * time.Millisecond)
+			time.Sleep(150 * time.Millisecond)
 		}
 		f := files[rng.Intn(len(files))]
 		var err error

@@ -348,8 +348,7 @@ func (t *tx) sweepOrphans(g journal.GUID) error {
 			}
 			continue
 		}
-		if err := t.putRec(tombMessageKey(g, key), &tombstone{Time: ts.Time, Origin: ts.Origin, Seq: ts.Seq,
-			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps}); err != nil {
+		if err := t.putRec(tombMessageKey(g, key), expungeTrace(ts.Time, ts.Origin, ts.Seq, rec)); err != nil {
 			return err
 		}
 	}
@@ -357,6 +356,14 @@ func (t *tx) sweepOrphans(g journal.GUID) error {
 }
 
 var errBatchDone = errors.New("batch done")
+
+// expungeTrace is the tombstone message rec leaves when the op at
+// (time, origin, seq) removes it: what it was (directory, flags and their
+// stamps), for a concurrent move that brings it back.
+func expungeTrace(time journal.HLC, origin journal.NodeID, seq uint64, rec *messageRec) *tombstone {
+	return &tombstone{Time: time, Origin: origin, Seq: seq, AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq,
+		Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps}
+}
 
 func (t *tx) rmdir(path string) error {
 	c := maildir.Classify(path, true)

@@ -354,8 +354,7 @@ func (t *tx) depart(path string) error {
 			return err
 		}
 		last := t.lastOp
-		return t.putRec(tombMessageKey(mb.GUID, name.Base), &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq,
-			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps})
+		return t.putRec(tombMessageKey(mb.GUID, name.Base), expungeTrace(last.Time, last.Origin, last.Seq, rec))
 	case maildir.KindPlainFile:
 		var old fileRec
 		ok, err := t.getRec(fileKey(path), &old)

@@ -406,45 +406,37 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	if rec != nil {
 		// Still here, unless only as the record of a message deleted with
 		// its mailbox: a move of it from there leaves a trace pointing at
-		// the moved message, so flag changes made to it in the source
-		// follow it, as on the nodes that moved it.
+		// the moved message at once (one without a target would read as
+		// an expunge wherever the mailbox's GUIDs meet again), so flag
+		// changes made to it in the source follow it, as on the nodes
+		// that moved it; and the moved message takes the stamps of the
+		// flags the move did not change, as followMove gives it.
 		live, err := t.has(mailboxKey(g))
 		if err != nil || live || op.Kind != journal.MessageMove {
 			return err
 		}
+		if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+			return err
+		}
+		to, toKey := t.resolve(op.Target), op.Key
+		if op.NewKey != "" {
+			toKey = op.NewKey
+		}
+		if moved, err := t.message(to, toKey); err != nil {
+			return err
+		} else if moved != nil {
+			carryFlagStamps(moved, rec.FlagStamps, op.Changed)
+			if err := t.putRec(messageKey(to, toKey), moved); err != nil {
+				return err
+			}
+		}
+		return t.putRec(tombMessageKey(g, key), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
+			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, MovedTo: &to, MovedKey: toKey})
 	}
 	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
 		return err
 	}
 	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
-	if rec != nil {
-		// The trace points where the move went at once (an expunge trace
-		// without MovedTo would take a message of that key wherever the
-		// mailbox's GUIDs meet again); the moved message takes the stamps
-		// of the flags the move did not change, as followMove gives it.
-		to, toKey := t.resolve(op.Target), op.Key
-		if op.NewKey != "" {
-			toKey = op.NewKey
-		}
-		ts.AddedOrigin, ts.AddedSeq = rec.Added.Origin, rec.AddedSeq
-		ts.MovedTo, ts.MovedKey = &to, toKey
-		if moved, err := t.message(to, toKey); err != nil {
-			return err
-		} else if moved != nil {
-			if moved.FlagStamps == nil {
-				moved.FlagStamps = map[string]journal.Stamp{}
-			}
-			for f, st := range rec.FlagStamps {
-				if !slices.Contains(op.Changed, f) {
-					moved.FlagStamps[f] = st
-				}
-			}
-			if err := t.putRec(messageKey(to, toKey), moved); err != nil {
-				return err
-			}
-		}
-		return t.putRec(tombMessageKey(g, key), ts)
-	}
 	var absent absentAddRec
 	if ok, err := t.getRec(absentAddKey(g, key), &absent); err != nil {
 		return err
@@ -671,14 +663,20 @@ func (v PeerView) ExpungedLive(g journal.GUID, fn func(m Message, expunge journa
 // DeletedCreatedAt lists the mailboxes deleted here that were created at
 // path, by their GUID, with no alias (not merged into another since).
 func (v PeerView) DeletedCreatedAt(path string) (map[journal.GUID]Tombstone, error) {
+	return v.mailboxTombstones(func(g journal.GUID, ts *tombstone) bool {
+		return ts.CreatedPath == path && v.t.resolve(g) == g
+	})
+}
+
+// mailboxTombstones lists the mailbox tombstones that keep says to.
+func (v PeerView) mailboxTombstones(keep func(g journal.GUID, ts *tombstone) bool) (map[journal.GUID]Tombstone, error) {
 	out := map[journal.GUID]Tombstone{}
 	err := v.t.scanKeys([]byte(pTombMailbox), func(k []byte) error {
 		var ts tombstone
-		if ok, err := v.t.getRec(k, &ts); err != nil || !ok || ts.CreatedPath != path {
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok {
 			return err
 		}
-		g := journal.GUID(k[len(pTombMailbox):])
-		if v.t.resolve(g) == g {
+		if g := journal.GUID(k[len(pTombMailbox):]); keep(g, &ts) {
 			out[g] = tombstoneOf(&ts)
 		}
 		return nil
@@ -691,19 +689,9 @@ func (v PeerView) DeletedCreatedAt(path string) (map[journal.GUID]Tombstone, err
 // mail their deleters had not seen (design §6 rule 4), wherever renames
 // have taken it since.
 func (v PeerView) KeptDeletedAt(path string) (map[journal.GUID]Tombstone, error) {
-	out := map[journal.GUID]Tombstone{}
-	err := v.t.scanKeys([]byte(pTombMailbox), func(k []byte) error {
-		var ts tombstone
-		if ok, err := v.t.getRec(k, &ts); err != nil || !ok || ts.Path != path {
-			return err
-		}
-		g := journal.GUID(k[len(pTombMailbox):])
-		if v.t.resolve(g) != g {
-			out[g] = tombstoneOf(&ts)
-		}
-		return nil
+	return v.mailboxTombstones(func(g journal.GUID, ts *tombstone) bool {
+		return ts.Path == path && v.t.resolve(g) != g
 	})
-	return out, err
 }
 
 // Message returns message key of mailbox g (after aliases).
@@ -893,17 +881,23 @@ func (t *tx) followMove(src journal.GUID, key string, dst journal.GUID, dstKey s
 		return err
 	}
 	if ts.Sub != 0 {
-		if rec.FlagStamps == nil {
-			rec.FlagStamps = map[string]journal.Stamp{}
-		}
-		for f, st := range ts.FlagStamps {
-			if !slices.Contains(changed, f) {
-				rec.FlagStamps[f] = st
-			}
-		}
+		carryFlagStamps(rec, ts.FlagStamps, changed)
 	}
 	ts.MovedTo, ts.MovedKey = &dst, dstKey
 	return t.putRec(tombMessageKey(src, key), &ts)
+}
+
+// carryFlagStamps gives a message brought back by a move the stamps its
+// flags had where it was (stamps), but for the flags the move changed.
+func carryFlagStamps(rec *messageRec, stamps map[string]journal.Stamp, changed []string) {
+	if rec.FlagStamps == nil {
+		rec.FlagStamps = map[string]journal.Stamp{}
+	}
+	for f, st := range stamps {
+		if !slices.Contains(changed, f) {
+			rec.FlagStamps[f] = st
+		}
+	}
 }
 
 // MergeFlags is flags with op's changes to the flags in changed applied

@@ -935,12 +935,19 @@ func (a *applier) followDeletedRename(mb index.Mailbox, ts index.Tombstone) erro
 	a.log.Info("a peer's mailbox follows the rename of a mailbox made at its path concurrently and deleted since",
 		"path", mb.Path, "mailbox", mb.GUID.String(), "to", ts.Path)
 	a.resolved(ruleSamePathMerge)
-	move := &journal.Op{Kind: journal.MailboxRename, Origin: ts.Renamed.Origin, Time: ts.Renamed.Time,
-		Mailbox: mb.GUID, Path: mb.Path, NewPath: ts.Path}
+	return a.moveMailbox(mb.GUID, mb.Path, ts.Path, ts.Renamed)
+}
+
+// moveMailbox moves mailbox g's directory from one path to another for a
+// merge decision (no op of its own is journaled), stamped as renamed by
+// the rename it stands for, so later renames compare with that one.
+func (a *applier) moveMailbox(g journal.GUID, from, to string, renamed journal.Stamp) error {
+	move := &journal.Op{Kind: journal.MailboxRename, Origin: renamed.Origin, Time: renamed.Time,
+		Mailbox: g, Path: from, NewPath: to}
 	a.unlockAll() // dotlocks go with the directory
 	return a.mnt.Apply(move, func() error {
-		if err := os.Rename(a.abs(mb.Path), a.abs(ts.Path)); err != nil {
-			return fmt.Errorf("move mailbox %s to %q: %w", mb.GUID, ts.Path, err)
+		if err := os.Rename(a.abs(from), a.abs(to)); err != nil {
+			return fmt.Errorf("move mailbox %s from %q to %q: %w", g, from, to, err)
 		}
 		return nil
 	})
@@ -957,15 +964,7 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 	a.log.Info("a mailbox steps aside for a peer's create at its path; its own later op moves it",
 		"path", p, "mailbox", at.GUID.String(), "at", aside)
 	a.resolved(ruleSamePathMerge)
-	move := &journal.Op{Kind: journal.MailboxRename, Origin: at.Renamed.Origin, Time: at.Renamed.Time,
-		Mailbox: at.GUID, Path: p, NewPath: aside}
-	a.unlockAll() // dotlocks go with the directory
-	return a.mnt.Apply(move, func() error {
-		if err := os.Rename(a.abs(p), a.abs(aside)); err != nil {
-			return fmt.Errorf("move mailbox %s aside: %w", at.GUID, err)
-		}
-		return nil
-	})
+	return a.moveMailbox(at.GUID, p, aside, at.Renamed)
 }
 
 // applyEarlyFlags applies, after loser's mail became winner's (a rule-3

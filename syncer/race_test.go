@@ -1,0 +1,88 @@
+package syncer
+
+import (
+	"os"
+	"path"
+	"path/filepath"
+	"testing"
+
+	"mailfs/journal"
+)
+
+// hookedMount runs before, once, ahead of the first Apply of an op of kind:
+// a local change landing between the applier's decision and its syscall.
+type hookedMount struct {
+	Mount
+	kind   journal.Kind
+	before func()
+}
+
+func (m *hookedMount) Apply(op *journal.Op, fn func() error) error {
+	if m.before != nil && op.Kind == m.kind {
+		before := m.before
+		m.before = nil
+		before()
+	}
+	return m.Mount.Apply(op, fn)
+}
+
+// A peer's delete of a folder that keeps mail it had not seen unlinks the
+// mail it had seen one message at a time. A local rename of the folder
+// between that decision and the unlink must not leave the seen message
+// behind (the unlink found nothing under the old path and took the
+// message for gone).
+func TestDeleteKeepingUnseenMailRacesLocalRename(t *testing.T) {
+	a, b := newFullNode(t, "a"), newFullNode(t, "b")
+	folder := fullTestMailbox + "/.Work"
+	for _, mb := range []string{fullTestMailbox, folder} {
+		for _, d := range []string{"", "tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(a.mnt, mb, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deliverInto := func(n *fullNode, mb, name, body string) {
+		t.Helper()
+		tmp := filepath.Join(n.mnt, mb, "tmp", name)
+		if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(n.mnt, mb, "new", name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliverInto(a, folder, "1700000001.M1P1.a", "Subject: seen\r\n\r\n1\r\n")
+	replicate(t, a, b, 0, nil)
+	// Mail b has not seen when it deletes the folder: the folder stays.
+	deliverInto(a, folder, "1700000002.M2P1.a", "Subject: unseen\r\n\r\n2\r\n")
+	trash := filepath.Join(b.mnt, fullTestMailbox, "..DOVECOT-TRASHED")
+	if err := os.Rename(filepath.Join(b.mnt, folder), trash); err != nil {
+		t.Fatalf("delete the folder on b: %v", err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		t.Fatal(err)
+	}
+	renamed := fullTestMailbox + "/.Archive"
+	orig := a.sync.applier.mnt
+	a.sync.applier.mnt = &hookedMount{Mount: orig, kind: journal.MailboxDelete, before: func() {
+		if err := os.Rename(filepath.Join(a.mnt, folder), filepath.Join(a.mnt, renamed)); err != nil {
+			t.Errorf("rename the folder on a: %v", err)
+		}
+	}}
+	defer func() { a.sync.applier.mnt = orig }()
+	replicate(t, b, a, 0, nil)
+
+	var names []string
+	for _, sub := range []string{"new", "cur"} {
+		ents, err := os.ReadDir(filepath.Join(a.mnt, renamed, sub))
+		if err != nil {
+			t.Fatalf("the renamed folder on a: %v", err)
+		}
+		for _, e := range ents {
+			names = append(names, path.Join(sub, e.Name()))
+		}
+	}
+	if len(names) != 1 || names[0] != "new/1700000002.M2P1.a" {
+		t.Fatalf("a's renamed folder holds %v, want only the mail b had not seen (new/1700000002.M2P1.a)", names)
+	}
+}

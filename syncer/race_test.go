@@ -1,11 +1,13 @@
 package syncer
 
 import (
+	"fmt"
 	"os"
 	"path"
 	"path/filepath"
 	"testing"
 
+	"mailfs/index"
 	"mailfs/journal"
 )
 
@@ -85,4 +87,71 @@ func TestDeleteKeepingUnseenMailRacesLocalRename(t *testing.T) {
 	if len(names) != 1 || names[0] != "new/1700000002.M2P1.a" {
 		t.Fatalf("a's renamed folder holds %v, want only the mail b had not seen (new/1700000002.M2P1.a)", names)
 	}
+}
+
+// A peer's create of a folder this node has at the same path merges with
+// it (rule 3). A local delete of the folder between that decision and the
+// merge's commit must not swallow the peer's create: the delete had not
+// seen it, so the other nodes keep the folder under the create's GUID, and
+// so must this one.
+func TestSamePathMergeRacesLocalDelete(t *testing.T) {
+	x, y := newFullNode(t, "x"), newFullNode(t, "y")
+	folder := fullTestMailbox + "/.Archive"
+	for _, n := range []*fullNode{x, y} {
+		for _, mb := range []string{fullTestMailbox, folder} {
+			for _, d := range []string{"", "tmp", "new", "cur"} {
+				if err := os.MkdirAll(filepath.Join(n.mnt, mb, d), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// The receiver keeps its own GUID in the merge: the higher one.
+	recv, send := x, y
+	if g, h := folderGUID(t, x, folder), folderGUID(t, y, folder); string(g[:]) < string(h[:]) {
+		recv, send = y, x
+	}
+	sent := folderGUID(t, send, folder)
+	deleted := false
+	recv.sync.applier.resolved = func(rule string) {
+		if rule != ruleSamePathMerge || deleted {
+			return
+		}
+		deleted = true
+		trash := filepath.Join(recv.mnt, fullTestMailbox, "..DOVECOT-TRASHED")
+		if err := os.Rename(filepath.Join(recv.mnt, folder), trash); err != nil {
+			t.Errorf("delete the folder on the receiver: %v", err)
+		}
+		if err := os.RemoveAll(trash); err != nil {
+			t.Error(err)
+		}
+	}
+	replicate(t, send, recv, 0, nil)
+	if !deleted {
+		t.Fatal("the receiver did not merge the two creates")
+	}
+	recv.sync.applier.resolved = func(string) {}
+	replicate(t, recv, send, 0, nil)
+	for _, n := range []*fullNode{recv, send} {
+		if g := folderGUID(t, n, folder); g != sent {
+			t.Errorf("%s is %s on a node, want %s (the create the delete had not seen)", folder, g, sent)
+		}
+	}
+}
+
+func folderGUID(t *testing.T, n *fullNode, mb string) journal.GUID {
+	t.Helper()
+	var g journal.GUID
+	err := n.store.View(func(v index.PeerView) error {
+		m, ok, err := v.MailboxAt(mb)
+		if err == nil && !ok {
+			err = fmt.Errorf("no mailbox at %s", mb)
+		}
+		g = m.GUID
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }

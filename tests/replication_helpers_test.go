@@ -234,10 +234,30 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 	first := snapshotUnder(t, nodes[0].Mnt, sub)
 	for _, n := range nodes[1:] {
 		if d := diffTrees(first, snapshotUnder(t, n.Mnt, sub), nodes[0].Name, n.Name); d != "" {
+			dumpLogs(t, nodes)
 			t.Fatalf("%s: trees differ after sync:\n%s\nrelated ops:\n%s", step, d, relatedOps(t, nodes, sub, d))
 		}
 	}
 	return first
+}
+
+// dumpLogs writes every node's whole log into $MAILFS_TEST_LOG_DIR, when
+// set: a divergence report shows only the lines that name what differs.
+func dumpLogs(t *testing.T, nodes []*node) {
+	t.Helper()
+	dir := os.Getenv("MAILFS_TEST_LOG_DIR")
+	if dir == "" {
+		return
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	for _, n := range nodes {
+		p := filepath.Join(dir, name+"-"+n.Name+".log")
+		if err := os.WriteFile(p, []byte(n.Log()), 0o644); err != nil {
+			t.Logf("writing %s's log: %v", n.Name, err)
+			continue
+		}
+		t.Logf("%s's log: %s", n.Name, p)
+	}
 }
 
 // deliverMsg delivers body into mailbox mb under mnt as an MDA does (tmp,

@@ -1267,10 +1267,11 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 				continue // the deleter puts it in that create's mailbox
 			}
 			// Mail named by a mailbox the deleter had seen created: it
-			// keeps it under the GUID derived from the deleted one (rule
-			// 4), which the creates it had not seen merge with when they
-			// arrive (rule 3).
-			if r := index.RecreatedGUID(mb.GUID); string(r[:]) > string(survivor[:]) {
+			// keeps it under the GUID derived from the one it deleted
+			// (rule 4; op's, which here may be merged into a create it had
+			// not seen), which the creates it had not seen merge with when
+			// they arrive (rule 3).
+			if r := index.RecreatedGUID(op.Mailbox); string(r[:]) > string(survivor[:]) {
 				survivor = r
 			}
 			break

@@ -1271,6 +1271,53 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			t.Fatalf(".Y holds %v; want C's mail flagged", st.Mailboxes[root+"/.Y"])
 		}
 	})
+	// A and B make .S concurrently (B's GUID the higher, and the one
+	// derived from A's higher still); C, having seen only A's create,
+	// deletes it, while A adds mail C has not seen. A and B merge the two
+	// creates under B's GUID before the delete comes. Every node must keep
+	// the folder for that mail under one GUID: the higher of the create C
+	// had not seen (B's) and the one derived from the GUID C deleted
+	// (A's), as C itself gets when the mail and B's create reach it.
+	t.Run("delete of one create of a merged folder keeps the other's and the deleted one's unseen mail", func(t *testing.T) {
+		c.t = t
+		root := "r42/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb string
+		for i := 0; ; i++ {
+			if i == 60 {
+				t.Fatal("60 folder pairs, none with B's GUID above A's and the one derived from A's above both")
+			}
+			mb = fmt.Sprintf("%s/.S%d", root, i)
+			mkMailbox(t, a.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			ga, gb := mailboxGUIDs(t, a.Store)[mb], mailboxGUIDs(t, b.Store)[mb]
+			raw, err := hex.DecodeString(ga)
+			if err != nil || len(raw) != 16 {
+				t.Fatalf("GUID of %s: %q, %v", mb, ga, err)
+			}
+			r := index.RecreatedGUID(journal.GUID(raw))
+			if gb > ga && hex.EncodeToString(r[:]) > gb {
+				break
+			}
+		}
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.partition()
+		waitForPath(t, filepath.Join(n3.Mnt, mb, "cur"))
+		deliverMsg(t, a.Mnt, mb, "new", "42000.M1.a", body("not seen by the deleter"), when)
+		c.heal(0, 1)
+		c.pushed(0, 1)
+		c.pushed(1, 0)
+		waitForPath(t, filepath.Join(b.Mnt, mb, "new", "42000.M1.a"))
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		st := c.converge("delete of one create of a merged folder")
+		if got := st.Mailboxes[mb]; len(got) != 1 {
+			t.Fatalf("%s holds %v; want A's mail (folders %v)", mb, got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {

@@ -78,6 +78,10 @@ type Event struct {
 	// Content computes the content ID of the file at the event's target
 	// when File.Content is unset and the index does not know it.
 	Content func() (journal.ContentID, int64, error)
+	// Expect, for EvRekey, is the mailbox the decision saw live at Path
+	// (the one a peer's create merges with): when a local change has
+	// deleted or moved it since, the event fails with ErrChanged.
+	Expect journal.GUID
 	// Remote is the peer's op this change carries out (the syncer's
 	// applier made it): index state follows as for a local change, but no
 	// op is journaled and stamps are the peer op's.
@@ -119,6 +123,14 @@ func (t *tx) apply(ev Event) error {
 	case EvRemoteMeta:
 		return t.remoteMeta(ev.Remote)
 	case EvRekey:
+		if !ev.Expect.IsZero() {
+			if at, err := t.mailboxAt(ev.Path); err != nil || at == nil || at.GUID != ev.Expect {
+				if err == nil {
+					err = fmt.Errorf("%w: mailbox %s is no longer at %q", ErrChanged, ev.Expect, ev.Path)
+				}
+				return err
+			}
+		}
 		return t.rekeyMailbox(ev.GUID, ev.NewGUID)
 	case EvApplying:
 		return nil // noted above

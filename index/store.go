@@ -24,6 +24,10 @@ var (
 	// ErrFailed wraps the error of a failed commit: the store accepts no
 	// more changes until it is reopened.
 	ErrFailed = errors.New("index: a commit failed; no more changes until mailfs restarts")
+	// ErrChanged is an event whose decision was made from state a change
+	// committed since then has altered (Event.Expect): nothing of it is
+	// applied, and its maker decides again.
+	ErrChanged = errors.New("index: changed since the event was decided")
 )
 
 // errCommit marks an error of badger's Txn.Commit, after which the batch

@@ -289,7 +289,7 @@ func (a *applier) heldMeta(h heldDelivery) error {
 // raced reports whether err is a local change racing the applier's (the op
 // is decided again).
 func raced(err error) bool {
-	return errors.Is(err, errRace) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST)
+	return errors.Is(err, errRace) || errors.Is(err, index.ErrChanged) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EEXIST)
 }
 
 // syncDelivered makes the deliveries of the bulk path durable: the bodies
@@ -662,8 +662,10 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			// reaches a node (or a delete of that one, and so on): at was
 			// deleted elsewhere and the delete has not arrived here. Until
 			// it does, g names at (the deletes' rekeys then make at g, as
-			// on the nodes that had them first).
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: at.GUID}); err != nil {
+			// on the nodes that had them first). Decided from a view, as
+			// the merge below.
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: at.GUID,
+				Path: at.Path, Expect: at.GUID}); err != nil {
 				return index.Mailbox{}, err
 			}
 			if err := a.applyEarlyFlags(ctx, at.GUID, g); err != nil {
@@ -693,8 +695,12 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			a.resolved(ruleSamePathMerge)
 			// The merge is op's visible effect: a local delete of the merged
 			// mailbox must name op as seen, or the other nodes keep op's
-			// create where this one deleted it.
-			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner, Remote: op}); err != nil {
+			// create where this one deleted it. It was decided from a view:
+			// a local delete or rename of at since then has op decided again
+			// (merged into a mailbox deleted meanwhile, op's create would
+			// go with a delete that had not seen it).
+			if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner, Remote: op,
+				Path: at.Path, Expect: at.GUID}); err != nil {
 				return index.Mailbox{}, err
 			}
 			if err := a.applyEarlyFlags(ctx, winner, loser); err != nil {

@@ -97,15 +97,18 @@ func TestDeleteKeepingUnseenMailRacesLocalRename(t *testing.T) {
 func TestSamePathMergeRacesLocalDelete(t *testing.T) {
 	x, y := newFullNode(t, "x"), newFullNode(t, "y")
 	folder := fullTestMailbox + "/.Archive"
-	for _, n := range []*fullNode{x, y} {
-		for _, mb := range []string{fullTestMailbox, folder} {
-			for _, d := range []string{"", "tmp", "new", "cur"} {
-				if err := os.MkdirAll(filepath.Join(n.mnt, mb, d), 0o700); err != nil {
-					t.Fatal(err)
-				}
+	mkdirs := func(n *fullNode, mb string) {
+		t.Helper()
+		for _, d := range []string{"", "tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(n.mnt, mb, d), 0o700); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
+	mkdirs(x, fullTestMailbox)
+	after := map[*fullNode]uint64{x: replicate(t, x, y, 0, nil)}
+	mkdirs(x, folder)
+	mkdirs(y, folder)
 	// The receiver keeps its own GUID in the merge: the higher one.
 	recv, send := x, y
 	if g, h := folderGUID(t, x, folder), folderGUID(t, y, folder); string(g[:]) < string(h[:]) {
@@ -126,12 +129,12 @@ func TestSamePathMergeRacesLocalDelete(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	replicate(t, send, recv, 0, nil)
+	replicate(t, send, recv, after[send], nil)
 	if !deleted {
 		t.Fatal("the receiver did not merge the two creates")
 	}
 	recv.sync.applier.resolved = func(string) {}
-	replicate(t, recv, send, 0, nil)
+	replicate(t, recv, send, after[recv], nil)
 	for _, n := range []*fullNode{recv, send} {
 		if g := folderGUID(t, n, folder); g != sent {
 			t.Errorf("%s is %s on a node, want %s (the create the delete had not seen)", folder, g, sent)

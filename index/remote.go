@@ -2,6 +2,7 @@ package index
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -611,6 +612,20 @@ func (v PeerView) Mailbox(g journal.GUID) (Mailbox, bool, error) {
 		return Mailbox{}, false, err
 	}
 	return mailboxOf(&mb), true, nil
+}
+
+// HasRecordsOf reports whether message records are kept under g itself
+// (not the mailbox g is a name of): a deleted mailbox's, until swept.
+func (v PeerView) HasRecordsOf(g journal.GUID) (bool, error) {
+	found := false
+	err := v.t.scanKeys(messagePrefix(g), func([]byte) error {
+		found = true
+		return errBatchDone
+	})
+	if errors.Is(err, errBatchDone) {
+		err = nil
+	}
+	return found, err
 }
 
 // MailboxAt returns the live mailbox at path.

@@ -553,6 +553,30 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				}
 				recreatedFrom = journal.GUID{}
 			}
+			if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 &&
+				gDeleted && mb.GUID != g && derivedFrom(mb.GUID, g) {
+				// g's create, which g's delete here had not seen, after mail
+				// that delete had not seen either (a third node's, which
+				// overtook the create) made g's folder again under the GUID
+				// derived from g: the nodes that had the create first kept
+				// the folder under g, the create the delete never saw
+				// (deleteMailbox), and so does this one. The records of what
+				// the delete took go first, or that mail would come back.
+				a.log.Info("a create a delete here had not seen takes back the folder its unseen mail made again",
+					"path", mb.Path, "mailbox", mb.GUID.String(), "kept_as", g.String())
+				a.resolved(ruleUnseenKept)
+				if err := a.sweepOrphans(ctx, g); err != nil {
+					return index.Mailbox{}, err
+				}
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: g, Remote: op,
+					Path: mb.Path, Expect: mb.GUID}); err != nil {
+					return index.Mailbox{}, err
+				}
+				if err := a.applyEarlyFlags(ctx, g, mb.GUID); err != nil {
+					return index.Mailbox{}, err
+				}
+				continue
+			}
 			if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
 				// A create that reached this node after its mailbox was made
 				// here (a rename came first), or after it merged with one
@@ -862,12 +886,9 @@ func (a *applier) sweepOrphans(ctx context.Context, g journal.GUID) error {
 		if batch == 1<<16 {
 			return fmt.Errorf("mailbox %s: records of its deleted mail are still there after %d batches", g, batch)
 		}
-		left := false
-		if err := a.view(func(v index.PeerView) error {
-			err := v.Messages(g, func(index.Message) error { left = true; return errBatchFull })
-			if errors.Is(err, errBatchFull) {
-				err = nil
-			}
+		var left bool
+		if err := a.view(func(v index.PeerView) (err error) {
+			left, err = v.HasRecordsOf(g) // g's own, even where g names another mailbox now
 			return err
 		}); err != nil || !left {
 			return err

@@ -45,6 +45,7 @@ func sameGUIDs(t *testing.T, c *cluster) map[string]string {
 		for p, g := range first {
 			if other[p] != g {
 				d := fmt.Sprintf("mailbox %q: GUID %s on %s, %s on %s", p, g, c.nodes[0].Name, other[p], n.Name)
+				dumpLogs(t, c.nodes)
 				t.Fatalf("%s\nrelated ops:\n%s", d, relatedOps(t, c.nodes, strings.SplitN(p, "/", 2)[0], d))
 			}
 		}

@@ -1318,6 +1318,41 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// A makes .S with mail; C, having A's create, adds mail; B gets only
+	// C's mail (so it makes .S from that) and deletes the folder, never
+	// having seen A's create. C adds more mail, which reaches B before A's
+	// create does: B makes the folder again under the GUID derived from the
+	// deleted one. A and C keep it under A's GUID (the create the delete
+	// had not seen), and so must B once that create arrives.
+	t.Run("create a delete never saw, after its unseen mail made the folder again", func(t *testing.T) {
+		c.t = t
+		root := "r43/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := root + "/.S"
+		mkMailbox(t, a.Mnt, mb)
+		deliverMsg(t, a.Mnt, mb, "new", "43000.M1.a", body("on a, not seen by the deleter"), when)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.partition()
+		waitForPath(t, filepath.Join(n3.Mnt, mb, "new", "43000.M1.a"))
+		deliverMsg(t, n3.Mnt, mb, "new", "43001.M1.c", body("seen by the deleter"), when)
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.partition()
+		waitForPath(t, filepath.Join(b.Mnt, mb, "new", "43001.M1.c"))
+		deleteMailboxDovecotStyle(t, b.Mnt, mb)
+		deliverMsg(t, n3.Mnt, mb, "new", "43002.M2.c", body("on c, not seen by the deleter"), when)
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		waitForPath(t, filepath.Join(b.Mnt, mb, "new", "43002.M2.c"))
+		st := c.converge("create a delete never saw, after its unseen mail")
+		if got := st.Mailboxes[mb]; len(got) != 2 {
+			t.Fatalf("%s holds %v; want the two messages the deleter had not seen (folders %v)", mb, got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {

@@ -50,7 +50,20 @@ func sameGUIDs(t *testing.T, c *cluster) map[string]string {
 			}
 		}
 		if len(other) != len(first) {
-			t.Fatalf("%s has %d mailboxes, %s %d", c.nodes[0].Name, len(first), n.Name, len(other))
+			var only []string
+			for p, g := range other {
+				if _, ok := first[p]; !ok {
+					only = append(only, p+"="+g)
+				}
+			}
+			sort.Strings(only)
+			d := fmt.Sprintf("%s has %d mailboxes, %s %d; on %s only: %v", c.nodes[0].Name, len(first), n.Name, len(other), n.Name, only)
+			dumpLogs(t, c.nodes)
+			sub := ""
+			if len(only) > 0 {
+				sub = strings.SplitN(only[0], "/", 2)[0]
+			}
+			t.Fatalf("%s\nrelated ops:\n%s", d, relatedOps(t, c.nodes, sub, d))
 		}
 	}
 	return first

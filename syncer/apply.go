@@ -669,6 +669,9 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if tomb.Path == "" && op.Path != "" {
 				p = op.Path
 			}
+			if err := a.joinCreatedSince(ctx, tomb, g, p); err != nil {
+				return index.Mailbox{}, err
+			}
 			continue
 		}
 		if taken && !sameCreate && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
@@ -841,12 +844,67 @@ func (a *applier) keptForUnseenAt(op *journal.Op, g journal.GUID, p string) (ind
 // seenSince reports whether op's creator had seen an op of another node
 // that a node having applied seen had not.
 func seenSince(op *journal.Op, seen journal.VersionVector) bool {
-	for o, n := range op.Seen {
-		if o != op.Origin && n > seen[o] {
+	return seenSinceBy(op.Origin, op.Seen, seen)
+}
+
+func seenSinceBy(origin journal.NodeID, had, seen journal.VersionVector) bool {
+	for o, n := range had {
+		if o != origin && n > seen[o] {
 			return true
 		}
 	}
 	return false
+}
+
+// joinCreatedSince is keptForUnseenAt seen from the other side: g is to
+// keep, at p, mail that the delete tomb had not seen, and a mailbox was
+// made at p since, by a create that had seen that delete and nothing since
+// that it had not, and renamed away. On the nodes where the mail was kept
+// before that create came, the two merged at p (rule 3) and moved together:
+// so g is one with it here (the higher GUID kept).
+func (a *applier) joinCreatedSince(ctx context.Context, tomb index.Tombstone, g journal.GUID, p string) error {
+	var (
+		since index.Mailbox
+		found bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		if _, have, err := v.Mailbox(g); err != nil || have {
+			return err
+		}
+		same, err := v.CreatedAt(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range same {
+			if m.Path == p || m.GUID == g || m.CreatedSeq == 0 || m.Created.Origin.IsZero() {
+				continue // at p: the loop merges it; no create to go by
+			}
+			sawDelete := (m.Created.Origin == tomb.Stamp.Origin && m.CreatedSeq > tomb.Seq) ||
+				m.CreatedSeen[tomb.Stamp.Origin] >= tomb.Seq
+			if !sawDelete || seenSinceBy(m.Created.Origin, m.CreatedSeen, tomb.Seen) {
+				continue
+			}
+			if !found || string(m.GUID[:]) > string(since.GUID[:]) {
+				since, found = m, true
+			}
+		}
+		return nil
+	})
+	if err != nil || !found {
+		return err
+	}
+	winner, loser := since.GUID, g
+	if string(g[:]) > string(since.GUID[:]) {
+		winner, loser = g, since.GUID
+	}
+	a.log.Info("mail a delete had not seen joins the mailbox made at its path since and renamed (the higher GUID is kept)",
+		"path", p, "mailbox", since.GUID.String(), "moved_to", since.Path, "kept", winner.String())
+	a.resolved(ruleSamePathMerge)
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: loser, NewGUID: winner,
+		Path: since.Path, Expect: since.GUID}); err != nil {
+		return err
+	}
+	return a.applyEarlyFlags(ctx, winner, loser)
 }
 
 // applyEarlyDelete applies the delete of mailbox g that reached this node

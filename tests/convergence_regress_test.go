@@ -298,24 +298,8 @@ func TestConvergenceRegressions(t *testing.T) {
 		mkMailbox(t, a.Mnt, root)
 		c.converge("setup")
 		c.partition()
-		var mb string
-		for i := 0; ; i++ {
-			if i == 40 {
-				t.Fatal("40 folder pairs, none with B's GUID and the one derived from it above A's")
-			}
-			mb = fmt.Sprintf("%s/.S%d", root, i)
-			mkMailbox(t, a.Mnt, mb)
-			mkMailbox(t, b.Mnt, mb)
-			ga, gb := mailboxGUIDs(t, a.Store)[mb], mailboxGUIDs(t, b.Store)[mb]
-			raw, err := hex.DecodeString(gb)
-			if err != nil || len(raw) != 16 {
-				t.Fatalf("GUID of %s: %q, %v", mb, gb, err)
-			}
-			r := index.RecreatedGUID(journal.GUID(raw))
-			if gb > ga && hex.EncodeToString(r[:]) > ga {
-				break
-			}
-		}
+		mb := concurrentPairWhere(t, root+"/.S", a, b, "B's GUID and the one derived from it above A's",
+			func(ga, gb journal.GUID) bool { return above(gb, ga) && above(index.RecreatedGUID(gb), ga) })
 		c.healFrom(1, 0)
 		c.pushed(1, 0)
 		c.cut(0, 1)
@@ -324,6 +308,34 @@ func TestConvergenceRegressions(t *testing.T) {
 		st := c.converge("mail into a merged folder vs its other creator's delete")
 		if got := st.Mailboxes[mb]; len(got) != 1 {
 			t.Fatalf("%s holds %v; want A's mail (folders %v)", mb, got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
+
+	// B deletes .S, makes .S again and renames the new one to .T, while A
+	// adds mail to the old .S. On A the mail is kept at .S when the delete
+	// comes, B's new .S merges with it there (rule 3) and the rename takes
+	// both to .T. On B the mail comes after the rename: it must join the
+	// folder made at .S since, now at .T, not make a .S of its own.
+	t.Run("mail kept from a deleted folder after the folder made again at its path moved", func(t *testing.T) {
+		c.t = t
+		root := "r44/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.S")
+		c.converge("setup")
+		c.cut(0, 1)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.S")
+		mkMailbox(t, b.Mnt, root+"/.S")
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".S"), filepath.Join(b.Mnt, root, ".T")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, a.Mnt, root+"/.S", "new", "44000.M1.a", body("not seen by the deleter"), when)
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".T", "new", "44000.M1.a"))
+		st := c.converge("mail kept from a deleted folder, made again and moved")
+		if got := st.Mailboxes[root+"/.T"]; len(got) != 1 || st.Mailboxes[root+"/.S"] != nil {
+			t.Fatalf(".T holds %v; want A's mail there and no .S (folders %v)", got, keys(st.Mailboxes))
 		}
 		sameGUIDs(t, c)
 	})
@@ -1284,24 +1296,8 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		mkMailbox(t, a.Mnt, root)
 		c.converge("setup")
 		c.partition()
-		var mb string
-		for i := 0; ; i++ {
-			if i == 60 {
-				t.Fatal("60 folder pairs, none with B's GUID above A's and the one derived from A's above both")
-			}
-			mb = fmt.Sprintf("%s/.S%d", root, i)
-			mkMailbox(t, a.Mnt, mb)
-			mkMailbox(t, b.Mnt, mb)
-			ga, gb := mailboxGUIDs(t, a.Store)[mb], mailboxGUIDs(t, b.Store)[mb]
-			raw, err := hex.DecodeString(ga)
-			if err != nil || len(raw) != 16 {
-				t.Fatalf("GUID of %s: %q, %v", mb, ga, err)
-			}
-			r := index.RecreatedGUID(journal.GUID(raw))
-			if gb > ga && hex.EncodeToString(r[:]) > gb {
-				break
-			}
-		}
+		mb := concurrentPairWhere(t, root+"/.S", a, b, "B's GUID above A's and the one derived from A's above both",
+			func(ga, gb journal.GUID) bool { return above(gb, ga) && above(index.RecreatedGUID(ga), gb) })
 		c.healFrom(0, 2)
 		c.pushed(0, 2)
 		c.partition()
@@ -1354,6 +1350,34 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 }
+
+// concurrentPairWhere makes folders base0, base1, … on x and on y, each
+// on its own, until the GUIDs of one pair satisfy want; it returns that
+// pair's path (the others replicate like any folder).
+func concurrentPairWhere(t *testing.T, base string, x, y *node, what string, want func(gx, gy journal.GUID) bool) string {
+	t.Helper()
+	guid := func(n *node, mb string) journal.GUID {
+		s := mailboxGUIDs(t, n.Store)[mb]
+		raw, err := hex.DecodeString(s)
+		if err != nil || len(raw) != 16 {
+			t.Fatalf("GUID of %s on %s: %q, %v", mb, n.Name, s, err)
+		}
+		return journal.GUID(raw)
+	}
+	for i := 0; i < 60; i++ {
+		mb := fmt.Sprintf("%s%d", base, i)
+		mkMailbox(t, x.Mnt, mb)
+		mkMailbox(t, y.Mnt, mb)
+		if want(guid(x, mb), guid(y, mb)) {
+			return mb
+		}
+	}
+	t.Fatalf("60 folder pairs, none with %s", what)
+	return ""
+}
+
+// above reports whether GUID g sorts after h (rule 3 keeps the higher).
+func above(g, h journal.GUID) bool { return string(g[:]) > string(h[:]) }
 
 func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {
 	t.Helper()

@@ -591,7 +591,20 @@ func (s *Syncer) repairMessage(ctx context.Context, fc *fullConn, g journal.GUID
 		op := &journal.Op{Kind: journal.MessageAdd, Origin: e.Added.Origin, Seq: e.AddedSeq, Time: e.Added.Time,
 			Mailbox: st.mb.GUID, Path: st.mb.Path, Key: e.Key, Sub: e.Sub, Flags: e.Flags, Mtime: e.Mtime, Size: e.Size,
 			Content: e.Content}
-		if err := a.apply(ctx, op, staged{e.Content: body}); err != nil {
+		// Until the add's index commit, a crash would leave its file for
+		// the reconcile at restart to take as a local add (journaled, and
+		// echoed to the peer): an intent says whose it is, as a segment's
+		// adds have (receiver.applySegment). It is kept under this node's
+		// ID, apart from the peers' segment intents, and dropped after.
+		self := s.cfg.Store.Node()
+		if _, err := s.cfg.Store.Commit(ctx, index.IntentOf(self, []journal.Op{*op})); err != nil {
+			return err
+		}
+		err := a.apply(ctx, op, staged{e.Content: body})
+		if _, cerr := s.cfg.Store.Commit(ctx, index.IntentOf(self, nil)); err == nil {
+			err = cerr
+		}
+		if err != nil {
 			if errors.Is(err, errRace) {
 				rep.Raced++
 				return nil

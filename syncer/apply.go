@@ -2018,29 +2018,29 @@ func (a *applier) unlinkDeleted(op *journal.Op, mb index.Mailbox, m index.Messag
 	if !errors.Is(err, syscall.ENOENT) {
 		return err
 	}
-	now, have, lerr := a.message(mb.GUID, m.Key)
-	if lerr != nil {
-		return lerr
+	var (
+		now        index.Message
+		have, live bool
+		at         index.Mailbox
+	)
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		if now, have, err = v.Message(mb.GUID, m.Key); err != nil || !have {
+			return err
+		}
+		at, live, err = v.Mailbox(mb.GUID)
+		return err
+	}); err != nil {
+		return err
 	}
 	if have && (now.Name != m.Name || now.Sub != m.Sub) {
 		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
 	}
-	if have {
+	if have && live && at.Path != mb.Path {
 		// Still there under its name: the mailbox itself moved (a local
 		// rename between the decision and the unlink), and the message
 		// with it.
-		var cur index.Mailbox
-		var live bool
-		if err := a.view(func(v index.PeerView) error {
-			var err error
-			cur, live, err = v.Mailbox(mb.GUID)
-			return err
-		}); err != nil {
-			return err
-		}
-		if live && cur.Path != mb.Path {
-			return fmt.Errorf("%w: mailbox %s renamed to %s", errRace, mb.Path, cur.Path)
-		}
+		return fmt.Errorf("%w: mailbox %s renamed to %s", errRace, mb.Path, at.Path)
 	}
 	return nil
 }

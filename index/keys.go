@@ -214,6 +214,11 @@ type tombstone struct {
 	// peer's flag change to it there still finds it.
 	MovedTo  *journal.GUID `json:"moved_to,omitempty"`
 	MovedKey string        `json:"moved_key,omitempty"`
+	// Followed, for a message expunged here: MovedTo is where a concurrent
+	// move brought it back (followMove), not where it was moved away to.
+	// The key stays expunged here: a later move into this mailbox is an
+	// add that meets the expunge (rule 5).
+	Followed bool `json:"followed,omitempty"`
 	// AddedOrigin and AddedSeq, for a message expunged or moved away: the
 	// op that had added it, so a mailbox delete that had not seen the add
 	// still knows the mail was there (rule 4; see ExpungedUnseen).

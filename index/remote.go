@@ -731,6 +731,15 @@ func (v PeerView) MovedTo(g journal.GUID, key string) (journal.GUID, string, boo
 	return v.t.resolve(*ts.MovedTo), ts.MovedKey, true, nil
 }
 
+// MovedAway reports whether message key of mailbox g left it by a move
+// (its trace here is that move's, not an expunge's, even one a concurrent
+// move followed elsewhere).
+func (v PeerView) MovedAway(g journal.GUID, key string) (bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	return ok && ts.MovedTo != nil && !ts.Followed, err
+}
+
 // ExpungedAs returns what message key of mailbox g was (directory, flags
 // and their stamps) when it was expunged here, if it was.
 func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) {
@@ -898,7 +907,7 @@ func (t *tx) followMove(src journal.GUID, key string, dst journal.GUID, dstKey s
 	if ts.Sub != 0 {
 		carryFlagStamps(rec, ts.FlagStamps, changed)
 	}
-	ts.MovedTo, ts.MovedKey = &dst, dstKey
+	ts.MovedTo, ts.MovedKey, ts.Followed = &dst, dstKey, true
 	return t.putRec(tombMessageKey(src, key), &ts)
 }
 

@@ -1859,9 +1859,12 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	if err == nil && expunged {
 		// The key's trace in the target may be that of an earlier move out
 		// of it (a move there and back): that is no expunge, and this move
-		// brings the message back.
+		// brings the message back. An expunge there that a concurrent move
+		// out of it followed stays one: the move back is an add that meets
+		// it (rules 5 and 7), as on the mover's node, where the expunge
+		// comes after the move back and removes the message.
 		err = a.view(func(v index.PeerView) error {
-			_, _, movedAway, err := v.MovedTo(dst.GUID, newKey)
+			movedAway, err := v.MovedAway(dst.GUID, newKey)
 			expunged = !movedAway
 			return err
 		})

@@ -339,6 +339,103 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// B moves a message out of a folder and back while A flags and expunges
+	// it. Seen in the random test ("moves apart"): A kept the message,
+	// because its expunge, which B's first move had followed to .X, was
+	// taken for that move's trace when the second move came back; B did
+	// not keep it. Whatever reaches whom first, both sides must agree.
+	for _, order := range []string{"partitioned", "moves first", "expunge first", "flag between moves", "moves apart"} {
+		t.Run("message moved out and back vs flagged and expunged, "+order, func(t *testing.T) {
+			c.t = t
+			root := "r45" + strings.ReplaceAll(order, " ", "-") + "/Maildir"
+			mkMailbox(t, a.Mnt, root)
+			mkMailbox(t, a.Mnt, root+"/.X")
+			deliverMsg(t, a.Mnt, root, "cur", "45000.M1.a:2,S", body("moved and expunged"), when)
+			c.converge("setup")
+			c.partition()
+			moveOut := func() {
+				if err := os.Rename(filepath.Join(b.Mnt, root, "cur", "45000.M1.a:2,S"), filepath.Join(b.Mnt, root, ".X", "cur", "45000.M1.a:2,S")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			moveBack := func() {
+				if err := os.Rename(filepath.Join(b.Mnt, root, ".X", "cur", "45000.M1.a:2,S"), filepath.Join(b.Mnt, root, "cur", "45000.M1.a:2,S")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			flag := func() { setFlags(t, a.Mnt, root, "45000.M1.a", "FS") }
+			expunge := func() {
+				sub, name := findMsg(t, a.Mnt, root, "45000.M1.a")
+				if err := os.Remove(filepath.Join(a.Mnt, root, sub, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			switch order {
+			case "partitioned":
+				moveOut()
+				moveBack()
+				flag()
+				expunge()
+			case "moves first":
+				moveOut()
+				moveBack()
+				c.healFrom(1, 0)
+				c.pushed(1, 0)
+				flag()
+				expunge()
+			case "expunge first":
+				// A's expunge reaches B between B's two moves.
+				moveOut()
+				flag()
+				expunge()
+				c.healFrom(0, 1)
+				c.pushed(0, 1)
+				c.cut(0, 1)
+				if _, err := os.Stat(filepath.Join(b.Mnt, root, ".X", "cur", "45000.M1.a:2,S")); err == nil {
+					moveBack()
+				}
+			case "moves apart":
+				// A's expunge comes before B's first move on A, and
+				// before B's second move: A keeps the message in .X
+				// (a move beats a concurrent expunge), then moves it
+				// back. On B the expunge comes after both moves.
+				moveOut()
+				flag()
+				expunge()
+				c.healFrom(1, 0)
+				c.pushed(1, 0)
+				c.cut(0, 1)
+				moveBack()
+			case "flag between moves":
+				// A flags and expunges the message in .X, where B's
+				// first move put it, while B moves it back: the move
+				// back is no add into a mailbox A expunged it from, so
+				// either outcome converges; it must be the same on both.
+				moveOut()
+				c.healFrom(1, 0)
+				c.pushed(1, 0)
+				c.cut(0, 1)
+				setFlags(t, a.Mnt, root+"/.X", "45000.M1.a", "FS")
+				moveBack()
+				sub, name := findMsg(t, a.Mnt, root+"/.X", "45000.M1.a")
+				if err := os.Remove(filepath.Join(a.Mnt, root, ".X", sub, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := c.converge("move out and back vs flag and expunge, " + order)
+			// Where the message ends: a move beats a concurrent expunge
+			// in its source; an add (a move's, too) meets an expunge in
+			// its target and is dropped (rules 5 and 7).
+			want := map[string]string{"partitioned": "", "moves first": "", "moves apart": "",
+				"expunge first": root + "/.X", "flag between moves": root}[order]
+			for _, mb := range []string{root, root + "/.X"} {
+				if _, ok := st.Mailboxes[mb]["45000.M1.a"]; ok != (mb == want) {
+					t.Fatalf("%s holds %v, .X %v; want the message only in %q", root, st.Mailboxes[root], st.Mailboxes[root+"/.X"], want)
+				}
+			}
+			sameGUIDs(t, c)
+		})
+	}
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

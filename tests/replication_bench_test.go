@@ -1041,6 +1041,7 @@ func (bn *rbBench) incremental(n int, seed uint64, realFirst bool) rbIncResult {
 		rbSameListing(t, "mailfs incremental", rbListing(t, p.mbox(p.a), false), rbListing(t, p.mbox(p.b), false))
 		rbSameBodies(t, p, ch.added)
 	}
+	dumpLogsAs(t, fmt.Sprintf("-%d", n), []*node{p.a, p.b})
 	res.mailfs = rbMedian(mailfsTimes)
 	start = time.Now()
 	p.sync()

@@ -243,13 +243,17 @@ func checkConvergedUnder(t *testing.T, step, sub string, nodes ...*node) treeSta
 
 // dumpLogs writes every node's whole log into $MAILFS_TEST_LOG_DIR, when
 // set: a divergence report shows only the lines that name what differs.
-func dumpLogs(t *testing.T, nodes []*node) {
+func dumpLogs(t *testing.T, nodes []*node) { dumpLogsAs(t, "", nodes) }
+
+// dumpLogsAs is dumpLogs with tag added to the file names (a test that
+// runs several clusters).
+func dumpLogsAs(t *testing.T, tag string, nodes []*node) {
 	t.Helper()
 	dir := os.Getenv("MAILFS_TEST_LOG_DIR")
 	if dir == "" {
 		return
 	}
-	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + tag
 	for _, n := range nodes {
 		p := filepath.Join(dir, name+"-"+n.Name+".log")
 		if err := os.WriteFile(p, []byte(n.Log()), 0o644); err != nil {

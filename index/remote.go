@@ -434,8 +434,19 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 		return t.putRec(tombMessageKey(g, key), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
 			AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq, MovedTo: &to, MovedKey: toKey})
 	}
-	if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+	var prev tombstone
+	if ok, err := t.getRec(tombMessageKey(g, key), &prev); err != nil {
 		return err
+	} else if ok {
+		if op.Kind == journal.MessageExpunge && prev.MovedTo != nil && !prev.Followed {
+			// Moved away before this expunge came, which had not seen the
+			// move (its node had the message here): the move wins, and the
+			// key is expunged here as on the expunger's node, where the
+			// move followed the expunge (followMove). A move back meets it.
+			prev.Followed = true
+			return t.putRec(tombMessageKey(g, key), &prev)
+		}
+		return nil
 	}
 	ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq}
 	var absent absentAddRec

@@ -1446,6 +1446,43 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// r45 with a third node that gets B's move out, then A's expunge, then
+	// B's move back. On A (expunge, moves) and on B (moves, expunge) the
+	// message is gone; on the third node the expunge finds only the first
+	// move's trace in the folder and must leave it marked expunged, so the
+	// move back meets it there too.
+	t.Run("message moved out and back vs expunged, the third node between the moves", func(t *testing.T) {
+		c.t = t
+		root := "r46/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "cur", "46000.M1.a:2,S", body("moved and expunged"), when)
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(b.Mnt, root, "cur", "46000.M1.a:2,S"), filepath.Join(b.Mnt, root, ".X", "cur", "46000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		if err := os.Remove(filepath.Join(a.Mnt, root, "cur", "46000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.cut(0, 2)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".X", "cur", "46000.M1.a:2,S"), filepath.Join(b.Mnt, root, "cur", "46000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		st := c.converge("move out and back vs expunge, three nodes")
+		for _, mb := range []string{root, root + "/.X"} {
+			if m, ok := st.Mailboxes[mb]["46000.M1.a"]; ok {
+				t.Fatalf("the expunged message is in %s: %+v", mb, m)
+			}
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

@@ -288,6 +288,9 @@ type mailFS struct {
 	// deliveryWait, when set, is how a delivery waits for the peers'
 	// acknowledgement (mount --sync-timeout).
 	deliveryWait atomic.Pointer[deliveryWaiter]
+	// beforeRenameLock, in tests, runs in Rename between the paths' lookup
+	// and taking mu (where a folder rename can slip in).
+	beforeRenameLock atomic.Pointer[func(from, to string)]
 }
 
 type deliveryWaiter struct {

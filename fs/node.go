@@ -391,36 +391,66 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
+// renameTries bounds how often Rename looks its paths up again when a
+// directory on them moved before it could take mu.
+const renameTries = 4
+
 func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
 		// RENAME_EXCHANGE would be two changes in one syscall, and no
 		// Maildir writer uses it (nor RENAME_WHITEOUT).
 		return syscall.EINVAL
 	}
-	from := n.child(name)
-	to := relOf(newParent)
+	for try := 1; ; try++ {
+		errno, moved := n.rename(ctx, name, newParent, newName, flags)
+		if !moved {
+			return errno
+		}
+		if try == renameTries {
+			return syscall.EAGAIN
+		}
+	}
+}
+
+// renamePaths is where a rename of name in n to newName in newParent takes
+// the file now, relative to the store.
+func (n *node) renamePaths(name string, newParent fusefs.InodeEmbedder, newName string) (from, to string) {
+	from = n.child(name)
+	to = relOf(newParent)
 	if to != "" {
 		to += "/"
 	}
-	to += newName
+	return from, to + newName
+}
+
+// rename is Rename with its paths looked up once; moved says a directory on
+// them moved before the rename could be made (decide again).
+func (n *node) rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) (errno syscall.Errno, moved bool) {
+	from, to := n.renamePaths(name, newParent, newName)
 	absFrom, absTo := n.m.abs(from), n.m.abs(to)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(absFrom, &st); err != nil {
-		return fusefs.ToErrno(err)
+		return fusefs.ToErrno(err), false
 	}
 	isDirFrom := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
+	if !isDirFrom && maildir.Classify(to, false).Kind == maildir.KindTrash && !n.m.byApplier(ctx) {
+		// Into a folder being deleted (renamed to its trash name, the
+		// caller's lookup of it made before): the file would go with it,
+		// a message the deleter never saw among them. The folder is gone.
+		return syscall.ENOENT, false
+	}
 	if e := n.m.checkTarget(to, st.Mode&syscall.S_IFMT == syscall.S_IFREG); e != 0 {
-		return e
+		return e, false
 	}
 	ev := index.Event{Kind: index.EvRename, Path: from, NewPath: to, IsDir: isDirFrom}
 	if isDirFrom {
 		cf, ct := maildir.Classify(from, true), maildir.Classify(to, true)
 		if !cf.Kind.Replicated() && !ct.Kind.Replicated() && cf.Kind != maildir.KindPlainDir && ct.Kind != maildir.KindTrash {
-			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags), false
 		}
 	} else {
 		if !replicatedFile(from) && !replicatedFile(to) {
-			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+			return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags), false
 		}
 		cf, ct := maildir.Classify(from, false), maildir.Classify(to, false)
 		// A body arriving in new/ or cur/ (or a plain file) from elsewhere
@@ -429,7 +459,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 			if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
 				target, err := os.Readlink(absFrom)
 				if err != nil {
-					return fusefs.ToErrno(err)
+					return fusefs.ToErrno(err), false
 				}
 				ev.File.LinkTarget = target
 			} else if r := n.m.applierOp(ctx); ct.Kind == maildir.KindMessage && r != nil && !r.Content.IsZero() &&
@@ -441,24 +471,34 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 			} else if id, size, err := index.HashFile(absFrom); err == nil {
 				ev.File.Content, ev.File.Size = id, size
 			} else {
-				return fusefs.ToErrno(errors.Unwrap(err))
+				return fusefs.ToErrno(errors.Unwrap(err)), false
 			}
 		}
 		ev.Content = hasher(absTo)
 	}
+	if h := n.m.beforeRenameLock.Load(); h != nil {
+		(*h)(from, to)
+	}
 	n.m.mu.Lock()
+	if f, t := n.renamePaths(name, newParent, newName); f != from || t != to {
+		// A folder on either path was renamed since the lookup (a
+		// folder delete's rename to its trash name, say): the rename
+		// would land elsewhere than the event says.
+		n.m.mu.Unlock()
+		return 0, true
+	}
 	if isDirFrom {
 		if r := n.m.applierOp(ctx); r != nil && r.Kind == journal.MailboxDelete && n.m.holdsUnseenMail(ctx, from, r) {
 			// Decided under mu, where no local delivery can slip in between
 			// the check and the rename: a peer's folder delete never takes
 			// mail its deleter had not seen.
 			n.m.mu.Unlock()
-			return syscall.EBUSY
+			return syscall.EBUSY, false
 		}
 	}
 	if errno := n.LoopbackNode.Rename(ctx, name, newParent, newName, flags); errno != 0 {
 		n.m.mu.Unlock()
-		return errno
+		return errno, false
 	}
 	if !isDirFrom {
 		fi, _, err := statInfo(absTo)
@@ -484,7 +524,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		// stop, reconcile restores the journal's name or redoes the
 		// delivery from tmp/. The delivering MDA fsyncs new/ itself.
 		if len(dirs) == 0 && n.m.deferCommit(ctx, p) {
-			return 0 // the applier waits for it with its segment (ApplyNoWait)
+			return 0, false // the applier waits for it with its segment (ApplyNoWait)
 		}
 		err = n.m.waitDurable(p, dirs...)
 	}
@@ -492,12 +532,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		syscall.Rename(absTo, absFrom)
 	}
 	if err != nil {
-		return n.m.errno("rename", absFrom+" -> "+absTo, err)
+		return n.m.errno("rename", absFrom+" -> "+absTo, err), false
 	}
 	if !isDirFrom && isDelivery(from, to) && !n.m.byApplier(ctx) {
 		n.m.waitPeers(p)
 	}
-	return 0
+	return 0, false
 }
 
 // isDelivery reports whether a rename or link from -> to brings a message
@@ -518,6 +558,9 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 		return nil, fusefs.ToErrno(err)
 	}
 	typ := st.Mode & syscall.S_IFMT
+	if maildir.Classify(to, false).Kind == maildir.KindTrash && !n.m.byApplier(ctx) {
+		return nil, syscall.ENOENT // into a folder being deleted (see Rename)
+	}
 	if e := n.m.checkTarget(to, typ == syscall.S_IFREG); e != 0 {
 		return nil, e
 	}
@@ -542,6 +585,12 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 		}
 	}
 	n.m.mu.Lock()
+	if relOf(target) != from || n.child(name) != to {
+		// A folder on either path was renamed since the lookup (see
+		// Rename): decide again on the paths as they are now.
+		n.m.mu.Unlock()
+		return n.Link(ctx, target, name, out)
+	}
 	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
 	if errno != 0 {
 		n.m.mu.Unlock()

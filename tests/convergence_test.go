@@ -167,8 +167,10 @@ func runScenario(t *testing.T, c *cluster, dir, maildir string, rng *rand.Rand) 
 					}
 				}
 			}
+			dumpLogs(t, c.nodes)
 			t.Fatalf("message %s was lost (never expunged through a mount)", k)
 		case there && w.expunged[k] && !w.moved[k] && !w.inDeleted[k]:
+			dumpLogs(t, c.nodes)
 			t.Fatalf("message %s was expunged through a mount but is back in %s", k, have[k])
 		}
 	}

@@ -288,9 +288,9 @@ type mailFS struct {
 	// deliveryWait, when set, is how a delivery waits for the peers'
 	// acknowledgement (mount --sync-timeout).
 	deliveryWait atomic.Pointer[deliveryWaiter]
-	// beforeRenameLock, in tests, runs in Rename between the paths' lookup
-	// and taking mu (where a folder rename can slip in).
-	beforeRenameLock atomic.Pointer[func(from, to string)]
+	// beforeLock, in tests, runs in Rename, Link, Mkdir and Rmdir between
+	// the paths' lookup and taking mu (where a folder rename can slip in).
+	beforeLock atomic.Pointer[func(op, from, to string)]
 }
 
 type deliveryWaiter struct {

@@ -244,7 +244,15 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if !journaled {
 		return n.LoopbackNode.Mkdir(ctx, name, mode, out)
 	}
+	n.m.testBeforeLock("mkdir", rel, "")
 	n.m.mu.Lock()
+	if n.child(name) != rel {
+		// A folder on the path was renamed since the lookup (a peer's
+		// rename or delete, applied meanwhile): the directory would be
+		// made there while the event names rel. Decide again.
+		n.m.mu.Unlock()
+		return n.Mkdir(ctx, name, mode, out)
+	}
 	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
 	if errno != 0 {
 		n.m.mu.Unlock()
@@ -271,7 +279,12 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if !journaled {
 		return n.LoopbackNode.Rmdir(ctx, name)
 	}
+	n.m.testBeforeLock("rmdir", rel, "")
 	n.m.mu.Lock()
+	if n.child(name) != rel {
+		n.m.mu.Unlock()
+		return n.Rmdir(ctx, name) // a folder on the path moved (see Mkdir)
+	}
 	if errno := n.LoopbackNode.Rmdir(ctx, name); errno != 0 {
 		n.m.mu.Unlock()
 		return errno
@@ -386,6 +399,13 @@ func deliveryInMailbox(from, to string) bool {
 		path.Dir(from) == path.Join(cf.Mailbox, "tmp")
 }
 
+// testBeforeLock runs the test hook beforeLock, if one is set.
+func (m *mailFS) testBeforeLock(op, from, to string) {
+	if h := m.beforeLock.Load(); h != nil {
+		(*h)(op, from, to)
+	}
+}
+
 func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
@@ -476,9 +496,7 @@ func (n *node) rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		}
 		ev.Content = hasher(absTo)
 	}
-	if h := n.m.beforeRenameLock.Load(); h != nil {
-		(*h)(from, to)
-	}
+	n.m.testBeforeLock("rename", from, to)
 	n.m.mu.Lock()
 	if f, t := n.renamePaths(name, newParent, newName); f != from || t != to {
 		// A folder on either path was renamed since the lookup (a
@@ -584,6 +602,7 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 			ev.File.Content, ev.File.Size = id, size
 		}
 	}
+	n.m.testBeforeLock("link", from, to)
 	n.m.mu.Lock()
 	if relOf(target) != from || n.child(name) != to {
 		// A folder on either path was renamed since the lookup (see

@@ -411,8 +411,10 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// renameTries bounds how often Rename looks its paths up again when a
-// directory on them moved before it could take mu.
+// renameTries bounds how often Rename and Link look their paths up again
+// when a directory on them moved before they could take mu (or, for a
+// file with several names, another name's lookup changed the one its
+// path is made of).
 const renameTries = 4
 
 func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
@@ -565,6 +567,12 @@ func isDelivery(from, to string) bool {
 }
 
 func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	return n.link(ctx, target, name, out, renameTries)
+}
+
+// link is Link, looking its paths up again (a folder on them moved) at
+// most tries times.
+func (n *node) link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut, tries int) (*fusefs.Inode, syscall.Errno) {
 	if _, parent := target.EmbeddedInode().Parent(); parent == nil {
 		return nil, syscall.EXDEV // an O_TMPFILE file has no path to link from
 	}
@@ -608,7 +616,10 @@ func (n *node) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 		// A folder on either path was renamed since the lookup (see
 		// Rename): decide again on the paths as they are now.
 		n.m.mu.Unlock()
-		return n.Link(ctx, target, name, out)
+		if tries <= 1 {
+			return nil, syscall.EAGAIN
+		}
+		return n.link(ctx, target, name, out, tries-1)
 	}
 	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
 	if errno != 0 {

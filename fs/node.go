@@ -455,10 +455,12 @@ func (n *node) rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		return fusefs.ToErrno(err), false
 	}
 	isDirFrom := st.Mode&syscall.S_IFMT == syscall.S_IFDIR
-	if !isDirFrom && maildir.Classify(to, false).Kind == maildir.KindTrash && !n.m.byApplier(ctx) {
+	if !isDirFrom && maildir.Classify(to, false).Kind == maildir.KindTrash {
 		// Into a folder being deleted (renamed to its trash name, the
 		// caller's lookup of it made before): the file would go with it,
 		// a message the deleter never saw among them. The folder is gone.
+		// (No Maildir writer, nor the applier, puts files into a trash
+		// directory: they only unlink what is there.)
 		return syscall.ENOENT, false
 	}
 	if e := n.m.checkTarget(to, st.Mode&syscall.S_IFMT == syscall.S_IFREG); e != 0 {
@@ -584,7 +586,7 @@ func (n *node) link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 		return nil, fusefs.ToErrno(err)
 	}
 	typ := st.Mode & syscall.S_IFMT
-	if maildir.Classify(to, false).Kind == maildir.KindTrash && !n.m.byApplier(ctx) {
+	if maildir.Classify(to, false).Kind == maildir.KindTrash {
 		return nil, syscall.ENOENT // into a folder being deleted (see Rename)
 	}
 	if e := n.m.checkTarget(to, typ == syscall.S_IFREG); e != 0 {

@@ -138,6 +138,9 @@ func (t *tx) addMessage(c maildir.Class, ev Event, copyFrom string, rescan bool)
 		return err
 	}
 	nrec.Added, nrec.AddedSeq, nrec.AddedTo = journal.StampOf(&t.lastOp), t.lastOp.Seq, t.addedTo(mb.GUID)
+	if t.remote != nil && t.remote.Kind == journal.MessageMove {
+		nrec.Over = t.remote.Seen // a peer's move made here as an add
+	}
 	if rec != nil {
 		nrec.FlagStamps = rec.FlagStamps
 	}
@@ -296,6 +299,17 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 			return err
 		}
 	}
+	// A move back over the trace of an expunge here names it (op.Seen): the
+	// move was made knowing the expunge, and beats it on every node (the
+	// applier's moveMessage), where a move made without that knowledge
+	// meets it (rules 5 and 7).
+	var overExpunge journal.VersionVector
+	var prevT tombstone
+	if ok, err := t.getRec(tombMessageKey(mbT.GUID, nt.Base), &prevT); err != nil {
+		return err
+	} else if ok && (prevT.MovedTo == nil || prevT.Followed) && prevT.Seq != 0 {
+		overExpunge = journal.VersionVector{prevT.Origin: prevT.Seq}
+	}
 	if err := t.del(tombMessageKey(mbT.GUID, nt.Base)); err != nil {
 		return err
 	}
@@ -303,7 +317,7 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 		FlagStamps: recF.FlagStamps}
 	op := journal.Op{Kind: journal.MessageMove, Mailbox: mbF.GUID, Path: mbF.Path, Target: mbT.GUID,
 		NewPath: mbT.Path, Key: nf.Base, Sub: sub, Flags: flags, Mtime: moved.Mtime, Size: moved.Size,
-		Content: moved.Content, Replaced: replaced}
+		Content: moved.Content, Replaced: replaced, Seen: overExpunge}
 	if nt.Base != nf.Base {
 		op.NewKey = nt.Base
 	}
@@ -313,6 +327,10 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	}
 	last := t.lastOp
 	moved.Added, moved.AddedSeq, moved.AddedTo = journal.StampOf(&last), last.Seq, t.addedTo(mbT.GUID)
+	moved.Over = overExpunge
+	if t.remote != nil && t.remote.Kind == journal.MessageMove {
+		moved.Over = t.remote.Seen
+	}
 	stampFlags(moved, op.Changed, moved.Added)
 	if err := t.takeEarlyFlags(mbT.GUID, nt.Base, moved); err != nil {
 		return err

@@ -127,6 +127,10 @@ type messageRec struct {
 	// FlagStamps holds, per flag name, the op that last set or cleared it:
 	// flags merge one by one, newest change wins (design §6 rule 6).
 	FlagStamps map[string]journal.Stamp `json:"flag_stamps,omitempty"`
+	// Over names the expunge of this key here that the move which put the
+	// message here was made over (the move's op.Seen): that expunge,
+	// arriving later, removed an earlier copy, not this one.
+	Over journal.VersionVector `json:"over,omitempty"`
 }
 
 type appliedRec struct {

@@ -160,6 +160,9 @@ type Message struct {
 	AddedSeq   uint64
 	AddedTo    journal.GUID
 	FlagStamps map[string]journal.Stamp
+	// OverExpunge is the expunge (origin: seq) the move that put the
+	// message here was made over, if any.
+	OverExpunge journal.VersionVector
 }
 
 // Messages calls fn for every message of mailbox g, in key order.

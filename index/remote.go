@@ -443,7 +443,10 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 			// move (its node had the message here): the move wins, and the
 			// key is expunged here as on the expunger's node, where the
 			// move followed the expunge (followMove). A move back meets it.
+			// The trace becomes the expunge's, as the expunger's is (a
+			// move back made knowing it names it: see ExpungedBy).
 			prev.Followed = true
+			prev.Time, prev.Origin, prev.Seq = op.Time, op.Origin, op.Seq
 			return t.putRec(tombMessageKey(g, key), &prev)
 		}
 		return nil
@@ -728,7 +731,7 @@ func (v PeerView) Message(g journal.GUID, key string) (Message, bool, error) {
 	}
 	return Message{Key: key, Name: rec.Name, Sub: rec.Sub, Flags: rec.Flags, Mtime: rec.Mtime, Size: rec.Size,
 		Content: rec.Content, Missing: rec.Missing, Arrived: rec.Arrived, Added: rec.Added, AddedSeq: rec.AddedSeq,
-		AddedTo: rec.AddedTo, FlagStamps: rec.FlagStamps}, true, nil
+		AddedTo: rec.AddedTo, FlagStamps: rec.FlagStamps, OverExpunge: rec.Over}, true, nil
 }
 
 // MessageExpunged reports whether message key of mailbox g has a tombstone.
@@ -749,6 +752,18 @@ func (v PeerView) MovedAway(g journal.GUID, key string) (bool, error) {
 	var ts tombstone
 	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
 	return ok && ts.MovedTo != nil && !ts.Followed, err
+}
+
+// ExpungedBy returns the op (origin and seq) whose expunge of message key
+// of mailbox g left its trace here, if the trace is an expunge's (one a
+// concurrent move followed elsewhere included).
+func (v PeerView) ExpungedBy(g journal.GUID, key string) (journal.NodeID, uint64, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	if err != nil || !ok || (ts.MovedTo != nil && !ts.Followed) {
+		return journal.NodeID{}, 0, false, err
+	}
+	return ts.Origin, ts.Seq, true, nil
 }
 
 // ExpungedAs returns what message key of mailbox g was (directory, flags

@@ -121,7 +121,9 @@ type VersionVector map[NodeID]uint64
 //   - MessageFlags: Mailbox, Path, Key, Sub, Flags, Mtime.
 //   - MessageMove: Mailbox/Path (source), Target/NewPath (destination), Key,
 //     NewKey (when the unique part changed too), Sub, Flags, Mtime, Size,
-//     Content, Replaced.
+//     Content, Replaced, Seen (the expunge of the key in the destination it
+//     was made over, by origin and seq, if any: a move made knowing an
+//     expunge there beats it).
 //   - MessageExpunge: Mailbox, Path, Key.
 //   - FileWrite: Path, From (the source of a rename, if the write was one),
 //     Mode, Mtime, Size, Content, LinkTarget for symlinks, Seen (the

@@ -1863,9 +1863,16 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		// out of it followed stays one: the move back is an add that meets
 		// it (rules 5 and 7), as on the mover's node, where the expunge
 		// comes after the move back and removes the message.
+		// A move made knowing the expunge (its mover had applied it:
+		// op.Seen names it) beats it.
 		err = a.view(func(v index.PeerView) error {
 			movedAway, err := v.MovedAway(dst.GUID, newKey)
-			expunged = !movedAway
+			if err != nil || movedAway {
+				expunged = false
+				return err
+			}
+			origin, seq, ok, err := v.ExpungedBy(dst.GUID, newKey)
+			expunged = !(ok && seq != 0 && op.Seen[origin] >= seq)
 			return err
 		})
 	}
@@ -1999,7 +2006,9 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 	if err != nil {
 		return err
 	}
-	if !have {
+	if !have || (op.Seq != 0 && local.OverExpunge[op.Origin] >= op.Seq) {
+		// Not here; or here by a move made over this very expunge (its
+		// mover had applied it): the expunge took an earlier copy.
 		return a.meta(ctx, op)
 	}
 	var mb index.Mailbox

@@ -134,6 +134,9 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 		if op.Sub != journal.SubNew && op.Sub != journal.SubCur {
 			return badOp(op, "message subdirectory %d invalid", op.Sub)
 		}
+		if len(op.Seen) > 1 {
+			return badOp(op, "message move names %d expunges it was made over, more than 1", len(op.Seen))
+		}
 	case journal.FileWrite, journal.FileDelete:
 		// A path this version keeps per node (KindCache) is accepted and
 		// ignored: a journal written before it was classified so must

@@ -344,7 +344,7 @@ func TestConvergenceRegressions(t *testing.T) {
 	// because its expunge, which B's first move had followed to .X, was
 	// taken for that move's trace when the second move came back; B did
 	// not keep it. Whatever reaches whom first, both sides must agree.
-	for _, order := range []string{"partitioned", "moves first", "expunge first", "flag between moves", "moves apart"} {
+	for _, order := range []string{"partitioned", "moves first", "expunge first", "flag between moves", "moves apart", "move back after the expunge"} {
 		t.Run("message moved out and back vs flagged and expunged, "+order, func(t *testing.T) {
 			c.t = t
 			root := "r45" + strings.ReplaceAll(order, " ", "-") + "/Maildir"
@@ -406,6 +406,16 @@ func TestConvergenceRegressions(t *testing.T) {
 				c.pushed(1, 0)
 				c.cut(0, 1)
 				moveBack()
+			case "move back after the expunge":
+				// B moves the message back after A's expunge reached it:
+				// that move is made knowing the expunge, and must stand
+				// on A too, where the expunge was there first.
+				moveOut()
+				expunge()
+				c.healFrom(0, 1)
+				c.pushed(0, 1)
+				c.cut(0, 1)
+				moveBack()
 			case "flag between moves":
 				// A flags and expunges the message in .X, where B's
 				// first move put it, while B moves it back: the move
@@ -427,7 +437,7 @@ func TestConvergenceRegressions(t *testing.T) {
 			// in its source; an add (a move's, too) meets an expunge in
 			// its target and is dropped (rules 5 and 7).
 			want := map[string]string{"partitioned": "", "moves first": "", "moves apart": "",
-				"expunge first": root + "/.X", "flag between moves": root}[order]
+				"expunge first": root + "/.X", "flag between moves": root, "move back after the expunge": root}[order]
 			for _, mb := range []string{root, root + "/.X"} {
 				if _, ok := st.Mailboxes[mb]["45000.M1.a"]; ok != (mb == want) {
 					t.Fatalf("%s holds %v, .X %v; want the message only in %q", root, st.Mailboxes[root], st.Mailboxes[root+"/.X"], want)
@@ -1480,6 +1490,39 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			if m, ok := st.Mailboxes[mb]["46000.M1.a"]; ok {
 				t.Fatalf("the expunged message is in %s: %+v", mb, m)
 			}
+		}
+		sameGUIDs(t, c)
+	})
+
+	// B moves the message back after A's expunge reached it (the move is
+	// made over the expunge and beats it); the third node gets both of B's
+	// moves before A's expunge, which must not take the message moved back
+	// over it.
+	t.Run("message moved back over an expunge, the expunge last on the third node", func(t *testing.T) {
+		c.t = t
+		root := "r47/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "cur", "47000.M1.a:2,S", body("moved back over an expunge"), when)
+		c.converge("setup")
+		c.partition()
+		if err := os.Rename(filepath.Join(b.Mnt, root, "cur", "47000.M1.a:2,S"), filepath.Join(b.Mnt, root, ".X", "cur", "47000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(a.Mnt, root, "cur", "47000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".X", "cur", "47000.M1.a:2,S"), filepath.Join(b.Mnt, root, "cur", "47000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		st := c.converge("move back over an expunge, three nodes")
+		if _, ok := st.Mailboxes[root]["47000.M1.a"]; !ok || len(st.Mailboxes[root+"/.X"]) != 0 {
+			t.Fatalf("%s holds %v, .X %v; want the message moved back", root, st.Mailboxes[root], st.Mailboxes[root+"/.X"])
 		}
 		sameGUIDs(t, c)
 	})

@@ -53,7 +53,10 @@ type Mailbox struct {
 	Messages int64
 	Missing  bool
 	Keywords []string
-	Renamed  journal.Stamp
+	// Renamed and RenamedSeq: the op that last set Path (a rename, or the
+	// create).
+	Renamed    journal.Stamp
+	RenamedSeq uint64
 	// Created, CreatedSeq and CreatedPath: the op that created the mailbox.
 	Created     journal.Stamp
 	CreatedSeq  uint64

@@ -866,7 +866,7 @@ func (v PeerView) DirKnown(path string) (bool, error) { return v.t.has(dirKey(pa
 
 func mailboxOf(mb *mailboxRec) Mailbox {
 	return Mailbox{GUID: mb.GUID, Path: mb.Path, Messages: mb.Messages, Missing: mb.Missing, Keywords: mb.Keywords,
-		Renamed: mb.Renamed, Created: mb.Created, CreatedSeq: mb.CreatedSeq, CreatedPath: mb.CreatedPath,
+		Renamed: mb.Renamed, RenamedSeq: mb.RenamedSeq, Created: mb.Created, CreatedSeq: mb.CreatedSeq, CreatedPath: mb.CreatedPath,
 		CreatedGUID: mb.CreatedGUID, CreatedSeen: mb.CreatedSeen, MergedCreates: mb.MergedCreates}
 }
 

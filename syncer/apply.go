@@ -824,22 +824,60 @@ func (a *applier) keptForUnseenAt(op *journal.Op, g journal.GUID, p string) (ind
 		}
 		for d, ts := range dead {
 			sawDelete := (ts.Stamp.Origin == op.Origin && op.Seq > ts.Seq) || op.Seen[ts.Stamp.Origin] >= ts.Seq
-			if !sawDelete || seenSince(op, ts.Seen) {
+			if !sawDelete {
 				continue
 			}
 			mb, live, err := v.Mailbox(d)
 			if err != nil {
 				return err
 			}
-			if live && mb.GUID != g && mb.Path != p {
-				found, ok = mb, true
-				return nil
+			if !live || mb.GUID == g || mb.Path == p {
+				continue
 			}
+			if saw, err := sawKeptMailbox(v, op, mb, ts); err != nil || saw {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			found, ok = mb, true
+			return nil
 		}
 		return nil
 	})
 	return found, ok, err
 }
+
+// sawKeptMailbox reports whether op's creator had seen what made mb, kept
+// for mail the delete ts had not seen, differ from what that delete left:
+// the rename that took it from the deleted path, or an add of that unseen
+// mail. Had it seen neither, then on its node the mail came after op and
+// was kept at the deleted path, where op's mailbox was: the two are one
+// there, and the rename moved them together. (Anything else it had seen
+// since the delete does not bear on that.)
+func sawKeptMailbox(v index.PeerView, op *journal.Op, mb index.Mailbox, ts index.Tombstone) (bool, error) {
+	had := func(origin journal.NodeID, seq uint64) bool {
+		return seq != 0 && ((origin == op.Origin && seq < op.Seq) || op.Seen[origin] >= seq)
+	}
+	if had(mb.Renamed.Origin, mb.RenamedSeq) {
+		return true, nil
+	}
+	saw := false
+	err := v.Messages(mb.GUID, func(m index.Message) error {
+		if ts.Seen[m.Added.Origin] < m.AddedSeq && had(m.Added.Origin, m.AddedSeq) {
+			saw = true
+			return errStopScan
+		}
+		return nil
+	})
+	if errors.Is(err, errStopScan) {
+		err = nil
+	}
+	return saw, err
+}
+
+// errStopScan ends a scan early.
+var errStopScan = errors.New("scan stopped")
 
 // seenSince reports whether op's creator had seen an op of another node
 // that a node having applied seen had not.

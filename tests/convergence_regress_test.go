@@ -1526,6 +1526,41 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B deletes C's folder .S, sees an unrelated change of A's, and makes
+	// .S again; meanwhile C adds mail to its .S and renames it .R. On A the
+	// mail comes after B's ops and is kept at .S, where it merges with B's
+	// new .S, and C's rename moves both to .R. On C the rename came first:
+	// B's create must join the folder kept at .R (B had seen neither the
+	// mail nor the rename; A's change is beside the point).
+	t.Run("create after a delete and an unrelated change, the kept folder renamed meanwhile", func(t *testing.T) {
+		c.t = t
+		root := "r48/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		mkMailbox(t, n3.Mnt, root+"/.S")
+		c.converge("C's folder")
+		c.partition()
+		deliverMsg(t, n3.Mnt, root+"/.S", "new", "48000.M1.c", body("not seen by the deleter"), when)
+		if err := os.Rename(filepath.Join(n3.Mnt, root, ".S"), filepath.Join(n3.Mnt, root, ".R")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.S")
+		deliverMsg(t, a.Mnt, root, "new", "48001.M1.a", body("unrelated"), when)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		mkMailbox(t, b.Mnt, root+"/.S")
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		st := c.converge("create after a delete, kept folder renamed")
+		if got := st.Mailboxes[root+"/.R"]; len(got) != 1 || st.Mailboxes[root+"/.S"] != nil {
+			t.Fatalf(".R holds %v, .S %v; want C's mail in .R and no .S (folders %v)", got, st.Mailboxes[root+"/.S"], keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

@@ -305,7 +305,7 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 	ts := &tombstone{Time: last.Time, Origin: last.Origin, Seq: last.Seq, Path: mb.Path, Seen: op.Seen,
 		Creates: mailboxOf(mb).Creates(), CreatedPath: mb.CreatedPath}
 	if renamed := mb.Renamed; renamed != (journal.Stamp{}) {
-		ts.Renamed = &renamed // an older rename the deleter had not seen does not move Path
+		ts.Renamed, ts.RenamedSeq = &renamed, mb.RenamedSeq // an older rename the deleter had not seen does not move Path
 	}
 	if r := t.remote; r != nil && r.Kind == journal.MailboxDelete && r.Path != "" && r.Path != mb.Path &&
 		t.resolve(r.Mailbox) == mb.GUID && r.Seen[mb.Renamed.Origin] >= mb.RenamedSeq {
@@ -313,7 +313,7 @@ func (t *tx) deleteMailbox(mb *mailboxRec) error {
 		// rename of it since that has not arrived yet: where the deleter
 		// had it is where mail it had not seen is kept (that rename, seen
 		// by the deleter, changes nothing when it comes).
-		ts.Path, ts.Renamed = r.Path, nil
+		ts.Path, ts.Renamed, ts.RenamedSeq = r.Path, nil, 0
 	}
 	return t.putRec(tombMailboxKey(mb.GUID), ts)
 }

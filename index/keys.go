@@ -237,6 +237,9 @@ type tombstone struct {
 	// Renamed, for a mailbox: the stamp of the newest rename its deleter
 	// had not seen, which moved Path (the mail kept from it is there).
 	Renamed *journal.Stamp `json:"renamed,omitempty"`
+	// RenamedSeq is that rename's seq (0 in records written before it was
+	// kept).
+	RenamedSeq uint64 `json:"renamed_seq,omitempty"`
 }
 
 type counts struct {

@@ -228,7 +228,7 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if err != nil || !ok || ts.Seen[op.Origin] >= op.Seq || (ts.Renamed != nil && st.Less(*ts.Renamed)) {
 			return err
 		}
-		ts.Path, ts.Renamed = op.NewPath, &st
+		ts.Path, ts.Renamed, ts.RenamedSeq = op.NewPath, &st, op.Seq
 		return t.putRec(tombMailboxKey(op.Mailbox), &ts)
 	}
 	return nil
@@ -602,8 +602,9 @@ type Tombstone struct {
 	// (kept for mailboxes deleted here).
 	Creates     []CreateRef
 	CreatedPath string
-	// Renamed: the stamp of the rename that had taken it to Path, if any.
-	Renamed journal.Stamp
+	// Renamed and RenamedSeq: the rename that had taken it to Path, if any.
+	Renamed    journal.Stamp
+	RenamedSeq uint64
 }
 
 // PeerView is a read-only snapshot of the index for the syncer's merge
@@ -662,7 +663,7 @@ func tombstoneOf(ts *tombstone) Tombstone {
 	out := Tombstone{Stamp: journal.Stamp{Time: ts.Time, Origin: ts.Origin}, Seq: ts.Seq, Path: ts.Path, Seen: ts.Seen,
 		Creates: ts.Creates, CreatedPath: ts.CreatedPath}
 	if ts.Renamed != nil {
-		out.Renamed = *ts.Renamed
+		out.Renamed, out.RenamedSeq = *ts.Renamed, ts.RenamedSeq
 	}
 	return out
 }

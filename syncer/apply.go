@@ -669,7 +669,7 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			if tomb.Path == "" && op.Path != "" {
 				p = op.Path
 			}
-			if err := a.joinCreatedSince(ctx, tomb, g, p); err != nil {
+			if err := a.joinCreatedSince(ctx, op, tomb, g, p); err != nil {
 				return index.Mailbox{}, err
 			}
 			continue
@@ -879,28 +879,13 @@ func sawKeptMailbox(v index.PeerView, op *journal.Op, mb index.Mailbox, ts index
 // errStopScan ends a scan early.
 var errStopScan = errors.New("scan stopped")
 
-// seenSince reports whether op's creator had seen an op of another node
-// that a node having applied seen had not.
-func seenSince(op *journal.Op, seen journal.VersionVector) bool {
-	return seenSinceBy(op.Origin, op.Seen, seen)
-}
-
-func seenSinceBy(origin journal.NodeID, had, seen journal.VersionVector) bool {
-	for o, n := range had {
-		if o != origin && n > seen[o] {
-			return true
-		}
-	}
-	return false
-}
-
 // joinCreatedSince is keptForUnseenAt seen from the other side: g is to
 // keep, at p, mail that the delete tomb had not seen, and a mailbox was
 // made at p since, by a create that had seen that delete and nothing since
 // that it had not, and renamed away. On the nodes where the mail was kept
 // before that create came, the two merged at p (rule 3) and moved together:
 // so g is one with it here (the higher GUID kept).
-func (a *applier) joinCreatedSince(ctx context.Context, tomb index.Tombstone, g journal.GUID, p string) error {
+func (a *applier) joinCreatedSince(ctx context.Context, op *journal.Op, tomb index.Tombstone, g journal.GUID, p string) error {
 	var (
 		since index.Mailbox
 		found bool
@@ -919,7 +904,7 @@ func (a *applier) joinCreatedSince(ctx context.Context, tomb index.Tombstone, g 
 			}
 			sawDelete := (m.Created.Origin == tomb.Stamp.Origin && m.CreatedSeq > tomb.Seq) ||
 				m.CreatedSeen[tomb.Stamp.Origin] >= tomb.Seq
-			if !sawDelete || seenSinceBy(m.Created.Origin, m.CreatedSeen, tomb.Seen) {
+			if !sawDelete || createSawKept(m, op, tomb) {
 				continue
 			}
 			if !found || string(m.GUID[:]) > string(since.GUID[:]) {
@@ -943,6 +928,22 @@ func (a *applier) joinCreatedSince(ctx context.Context, tomb index.Tombstone, g 
 		return err
 	}
 	return a.applyEarlyFlags(ctx, winner, loser)
+}
+
+// createSawKept reports whether the create of m had seen what keeps mail
+// of the deleted mailbox tomb apart from it on its creator's node: op, the
+// unseen mail arriving here, or a rename of the deleted mailbox the delete
+// had not seen (which takes the kept mail elsewhere). Anything else its
+// creator had seen since the delete does not bear on it.
+func createSawKept(m index.Mailbox, op *journal.Op, tomb index.Tombstone) bool {
+	had := func(origin journal.NodeID, seq uint64) bool {
+		return seq != 0 && ((origin == m.Created.Origin && seq < m.CreatedSeq) || m.CreatedSeen[origin] >= seq)
+	}
+	if had(op.Origin, op.Seq) {
+		return true
+	}
+	r := tomb.Renamed
+	return !r.Origin.IsZero() && tomb.Seen[r.Origin] < tomb.RenamedSeq && had(r.Origin, tomb.RenamedSeq)
 }
 
 // applyEarlyDelete applies the delete of mailbox g that reached this node

@@ -339,6 +339,37 @@ func TestConvergenceRegressions(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+	// r44 with a change of A's that B sees between its delete and its
+	// create: that change is beside the point (B had seen neither A's mail
+	// to the old .S nor a rename of it), so the mail must still join the
+	// folder B made at .S and renamed to .T.
+	t.Run("mail kept from a deleted folder after the folder made again moved, an unrelated change seen between", func(t *testing.T) {
+		c.t = t
+		root := "r49/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.S")
+		c.converge("setup")
+		c.cut(0, 1)
+		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.S")
+		deliverMsg(t, a.Mnt, root, "new", "49000.M1.a", body("unrelated"), when)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		mkMailbox(t, b.Mnt, root+"/.S")
+		if err := os.Rename(filepath.Join(b.Mnt, root, ".S"), filepath.Join(b.Mnt, root, ".T")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, a.Mnt, root+"/.S", "new", "49001.M1.a", body("not seen by the deleter"), when)
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		waitForPath(t, filepath.Join(a.Mnt, root, ".T", "new", "49001.M1.a"))
+		st := c.converge("mail kept from a deleted folder, made again and moved, unrelated change between")
+		if got := st.Mailboxes[root+"/.T"]; len(got) != 1 || st.Mailboxes[root+"/.S"] != nil {
+			t.Fatalf(".T holds %v; want A's mail there and no .S (folders %v)", got, keys(st.Mailboxes))
+		}
+		sameGUIDs(t, c)
+	})
+
 	// B moves a message out of a folder and back while A flags and expunges
 	// it. Seen in the random test ("moves apart"): A kept the message,
 	// because its expunge, which B's first move had followed to .X, was

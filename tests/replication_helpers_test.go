@@ -71,6 +71,7 @@ func syncAll(t *testing.T, nodes ...*node) {
 			for _, m := range nodes {
 				fmt.Fprintf(&logs, "--- %s:\n%s\n", m.Name, tail(m.Log(), 25))
 			}
+			dumpLogs(t, nodes)
 			t.Fatalf("mailfs sync on %s: exit %d: %s%s\nlogs:\n%s", n.Name, code, out, errs, logs.String())
 		}
 	}

@@ -946,6 +946,35 @@ func createSawKept(m index.Mailbox, op *journal.Op, tomb index.Tombstone) bool {
 	return !r.Origin.IsZero() && tomb.Seen[r.Origin] < tomb.RenamedSeq && had(r.Origin, tomb.RenamedSeq)
 }
 
+// aliasRecreated makes recreated, a GUID derived for mail a delete had not
+// seen that was merged into survivor on the other nodes, a name of
+// survivor here, unless it names a mailbox of its own (live or deleted) or
+// is a name of one already.
+// Flag changes that came naming it before are applied to survivor.
+func (a *applier) aliasRecreated(ctx context.Context, recreated, survivor journal.GUID) error {
+	skip := false
+	err := a.view(func(v index.PeerView) error {
+		if v.Resolve(recreated) != recreated {
+			skip = true
+			return nil
+		}
+		_, have, err := v.Mailbox(recreated)
+		if err != nil || have {
+			skip = have
+			return err
+		}
+		_, skip, err = v.MailboxTombstone(recreated)
+		return err
+	})
+	if err != nil || skip {
+		return err
+	}
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: recreated, NewGUID: survivor}); err != nil {
+		return err
+	}
+	return a.applyEarlyFlags(ctx, survivor, recreated)
+}
+
 // applyEarlyDelete applies the delete of mailbox g that reached this node
 // before g did: a third node deleted the mailbox kept under g for mail an
 // earlier delete had not seen, and that earlier delete, which made g here,
@@ -1386,6 +1415,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			}
 		}
 		survivor := index.Survivor(unseenCreates)
+		var recreated journal.GUID
 		for _, named := range unseenNamed {
 			if slices.ContainsFunc(unseenCreates, func(c index.CreateRef) bool { return c.GUID == named }) {
 				continue // the deleter puts it in that create's mailbox
@@ -1395,8 +1425,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			// (rule 4; op's, which here may be merged into a create it had
 			// not seen), which the creates it had not seen merge with when
 			// they arrive (rule 3).
-			if r := index.RecreatedGUID(op.Mailbox); string(r[:]) > string(survivor[:]) {
-				survivor = r
+			recreated = index.RecreatedGUID(op.Mailbox)
+			if string(recreated[:]) > string(survivor[:]) {
+				survivor = recreated
 			}
 			break
 		}
@@ -1407,6 +1438,15 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 		}
 		if survivor != mb.GUID {
 			if err := a.applyEarlyFlags(ctx, survivor, mb.GUID); err != nil {
+				return err
+			}
+		}
+		if !recreated.IsZero() && recreated != survivor {
+			// The deleter and the nodes that kept the mail before the
+			// creates came had it under the derived GUID, merged into the
+			// survivor since: the deleter's later ops on that mail name the
+			// derived one, which is a name of the survivor here too.
+			if err := a.aliasRecreated(ctx, recreated, survivor); err != nil {
 				return err
 			}
 		}

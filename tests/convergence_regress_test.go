@@ -1592,6 +1592,43 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B and A each make .F; B adds mail to its .F, which C, having seen
+	// B's create but not the mail, deletes. C keeps the mail under the GUID
+	// derived from B's (rule 4) and flags it; A's create, higher than both,
+	// then absorbs that folder on C and B. On A, which merged the two
+	// creates before the delete came, the delete keeps the folder as A's:
+	// C's flag change, naming the derived GUID, must find it there too.
+	t.Run("flags on mail kept from a delete, the kept folder merged into a higher create", func(t *testing.T) {
+		c.t = t
+		root := "r50/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := concurrentPairWhere(t, root+"/.F", b, a, "A's create above B's and the GUID derived from it",
+			func(gb, ga journal.GUID) bool {
+				r := index.RecreatedGUID(gb)
+				return string(ga[:]) > string(gb[:]) && string(ga[:]) > string(r[:])
+			})
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		deliverMsg(t, b.Mnt, mb, "new", "50000.M1.b", body("not seen by the deleter"), when)
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		waitForPath(t, filepath.Join(n3.Mnt, mb, "new", "50000.M1.b"))
+		setFlags(t, n3.Mnt, mb, "50000.M1.b", "RS")
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		st := c.converge("flags on mail kept from a delete")
+		if m, ok := st.Mailboxes[mb]["50000.M1.b"]; !ok || m.Flags != `\Answered \Seen` {
+			t.Fatalf("%s holds %v; want 50000.M1.b answered and seen", mb, st.Mailboxes[mb])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

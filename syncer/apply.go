@@ -1826,6 +1826,18 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 	}
 	from := path.Join(mb.Path, subName(local.Sub), local.Name)
 	to := path.Join(mb.Path, subName(sub), name)
+	if local.Missing {
+		// Its file went behind mailfs's back: the change is recorded in
+		// the index, and the full sync brings the file back under the new
+		// name.
+		for _, ev := range []index.Event{{Kind: index.EvRename, Path: from, NewPath: to, Remote: op},
+			{Kind: index.EvMissing, Path: to}} {
+			if _, err := a.store.Commit(ctx, ev); err != nil {
+				return fmt.Errorf("flags of missing %s: %w", from, err)
+			}
+		}
+		return a.meta(ctx, op)
+	}
 	if a.async && a.behind && op.Kind == journal.MessageFlags && sub == local.Sub {
 		// A batch's flag change: held, and made behind the kernel's back
 		// when the next change in its directory comes, or through the
@@ -1891,7 +1903,16 @@ func (a *applier) flagMessage(ctx context.Context, op *journal.Op) error {
 		op = &moved
 	}
 	if err := a.mergeFlags(ctx, op, mb, local, op.Changed); err != nil {
-		return err
+		if !errors.Is(err, syscall.ENOENT) || local.Missing {
+			return err
+		}
+		if gone, gerr := a.markGone(ctx, mb, local); gerr != nil || !gone {
+			return errors.Join(err, gerr)
+		}
+		local.Missing = true
+		if err := a.mergeFlags(ctx, op, mb, local, op.Changed); err != nil {
+			return err
+		}
 	}
 	if op.Mtime != 0 && op.Mtime != local.Mtime {
 		// A flag op carries the message's mtime (utimens on a message).
@@ -2069,7 +2090,19 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		}
 		return renameFile(a.abs(from), a.abs(to))
 	}); err != nil {
-		return err
+		if !errors.Is(err, syscall.ENOENT) || src.Missing {
+			return err
+		}
+		if gone, gerr := a.markGone(ctx, srcMb, src); gerr != nil || !gone {
+			return errors.Join(err, gerr)
+		}
+		// Its file gone behind mailfs's back, the source is not here: the
+		// move is an add in the target, with the body it carries (decided
+		// again, as for a message expunged here).
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvUnlink, Path: from, Remote: op}); err != nil {
+			return fmt.Errorf("drop the record of %s: %w", from, err)
+		}
+		return fmt.Errorf("%w: the file of %s was gone", errRace, from)
 	}
 	return a.meta(ctx, op)
 }
@@ -2098,7 +2131,106 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 	if err != nil || !have {
 		return err
 	}
-	return a.unlinkMessage(op, mb, local)
+	err = a.unlinkMessage(op, mb, local)
+	if errors.Is(err, syscall.ENOENT) {
+		return a.expungeMissing(ctx, op, mb, local)
+	}
+	return err
+}
+
+// markGone marks m of mb missing when its file is not on disk where the
+// index has it (gone behind mailfs's back), so that a peer's change to it
+// is not refused on every resend; the full sync restores it. A message or
+// mailbox renamed meanwhile is a race (decided again); a file that is
+// there is left alone (gone reports false).
+func (a *applier) markGone(ctx context.Context, mb index.Mailbox, m index.Message) (gone bool, err error) {
+	var (
+		now        index.Message
+		have, live bool
+		at         index.Mailbox
+	)
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		if now, have, err = v.Message(mb.GUID, m.Key); err != nil || !have {
+			return err
+		}
+		at, live, err = v.Mailbox(mb.GUID)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	switch {
+	case !have || now.Name != m.Name || now.Sub != m.Sub:
+		return false, fmt.Errorf("%w: %s renamed or gone meanwhile", errRace, m.Name)
+	case !live || at.Path != mb.Path:
+		return false, fmt.Errorf("%w: mailbox %s moved", errRace, mb.Path)
+	}
+	rel := path.Join(mb.Path, subName(m.Sub), m.Name)
+	if _, err := os.Lstat(a.backing(rel)); !errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	a.log.Warn("a message file the index has is not on disk; marked missing (a full sync restores it)", "path", rel)
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvMissing, Path: rel}); err != nil {
+		return false, fmt.Errorf("mark %s missing: %w", rel, err)
+	}
+	return true, nil
+}
+
+// expungeMissing carries out op, a peer's expunge of m, whose file is not
+// where the index has it. A local rename since (a flag change, a move of
+// the mailbox) is decided again; a file under another name of the same
+// message goes; and a file gone behind mailfs's back (a crash between a
+// rename and its record, an admin's rm) is what op asked for: the index
+// forgets it with op's stamp. Refusing instead would refuse the segment
+// on every resend, and every later op of that peer with it.
+func (a *applier) expungeMissing(ctx context.Context, op *journal.Op, mb index.Mailbox, m index.Message) error {
+	var (
+		now        index.Message
+		have, live bool
+		at         index.Mailbox
+	)
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		if now, have, err = v.Message(mb.GUID, m.Key); err != nil || !have {
+			return err
+		}
+		at, live, err = v.Mailbox(mb.GUID)
+		return err
+	}); err != nil {
+		return err
+	}
+	switch {
+	case !have:
+		return nil // gone meanwhile, with its record
+	case now.Name != m.Name || now.Sub != m.Sub:
+		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
+	case !live || at.Path != mb.Path:
+		return fmt.Errorf("%w: mailbox %s moved", errRace, mb.Path)
+	}
+	for _, sub := range []string{"cur", "new"} {
+		ents, err := os.ReadDir(a.backing(path.Join(mb.Path, sub)))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("expunge %s in %s: %w", m.Key, mb.Path, err)
+		}
+		for _, e := range ents {
+			if e.Name() == m.Key || strings.HasPrefix(e.Name(), m.Key+":") {
+				// The same message under a name the index does not have.
+				a.log.Warn("expunging a message whose file has another name than the index says",
+					"mailbox", mb.Path, "indexed", m.Name, "found", path.Join(sub, e.Name()))
+				other := a.abs(path.Join(mb.Path, sub, e.Name()))
+				if err := a.mnt.Apply(op, func() error { return os.Remove(other) }); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("expunge %s in %s: %w", m.Key, mb.Path, err)
+				}
+			}
+		}
+	}
+	rel := path.Join(mb.Path, subName(m.Sub), m.Name)
+	a.log.Warn("a message the index has was not on disk; the peer's expunge is recorded", "path", rel,
+		"peer", op.Origin.Short(), "seq", op.Seq)
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvUnlink, Path: rel, Remote: op}); err != nil {
+		return fmt.Errorf("expunge %s: %w", rel, err)
+	}
+	return a.meta(ctx, op)
 }
 
 // unlinkDeleted removes message m of mailbox mb, deleted with it by op. A

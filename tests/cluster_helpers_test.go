@@ -139,18 +139,10 @@ func (c *cluster) healFrom(i, j int) {
 func (c *cluster) pushed(i, j int) {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	var kicked time.Time
 	for {
 		p := peerState(c.t, c.nodes[i], c.nodes[j].ID)
 		if p != nil && p["connected"] == true && p["lag_ops"] == float64(0) {
 			return
-		}
-		if time.Since(kicked) > 2*time.Second {
-			// A link cut for long has its reconnect backed off up to half a
-			// minute; a sync retries every peer at once (it may time out
-			// here: the other links can be cut).
-			runMailfs(c.t, "sync", "--store", c.nodes[i].Store, "--timeout", "200ms")
-			kicked = time.Now()
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("%s did not get all of %s's ops within 30s: %v", c.nodes[j].Name, c.nodes[i].Name, p)

@@ -477,6 +477,77 @@ func TestConvergenceRegressions(t *testing.T) {
 			sameGUIDs(t, c)
 		})
 	}
+
+	// A message file gone from B's disk behind mailfs's back while B runs
+	// (its index still has it; the random test hit it after SIGKILLs):
+	// A's expunge of it must not be refused on every resend, holding up
+	// every later op of A's.
+	t.Run("expunge of a message whose file is gone from the peer's disk", func(t *testing.T) {
+		c.t = t
+		root := "r51/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		deliverMsg(t, a.Mnt, root, "cur", "51000.M1.a:2,S", body("gone on b"), when)
+		deliverMsg(t, a.Mnt, root, "cur", "51001.M1.a:2,S", body("renamed behind b's back"), when)
+		c.converge("setup")
+		if err := os.Remove(filepath.Join(b.Store, "maildir", root, "cur", "51000.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(b.Store, "maildir", root, "cur", "51001.M1.a:2,S"),
+			filepath.Join(b.Store, "maildir", root, "cur", "51001.M1.a:2,FS")); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"51000.M1.a", "51001.M1.a"} {
+			sub, name := findMsg(t, a.Mnt, root, k)
+			if err := os.Remove(filepath.Join(a.Mnt, root, sub, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deliverMsg(t, a.Mnt, root, "new", "51002.M1.a", body("after the expunges"), when)
+		st := c.converge("expunges of files gone or renamed behind mailfs's back")
+		if got := st.Mailboxes[root]; len(got) != 1 || got["51002.M1.a"].Sub != "new" {
+			t.Fatalf("%s holds %v; want only 51002.M1.a", root, got)
+		}
+		waitLog(t, b.mailfsProc, 5*time.Second, "the peer's expunge is recorded")
+		waitLog(t, b.mailfsProc, 5*time.Second, "has another name than the index says")
+	})
+
+	// The same for a flag change and a move: B records the flag change on
+	// the missing message (the full sync brings it back with the new
+	// flags) and puts the moved one into the target from the body the
+	// move carries.
+	t.Run("flag change and move of messages whose files are gone from the peer's disk", func(t *testing.T) {
+		c.t = t
+		root := "r52/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root, "cur", "52000.M1.a:2,S", body("flagged"), when)
+		deliverMsg(t, a.Mnt, root, "cur", "52001.M1.a:2,S", body("moved"), when)
+		c.converge("setup")
+		for _, name := range []string{"52000.M1.a:2,S", "52001.M1.a:2,S"} {
+			if err := os.Remove(filepath.Join(b.Store, "maildir", root, "cur", name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setFlags(t, a.Mnt, root, "52000.M1.a", "FS")
+		if err := os.Rename(filepath.Join(a.Mnt, root, "cur", "52001.M1.a:2,S"), filepath.Join(a.Mnt, root, ".X", "cur", "52001.M1.a:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, a, b) // B acknowledges both ops instead of refusing them
+		if _, err := os.Stat(filepath.Join(b.Mnt, root, ".X", "cur", "52001.M1.a:2,S")); err != nil {
+			t.Fatalf("the moved message is not in .X on B: %v", err)
+		}
+		waitLog(t, b.mailfsProc, 5*time.Second, "marked missing (a full sync restores it)")
+		if out, errs, code := runMailfs(t, "sync", "--full", "--store", b.Store, "--timeout", "60s"); code != 0 {
+			t.Fatalf("sync --full on B: exit %d: %s%s", code, out, errs)
+		}
+		st := c.converge("flag change and move of files gone behind mailfs's back")
+		if m, ok := st.Mailboxes[root]["52000.M1.a"]; !ok || m.Flags != `\Flagged \Seen` || len(st.Mailboxes[root]) != 1 {
+			t.Fatalf("%s holds %v; want 52000.M1.a flagged and seen", root, st.Mailboxes[root])
+		}
+		if _, ok := st.Mailboxes[root+"/.X"]["52001.M1.a"]; !ok || len(st.Mailboxes[root+"/.X"]) != 1 {
+			t.Fatalf(".X holds %v; want 52001.M1.a", st.Mailboxes[root+"/.X"])
+		}
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -2144,26 +2144,12 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 // mailbox renamed meanwhile is a race (decided again); a file that is
 // there is left alone (gone reports false).
 func (a *applier) markGone(ctx context.Context, mb index.Mailbox, m index.Message) (gone bool, err error) {
-	var (
-		now        index.Message
-		have, live bool
-		at         index.Mailbox
-	)
-	if err := a.view(func(v index.PeerView) error {
-		var err error
-		if now, have, err = v.Message(mb.GUID, m.Key); err != nil || !have {
-			return err
-		}
-		at, live, err = v.Mailbox(mb.GUID)
-		return err
-	}); err != nil {
+	have, live, err := a.indexedAs(mb, m)
+	if err != nil {
 		return false, err
 	}
-	switch {
-	case !have || now.Name != m.Name || now.Sub != m.Sub:
-		return false, fmt.Errorf("%w: %s renamed or gone meanwhile", errRace, m.Name)
-	case !live || at.Path != mb.Path:
-		return false, fmt.Errorf("%w: mailbox %s moved", errRace, mb.Path)
+	if !have || !live {
+		return false, fmt.Errorf("%w: %s or its mailbox gone meanwhile", errRace, m.Name)
 	}
 	rel := path.Join(mb.Path, subName(m.Sub), m.Name)
 	if _, err := os.Lstat(a.backing(rel)); !errors.Is(err, os.ErrNotExist) {
@@ -2184,28 +2170,14 @@ func (a *applier) markGone(ctx context.Context, mb index.Mailbox, m index.Messag
 // forgets it with op's stamp. Refusing instead would refuse the segment
 // on every resend, and every later op of that peer with it.
 func (a *applier) expungeMissing(ctx context.Context, op *journal.Op, mb index.Mailbox, m index.Message) error {
-	var (
-		now        index.Message
-		have, live bool
-		at         index.Mailbox
-	)
-	if err := a.view(func(v index.PeerView) error {
-		var err error
-		if now, have, err = v.Message(mb.GUID, m.Key); err != nil || !have {
-			return err
-		}
-		at, live, err = v.Mailbox(mb.GUID)
-		return err
-	}); err != nil {
-		return err
-	}
+	have, live, err := a.indexedAs(mb, m)
 	switch {
+	case err != nil:
+		return err
 	case !have:
 		return nil // gone meanwhile, with its record
-	case now.Name != m.Name || now.Sub != m.Sub:
-		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
-	case !live || at.Path != mb.Path:
-		return fmt.Errorf("%w: mailbox %s moved", errRace, mb.Path)
+	case !live:
+		return fmt.Errorf("%w: mailbox %s gone meanwhile", errRace, mb.Path)
 	}
 	for _, sub := range []string{"cur", "new"} {
 		ents, err := os.ReadDir(a.backing(path.Join(mb.Path, sub)))
@@ -2241,10 +2213,19 @@ func (a *applier) unlinkDeleted(op *journal.Op, mb index.Mailbox, m index.Messag
 	if !errors.Is(err, syscall.ENOENT) {
 		return err
 	}
+	_, _, err = a.indexedAs(mb, m)
+	return err
+}
+
+// indexedAs reports whether the index still has message m of mailbox mb
+// (have) and mb as a live mailbox (live). A rename of m since (a local
+// flag change) or a move of its live mailbox (a local rename between the
+// caller's decision and its change; the message went with it) is errRace:
+// the caller decides again where they are now.
+func (a *applier) indexedAs(mb index.Mailbox, m index.Message) (have, live bool, err error) {
 	var (
-		now        index.Message
-		have, live bool
-		at         index.Mailbox
+		now index.Message
+		at  index.Mailbox
 	)
 	if err := a.view(func(v index.PeerView) error {
 		var err error
@@ -2254,18 +2235,15 @@ func (a *applier) unlinkDeleted(op *journal.Op, mb index.Mailbox, m index.Messag
 		at, live, err = v.Mailbox(mb.GUID)
 		return err
 	}); err != nil {
-		return err
+		return false, false, err
 	}
 	if have && (now.Name != m.Name || now.Sub != m.Sub) {
-		return fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
+		return have, live, fmt.Errorf("%w: %s renamed to %s", errRace, m.Name, now.Name)
 	}
 	if have && live && at.Path != mb.Path {
-		// Still there under its name: the mailbox itself moved (a local
-		// rename between the decision and the unlink), and the message
-		// with it.
-		return fmt.Errorf("%w: mailbox %s renamed to %s", errRace, mb.Path, at.Path)
+		return have, live, fmt.Errorf("%w: mailbox %s renamed to %s", errRace, mb.Path, at.Path)
 	}
-	return nil
+	return have, live, nil
 }
 
 func (a *applier) unlinkMessage(op *journal.Op, mb index.Mailbox, m index.Message) error {

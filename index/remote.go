@@ -160,6 +160,23 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 		if op.Kind == journal.MessageAdd {
 			changed = op.Flags
 		}
+		if op.Kind == journal.MessageFlags {
+			live, err := t.has(mailboxKey(g))
+			if err != nil {
+				return err
+			}
+			if !live {
+				// The record of a message deleted here with its mailbox,
+				// which no rename on disk updates: a move of it out of
+				// there that the delete had not seen takes its flags, so
+				// they take this change as on the nodes that still had the
+				// message when it came.
+				rec.Flags = MergeFlags(rec.Flags, rec.FlagStamps, op, changed)
+				if op.Sub == journal.SubCur {
+					rec.Sub = journal.SubCur
+				}
+			}
+		}
 		stampFlags(rec, changed, st)
 		return t.putRec(messageKey(g, key), rec)
 	case journal.MessageExpunge:

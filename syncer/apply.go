@@ -1830,11 +1830,9 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 		// Its file went behind mailfs's back: the change is recorded in
 		// the index, and the full sync brings the file back under the new
 		// name.
-		for _, ev := range []index.Event{{Kind: index.EvRename, Path: from, NewPath: to, Remote: op},
-			{Kind: index.EvMissing, Path: to}} {
-			if _, err := a.store.Commit(ctx, ev); err != nil {
-				return fmt.Errorf("flags of missing %s: %w", from, err)
-			}
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRename, Path: from, NewPath: to, Remote: op},
+			index.Event{Kind: index.EvMissing, Path: to}); err != nil {
+			return fmt.Errorf("flags of missing %s: %w", from, err)
 		}
 		return a.meta(ctx, op)
 	}

@@ -100,6 +100,9 @@ type applier struct {
 	// since the last showHeld, whose cache it drops (Mount.InvalidateDir)
 	// even when the held change that follows them is not made after all.
 	behindDirs map[string]bool
+	// goneSince is when a delivery first found the directory of a mailbox
+	// the index has missing from disk, by path (see restoreIfGone).
+	goneSince map[string]time.Time
 	// unheld are deliveries once held that could not be made behind the
 	// kernel's back: showHeld makes them through the mount.
 	unheld []heldDelivery
@@ -117,7 +120,7 @@ type heldDelivery struct {
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
 	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {},
 		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{},
-		held: map[string]heldDelivery{}, behindDirs: map[string]bool{}}
+		held: map[string]heldDelivery{}, behindDirs: map[string]bool{}, goneSince: map[string]time.Time{}}
 }
 
 // bulkKind reports whether op may take the bulk path: a message add or a
@@ -1676,7 +1679,61 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 	if err != nil {
 		return err
 	}
-	return a.applyFS(op, func() error { return a.deliverAs(op, mb.Path, sub, name, body, op.Mtime) })
+	err = a.applyFS(op, func() error { return a.deliverAs(op, mb.Path, sub, name, body, op.Mtime) })
+	if errors.Is(err, os.ErrNotExist) {
+		if rerr := a.restoreIfGone(ctx, mb); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+// goneGrace is how long a mailbox directory must stay missing from disk,
+// while the index has the mailbox there, before a delivery into it makes
+// it again: long past any local rename or delete in flight (those change
+// the index within their own request), so only a directory gone behind
+// mailfs's back is made again.
+const goneGrace = time.Second
+
+// restoreIfGone makes the directories of mailbox mb again when a peer's
+// delivery into it found them missing from disk and they still are, a
+// goneGrace later, while the index has mb live at that path: a directory
+// removed behind mailfs's back would otherwise refuse the delivery on every
+// resend, and every later op of that peer with it. Its messages are marked
+// missing (the full sync brings them back); the delivery is then decided
+// again (errRace).
+func (a *applier) restoreIfGone(ctx context.Context, mb index.Mailbox) error {
+	if _, err := os.Lstat(a.backing(path.Join(mb.Path, "cur"))); !errors.Is(err, os.ErrNotExist) {
+		delete(a.goneSince, mb.Path)
+		return nil
+	}
+	var at index.Mailbox
+	var live bool
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		at, live, err = v.MailboxAt(mb.Path)
+		return err
+	}); err != nil {
+		return err
+	}
+	if !live || at.GUID != mb.GUID {
+		return nil // moved or deleted meanwhile: the retry finds where
+	}
+	since, seen := a.goneSince[mb.Path]
+	if !seen || time.Since(since) > 10*time.Minute {
+		a.goneSince[mb.Path] = time.Now()
+		return nil
+	}
+	if time.Since(since) < goneGrace {
+		return nil
+	}
+	delete(a.goneSince, mb.Path)
+	a.log.Warn("a peer's mail is for a mailbox whose directory is gone from disk; made again (a full sync restores its messages)",
+		"mailbox", mb.Path)
+	if err := a.restoreMailboxDir(ctx, mb); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: mailbox directory %s made again", errRace, mb.Path)
 }
 
 // withEarlyFlags is the flags op adds a message with, after the flag

@@ -719,21 +719,30 @@ func (s *Syncer) takeFlagsLocked(ctx context.Context, st localState, e *peerMess
 }
 
 // restoreMailboxDirs makes the directories of a mailbox whose directory
-// vanished behind mailfs's back again; the index only clears its mark.
-// Its messages are marked missing first, one by one: they are not on disk
-// until each is restored, and must not look present once the mailbox
-// does.
+// vanished behind mailfs's back again (restoreMailboxDir).
 func (s *Syncer) restoreMailboxDirs(ctx context.Context, mb index.Mailbox) error {
+	if err := s.applier.restoreMailboxDir(ctx, mb); err != nil {
+		return err
+	}
+	s.fullLog().Info("restored a mailbox directory that vanished behind mailfs's back", "mailbox", mb.Path)
+	return nil
+}
+
+// restoreMailboxDir makes the directories of mailbox mb again; the index
+// only clears its mark. Its messages are marked missing first, a page at
+// a time: they are not on disk until each is restored, and must not look
+// present once the mailbox does.
+func (a *applier) restoreMailboxDir(ctx context.Context, mb index.Mailbox) error {
 	var batch []index.Event
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		_, err := s.cfg.Store.Commit(ctx, batch...)
+		_, err := a.store.Commit(ctx, batch...)
 		batch = batch[:0]
 		return err
 	}
-	err := s.cfg.Store.Messages(mb.GUID, func(m index.Message) error {
+	err := a.store.Messages(mb.GUID, func(m index.Message) error {
 		if m.Missing {
 			return nil
 		}
@@ -749,13 +758,11 @@ func (s *Syncer) restoreMailboxDirs(ctx context.Context, mb index.Mailbox) error
 	if err != nil {
 		return fmt.Errorf("mark the messages of mailbox %q missing: %w", mb.Path, err)
 	}
-	a := s.applier
 	op := &journal.Op{Kind: journal.MailboxCreate, Origin: mb.Created.Origin, Seq: mb.CreatedSeq, Time: mb.Created.Time,
 		Mailbox: mb.GUID, Path: mb.Path}
 	if err := a.mnt.Apply(op, func() error { return a.mkdirMailbox(mb.Path) }); err != nil {
 		return fmt.Errorf("restore mailbox directory %q: %w", mb.Path, err)
 	}
-	s.fullLog().Info("restored a mailbox directory that vanished behind mailfs's back", "mailbox", mb.Path)
 	return nil
 }
 

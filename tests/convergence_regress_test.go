@@ -548,6 +548,33 @@ func TestConvergenceRegressions(t *testing.T) {
 			t.Fatalf(".X holds %v; want 52001.M1.a", st.Mailboxes[root+"/.X"])
 		}
 	})
+
+	// A folder's whole directory gone from B's disk behind mailfs's back:
+	// A's delivery into it must not be refused on every resend. B makes
+	// the folder again (a second later, past any local change in flight)
+	// and the full sync brings back what it held.
+	t.Run("delivery into a folder whose directory is gone from the peer's disk", func(t *testing.T) {
+		c.t = t
+		root := "r54/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, a.Mnt, root+"/.X")
+		deliverMsg(t, a.Mnt, root+"/.X", "cur", "54000.M1.a:2,S", body("there before"), when)
+		c.converge("setup")
+		if err := os.RemoveAll(filepath.Join(b.Store, "maildir", root, ".X")); err != nil {
+			t.Fatal(err)
+		}
+		deliverMsg(t, a.Mnt, root+"/.X", "new", "54001.M1.a", body("after the directory went"), when)
+		syncAll(t, a, b)
+		waitLog(t, b.mailfsProc, 5*time.Second, "whose directory is gone from disk; made again")
+		if out, errs, code := runMailfs(t, "sync", "--full", "--store", b.Store, "--timeout", "60s"); code != 0 {
+			t.Fatalf("sync --full on B: exit %d: %s%s", code, out, errs)
+		}
+		st := c.converge("delivery into a folder gone behind mailfs's back")
+		if got := st.Mailboxes[root+"/.X"]; len(got) != 2 {
+			t.Fatalf(".X holds %v; want both messages", got)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // TestConvergenceRegressionsThreeNodes is TestConvergenceRegressions for

@@ -102,7 +102,7 @@ type applier struct {
 	behindDirs map[string]bool
 	// goneSince is when a delivery first found the directory of a mailbox
 	// the index has missing from disk, by path (see restoreIfGone).
-	goneSince map[string]time.Time
+	goneSince map[string]goneMailbox
 	// unheld are deliveries once held that could not be made behind the
 	// kernel's back: showHeld makes them through the mount.
 	unheld []heldDelivery
@@ -120,7 +120,7 @@ type heldDelivery struct {
 func newApplier(store *index.Store, mnt Mount, root string, log *slog.Logger) *applier {
 	return &applier{store: store, mnt: mnt, root: root, log: log, locks: map[string]string{}, resolved: func(string) {},
 		pendingKeys: map[string]bool{}, syncDirs: map[string]bool{}, keywords: map[string]maildir.Keywords{},
-		held: map[string]heldDelivery{}, behindDirs: map[string]bool{}, goneSince: map[string]time.Time{}}
+		held: map[string]heldDelivery{}, behindDirs: map[string]bool{}, goneSince: map[string]goneMailbox{}}
 }
 
 // bulkKind reports whether op may take the bulk path: a message add or a
@@ -1684,6 +1684,8 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 		if rerr := a.restoreIfGone(ctx, mb); rerr != nil {
 			return rerr
 		}
+	} else if err == nil && len(a.goneSince) > 0 {
+		delete(a.goneSince, mb.Path) // there again: a later miss starts over
 	}
 	return err
 }
@@ -1694,6 +1696,13 @@ func (a *applier) place(ctx context.Context, op *journal.Op, mb index.Mailbox, k
 // the index within their own request), so only a directory gone behind
 // mailfs's back is made again.
 const goneGrace = time.Second
+
+// goneMailbox is a mailbox whose directory a delivery found missing, and
+// since when.
+type goneMailbox struct {
+	guid  journal.GUID
+	since time.Time
+}
 
 // restoreIfGone makes the directories of mailbox mb again when a peer's
 // delivery into it found them missing from disk and they still are, a
@@ -1719,12 +1728,14 @@ func (a *applier) restoreIfGone(ctx context.Context, mb index.Mailbox) error {
 	if !live || at.GUID != mb.GUID {
 		return nil // moved or deleted meanwhile: the retry finds where
 	}
-	since, seen := a.goneSince[mb.Path]
-	if !seen || time.Since(since) > 10*time.Minute {
-		a.goneSince[mb.Path] = time.Now()
+	// A resend comes at most RetryMax (30 s by default) after the last: a
+	// miss older than a minute is of another spell.
+	was, seen := a.goneSince[mb.Path]
+	if !seen || was.guid != mb.GUID || time.Since(was.since) > time.Minute {
+		a.goneSince[mb.Path] = goneMailbox{guid: mb.GUID, since: time.Now()}
 		return nil
 	}
-	if time.Since(since) < goneGrace {
+	if time.Since(was.since) < goneGrace {
 		return nil
 	}
 	delete(a.goneSince, mb.Path)

@@ -374,7 +374,7 @@ var errBatchDone = errors.New("batch done")
 // stamps), for a concurrent move that brings it back.
 func expungeTrace(time journal.HLC, origin journal.NodeID, seq uint64, rec *messageRec) *tombstone {
 	return &tombstone{Time: time, Origin: origin, Seq: seq, AddedOrigin: rec.Added.Origin, AddedSeq: rec.AddedSeq,
-		Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps}
+		AddedTo: rec.AddedTo, Sub: rec.Sub, Flags: rec.Flags, FlagStamps: rec.FlagStamps}
 }
 
 func (t *tx) rmdir(path string) error {

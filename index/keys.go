@@ -228,6 +228,9 @@ type tombstone struct {
 	// still knows the mail was there (rule 4; see ExpungedUnseen).
 	AddedOrigin journal.NodeID `json:"added_origin,omitempty"`
 	AddedSeq    uint64         `json:"added_seq,omitempty"`
+	// AddedTo, for a message expunged here: the mailbox GUID that add
+	// named (zero in records written before it was kept).
+	AddedTo journal.GUID `json:"added_to,omitempty"`
 	// Sub, Flags and FlagStamps, for a message expunged here: what it was
 	// when it went, so a concurrent move of it (which brings it back, in
 	// the target) keeps the flag changes made before the expunge.

@@ -800,22 +800,12 @@ func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) 
 // delete with seen had not seen that mail, and on its deleter the mail
 // arrives (and leaves) after the delete, in the mailbox recreated for it.
 func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
-	g = v.t.resolve(g)
-	prefix := append([]byte(pTombMessage), g[:]...)
 	found := false
-	err := v.t.scanKeys(prefix, func(k []byte) error {
-		var ts tombstone
-		if ok, err := v.t.getRec(k, &ts); err != nil || !ok {
-			return err
-		}
-		if ts.AddedSeq != 0 && seen[ts.AddedOrigin] < ts.AddedSeq {
-			found = true
-		}
-		return nil
-	})
+	err := v.ExpungedUnseenNamed(g, seen, func(journal.GUID) { found = true })
 	if err != nil || found {
 		return found, err
 	}
+	g = v.t.resolve(g)
 	err = v.t.scanKeys(append([]byte(pAbsentAdd), g[:]...), func(k []byte) error {
 		var a absentAddRec
 		if ok, err := v.t.getRec(k, &a); err != nil || !ok {
@@ -825,6 +815,28 @@ func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bo
 		return nil
 	})
 	return found, err
+}
+
+// ExpungedUnseenNamed calls fn with the mailbox GUID that the add named of
+// every message of mailbox g expunged here whose add seen had not seen (g
+// itself where the trace predates AddedTo).
+func (v PeerView) ExpungedUnseenNamed(g journal.GUID, seen journal.VersionVector, fn func(addedTo journal.GUID)) error {
+	g = v.t.resolve(g)
+	prefix := append([]byte(pTombMessage), g[:]...)
+	return v.t.scanKeys(prefix, func(k []byte) error {
+		var ts tombstone
+		if ok, err := v.t.getRec(k, &ts); err != nil || !ok {
+			return err
+		}
+		if ts.AddedSeq != 0 && seen[ts.AddedOrigin] < ts.AddedSeq {
+			to := ts.AddedTo
+			if to.IsZero() {
+				to = g
+			}
+			fn(to)
+		}
+		return nil
+	})
 }
 
 func (v PeerView) MessageExpunged(g journal.GUID, key string) (bool, error) {

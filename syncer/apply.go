@@ -1378,13 +1378,25 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			seen = append(seen, m)
 			return nil
 		})
-		if err != nil || unseen > 0 {
+		if err != nil {
 			return err
 		}
 		// Mail the deleter had not seen and that is gone again here still
 		// recreates the mailbox on the deleter (it gets the add after its
-		// delete): keep the mailbox, empty, as it will be there.
-		gone, err := v.ExpungedUnseen(mb.GUID, op.Seen)
+		// delete): keep the mailbox, empty, as it will be there, and under
+		// the GUID it will have there (what that add named decides it, as
+		// for the mail still here).
+		gone := false
+		err = v.ExpungedUnseenNamed(mb.GUID, op.Seen, func(to journal.GUID) {
+			gone = true
+			unseenNamed = append(unseenNamed, to)
+		})
+		if err != nil || unseen > 0 {
+			return err
+		}
+		if !gone {
+			gone, err = v.ExpungedUnseen(mb.GUID, op.Seen) // an add that came without its body
+		}
 		if gone {
 			unseen, keptEmpty = 1, true
 		}

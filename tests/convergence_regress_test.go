@@ -1758,6 +1758,43 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// B and A each make .F (B's GUID the higher, and the one derived from
+	// it higher still); C, having B's create, adds mail to it and expunges
+	// it again; B, having seen neither that nor A's create, deletes .F. On
+	// A and B the mail comes after the delete and keeps .F under the GUID
+	// derived from B's (rule 4), which the merge with A's takes. C, where
+	// the mail was gone when the delete came, must keep it under that GUID
+	// too, not A's.
+	t.Run("delete of a merged folder whose unseen mail is expunged again before the delete comes", func(t *testing.T) {
+		c.t = t
+		root := "r55/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := concurrentPairWhere(t, root+"/.F", b, a, "B's create above A's and the GUID derived from it above A's too",
+			func(gb, ga journal.GUID) bool {
+				r := index.RecreatedGUID(gb)
+				return string(gb[:]) > string(ga[:]) && string(r[:]) > string(ga[:])
+			})
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		deliverMsg(t, n3.Mnt, mb, "new", "55000.M1.c", body("expunged again"), when)
+		if err := os.Remove(filepath.Join(n3.Mnt, mb, "new", "55000.M1.c")); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, b.Mnt, mb)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		st := c.converge("delete of a merged folder, its unseen mail expunged again")
+		if got, ok := st.Mailboxes[mb]; !ok || len(got) != 0 {
+			t.Fatalf("%s holds %v (there: %v); want it kept, empty", mb, got, ok)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

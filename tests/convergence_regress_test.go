@@ -1371,69 +1371,55 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 	// A moves B's message into .Archive while B changes its flags and
-	// deletes .Archive, and C deletes the source folder. B gets C's delete
-	// (the message goes here with its flags' stamps) before A's move: the
-	// move brings it back into the folder kept for it, with B's newer flag
-	// change, as on A, which had the move first and the flag change later.
-	t.Run("move into a deleted folder after its source folder's delete, flags changed meanwhile", func(t *testing.T) {
-		c.t = t
-		root := "r37/Maildir"
-		mkMailbox(t, a.Mnt, root)
-		mkMailbox(t, b.Mnt, root+"/.Work")
-		mkMailbox(t, n3.Mnt, root+"/.Archive")
-		deliverMsg(t, b.Mnt, root+"/.Work", "cur", "37000.M1.b:2,FS", body("moved, flags changed"), when)
-		c.converge("setup")
-		c.partition()
-		if err := os.Rename(filepath.Join(a.Mnt, root, ".Work", "cur", "37000.M1.b:2,FS"),
-			filepath.Join(a.Mnt, root, ".Archive", "cur", "37000.M1.b:2,FS")); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
-		setFlags(t, b.Mnt, root+"/.Work", "37000.M1.b", "RS")
-		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.Archive")
-		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.Work")
-		c.healFrom(2, 1)
-		c.pushed(2, 1)
-		c.cut(1, 2)
-		c.healFrom(0, 1)
-		c.pushed(0, 1)
-		st := c.converge("move into a deleted folder vs source delete and flag change")
-		if m, ok := st.Mailboxes[root+"/.Archive"]["37000.M1.b"]; !ok || m.Flags != `\Answered \Seen` {
-			t.Fatalf(".Archive holds %v; want the moved message, answered and seen (folders %v)", st.Mailboxes[root+"/.Archive"], keys(st.Mailboxes))
-		}
-		sameGUIDs(t, c)
-	})
-	// r37 with B's flag change reaching C before A's move does: C, which
-	// deleted the source, has the message only as a record of its deleted
-	// folder when the flag change comes; the move then takes its flags
-	// from that record, which must have taken the change.
-	t.Run("move into a deleted folder, the flag change first on the source's deleter", func(t *testing.T) {
-		c.t = t
-		root := "r53/Maildir"
-		mkMailbox(t, a.Mnt, root)
-		mkMailbox(t, b.Mnt, root+"/.Work")
-		mkMailbox(t, n3.Mnt, root+"/.Archive")
-		deliverMsg(t, b.Mnt, root+"/.Work", "cur", "53000.M1.b:2,FS", body("moved, flags changed"), when)
-		c.converge("setup")
-		c.partition()
-		if err := os.Rename(filepath.Join(a.Mnt, root, ".Work", "cur", "53000.M1.b:2,FS"),
-			filepath.Join(a.Mnt, root, ".Archive", "cur", "53000.M1.b:2,FS")); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
-		setFlags(t, b.Mnt, root+"/.Work", "53000.M1.b", "RS")
-		deleteMailboxDovecotStyle(t, b.Mnt, root+"/.Archive")
-		deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.Work")
-		c.healFrom(1, 2)
-		c.pushed(1, 2)
-		c.healFrom(0, 2)
-		c.pushed(0, 2)
-		st := c.converge("move into a deleted folder, flag change first")
-		if m, ok := st.Mailboxes[root+"/.Archive"]["53000.M1.b"]; !ok || m.Flags != `\Answered \Seen` {
-			t.Fatalf(".Archive holds %v; want the moved message, answered and seen (folders %v)", st.Mailboxes[root+"/.Archive"], keys(st.Mailboxes))
-		}
-		sameGUIDs(t, c)
-	})
+	// deletes .Archive, and C deletes the source folder. r37: B gets C's
+	// delete (the message goes there with its flags' stamps) before A's
+	// move: the move brings it back into the folder kept for it, with B's
+	// newer flag change, as on A, which had the move first and the flag
+	// change later. r53: B's flag change reaches C before A's move does: C,
+	// which deleted the source, has the message only as a record of its
+	// deleted folder when the flag change comes; the move then takes its
+	// flags from that record, which must have taken the change.
+	for _, tc := range []struct{ name, root string }{
+		{"move into a deleted folder after its source folder's delete, flags changed meanwhile", "r37"},
+		{"move into a deleted folder, the flag change first on the source's deleter", "r53"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.t = t
+			root := tc.root + "/Maildir"
+			key := strings.TrimPrefix(tc.root, "r") + "000.M1.b"
+			mkMailbox(t, a.Mnt, root)
+			mkMailbox(t, b.Mnt, root+"/.Work")
+			mkMailbox(t, n3.Mnt, root+"/.Archive")
+			deliverMsg(t, b.Mnt, root+"/.Work", "cur", key+":2,FS", body("moved, flags changed"), when)
+			c.converge("setup")
+			c.partition()
+			if err := os.Rename(filepath.Join(a.Mnt, root, ".Work", "cur", key+":2,FS"),
+				filepath.Join(a.Mnt, root, ".Archive", "cur", key+":2,FS")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(5 * time.Millisecond)
+			setFlags(t, b.Mnt, root+"/.Work", key, "RS")
+			deleteMailboxDovecotStyle(t, b.Mnt, root+"/.Archive")
+			deleteMailboxDovecotStyle(t, n3.Mnt, root+"/.Work")
+			if tc.root == "r37" {
+				c.healFrom(2, 1)
+				c.pushed(2, 1)
+				c.cut(1, 2)
+				c.healFrom(0, 1)
+				c.pushed(0, 1)
+			} else {
+				c.healFrom(1, 2)
+				c.pushed(1, 2)
+				c.healFrom(0, 2)
+				c.pushed(0, 2)
+			}
+			st := c.converge("move into a deleted folder vs source delete and flag change")
+			if m, ok := st.Mailboxes[root+"/.Archive"][key]; !ok || m.Flags != `\Answered \Seen` {
+				t.Fatalf(".Archive holds %v; want the moved message, answered and seen (folders %v)", st.Mailboxes[root+"/.Archive"], keys(st.Mailboxes))
+			}
+			sameGUIDs(t, c)
+		})
+	}
 	// A and B make .W concurrently; C merges the two (B's GUID is the
 	// higher) and renames the folder to .R; B, having the rename but not
 	// A's create, deletes it. On A and C the delete leaves A's create, at

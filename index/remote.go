@@ -805,8 +805,16 @@ func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bo
 	if err != nil || found {
 		return found, err
 	}
+	return v.AbsentAddUnseen(g, seen)
+}
+
+// AbsentAddUnseen reports whether mailbox g has an add that came without
+// its body (noteAbsentAdd) and that the version vector seen does not
+// include.
+func (v PeerView) AbsentAddUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
 	g = v.t.resolve(g)
-	err = v.t.scanKeys(append([]byte(pAbsentAdd), g[:]...), func(k []byte) error {
+	found := false
+	err := v.t.scanKeys(append([]byte(pAbsentAdd), g[:]...), func(k []byte) error {
 		var a absentAddRec
 		if ok, err := v.t.getRec(k, &a); err != nil || !ok {
 			return err

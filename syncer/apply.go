@@ -1395,7 +1395,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			return err
 		}
 		if !gone {
-			gone, err = v.ExpungedUnseen(mb.GUID, op.Seen) // an add that came without its body
+			gone, err = v.AbsentAddUnseen(mb.GUID, op.Seen)
 		}
 		if gone {
 			unseen, keptEmpty = 1, true
@@ -1910,6 +1910,8 @@ func (a *applier) mergeFlags(ctx context.Context, op *journal.Op, mb index.Mailb
 		// Its file went behind mailfs's back: the change is recorded in
 		// the index, and the full sync brings the file back under the new
 		// name.
+		a.log.Warn("a peer's flag change to a message not on disk is recorded; marked missing (a full sync restores it)",
+			"path", to)
 		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRename, Path: from, NewPath: to, Remote: op},
 			index.Event{Kind: index.EvMissing, Path: to}); err != nil {
 			return fmt.Errorf("flags of missing %s: %w", from, err)
@@ -1984,10 +1986,10 @@ func (a *applier) flagMessage(ctx context.Context, op *journal.Op) error {
 		if !errors.Is(err, syscall.ENOENT) || local.Missing {
 			return err
 		}
-		if gone, gerr := a.markGone(ctx, mb, local); gerr != nil || !gone {
+		if gone, gerr := a.fileGone(mb, local); gerr != nil || !gone {
 			return errors.Join(err, gerr)
 		}
-		local.Missing = true
+		local.Missing = true // recorded, marked missing for the full sync
 		if err := a.mergeFlags(ctx, op, mb, local, op.Changed); err != nil {
 			return err
 		}
@@ -2171,7 +2173,7 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		if !errors.Is(err, syscall.ENOENT) || src.Missing {
 			return err
 		}
-		if gone, gerr := a.markGone(ctx, srcMb, src); gerr != nil || !gone {
+		if gone, gerr := a.fileGone(srcMb, src); gerr != nil || !gone {
 			return errors.Join(err, gerr)
 		}
 		// Its file gone behind mailfs's back, the source is not here: the
@@ -2216,12 +2218,11 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 	return err
 }
 
-// markGone marks m of mb missing when its file is not on disk where the
+// fileGone reports whether the file of m of mb is not on disk where the
 // index has it (gone behind mailfs's back), so that a peer's change to it
-// is not refused on every resend; the full sync restores it. A message or
-// mailbox renamed meanwhile is a race (decided again); a file that is
-// there is left alone (gone reports false).
-func (a *applier) markGone(ctx context.Context, mb index.Mailbox, m index.Message) (gone bool, err error) {
+// is recorded rather than refused on every resend. A message or mailbox
+// renamed meanwhile is a race (decided again).
+func (a *applier) fileGone(mb index.Mailbox, m index.Message) (bool, error) {
 	have, live, err := a.indexedAs(mb, m)
 	if err != nil {
 		return false, err
@@ -2233,10 +2234,7 @@ func (a *applier) markGone(ctx context.Context, mb index.Mailbox, m index.Messag
 	if _, err := os.Lstat(a.backing(rel)); !errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	a.log.Warn("a message file the index has is not on disk; marked missing (a full sync restores it)", "path", rel)
-	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvMissing, Path: rel}); err != nil {
-		return false, fmt.Errorf("mark %s missing: %w", rel, err)
-	}
+	a.log.Warn("a message file the index has is not on disk", "path", rel)
 	return true, nil
 }
 

@@ -196,8 +196,24 @@ func (t *tx) remoteMeta(op *journal.Op) error {
 			old.Seen = mergeSeen(old.Seen, op.Seen)
 			return t.putRec(tombMailboxKey(op.Mailbox), &old)
 		}
-		return t.putRec(tombMailboxKey(op.Mailbox), &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq,
-			Path: op.Path, Seen: op.Seen})
+		ts := &tombstone{Time: op.Time, Origin: op.Origin, Seq: op.Seq, Path: op.Path, Seen: op.Seen}
+		if g := t.resolve(op.Mailbox); g != op.Mailbox {
+			// Kept under another GUID for mail its deleter had not seen:
+			// the creates that delete had seen went with it, and so does a
+			// create made at their path concurrently that the delete had
+			// seen too, when it arrives here later (rule 3).
+			var mb mailboxRec
+			ok, err := t.getRec(mailboxKey(g), &mb)
+			if err != nil {
+				return err
+			}
+			for _, c := range mailboxOf(&mb).Creates() {
+				if ok && (op.Seen[c.Stamp.Origin] >= c.Seq || (c.Stamp.Origin == op.Origin && c.Seq < op.Seq)) {
+					ts.Creates, ts.CreatedPath = append(ts.Creates, c), mb.CreatedPath
+				}
+			}
+		}
+		return t.putRec(tombMailboxKey(op.Mailbox), ts)
 	case journal.Subscribe, journal.Unsubscribe:
 		return t.stampSubscription(op.Path, op.Name, op.Kind == journal.Subscribe, st)
 	case journal.MailboxCreate:
@@ -713,6 +729,13 @@ func (v PeerView) DeletedCreatedAt(path string) (map[journal.GUID]Tombstone, err
 	return v.mailboxTombstones(func(g journal.GUID, ts *tombstone) bool {
 		return ts.CreatedPath == path && v.t.resolve(g) == g
 	})
+}
+
+// TombstonesCreatedAt lists every mailbox deleted here that was created
+// at path, by its GUID, whether or not that GUID names a live mailbox now
+// (one kept for mail its deleter had not seen).
+func (v PeerView) TombstonesCreatedAt(path string) (map[journal.GUID]Tombstone, error) {
+	return v.mailboxTombstones(func(_ journal.GUID, ts *tombstone) bool { return ts.CreatedPath == path })
 }
 
 // mailboxTombstones lists the mailbox tombstones that keep says to.

@@ -677,6 +677,23 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 			}
 			continue
 		}
+		if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
+			// A mailbox made at p concurrently and deleted here by a delete
+			// that had seen op's create too (its node had merged the two):
+			// op's mailbox went with it, whatever holds p here now (the
+			// mailbox that delete kept for mail it had not seen, or one made
+			// since), as on the deleter, where op's create came first.
+			gone, err := a.deletedWith(op, p)
+			if err != nil {
+				return index.Mailbox{}, err
+			}
+			if !gone.IsZero() {
+				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: gone, Remote: op}); err != nil {
+					return index.Mailbox{}, err
+				}
+				continue
+			}
+		}
 		if taken && !sameCreate && op.Kind == journal.MailboxCreate && op.Mailbox == g && op.Seq != 0 {
 			if aside := a.createdApart(op, at, p); aside != "" {
 				p, taken = aside, false
@@ -737,27 +754,6 @@ func (a *applier) ensureMailbox(ctx context.Context, g journal.GUID, p string, o
 				return index.Mailbox{}, err
 			}
 			continue
-		}
-		if op.Kind == journal.MailboxCreate && op.Seen != nil && op.Mailbox == g && op.Seq != 0 {
-			// A mailbox made at p concurrently and deleted here by a delete
-			// that had seen op's create too (its node had merged the two):
-			// op's mailbox went with it.
-			dead, err := a.deletedConcurrent(op, p)
-			if err != nil {
-				return index.Mailbox{}, err
-			}
-			var gone journal.GUID
-			for d, ts := range dead {
-				if ts.Seen[op.Origin] >= op.Seq && string(d[:]) > string(gone[:]) {
-					gone = d // the highest, as rule 3 keeps it
-				}
-			}
-			if !gone.IsZero() {
-				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: g, NewGUID: gone, Remote: op}); err != nil {
-					return index.Mailbox{}, err
-				}
-				continue
-			}
 		}
 		create := &journal.Op{Kind: journal.MailboxCreate, Origin: op.Origin, Seq: op.Seq, Time: op.Time, Mailbox: g, Path: p}
 		if op.Kind == journal.MailboxCreate {

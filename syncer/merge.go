@@ -62,6 +62,26 @@ func (a *applier) deletedConcurrent(op *journal.Op, p string) (map[journal.GUID]
 	return out, err
 }
 
+// deletedWith finds the mailbox deleted here that op's create went with:
+// one created at p concurrently with op (so one with op's, rule 3) and
+// deleted by a delete that had seen op. Of several, the highest GUID, as
+// rule 3 keeps it. Its GUID may name the mailbox kept since for mail that
+// delete had not seen: op's is a name of that one too, as on the deleter.
+func (a *applier) deletedWith(op *journal.Op, p string) (journal.GUID, error) {
+	var gone journal.GUID
+	err := a.view(func(v index.PeerView) error {
+		dead, err := v.TombstonesCreatedAt(p)
+		for d, ts := range dead {
+			if d != op.Mailbox && ts.Seen[op.Origin] >= op.Seq && concurrentWith(op, ts.Creates) &&
+				string(d[:]) > string(gone[:]) {
+				gone = d
+			}
+		}
+		return err
+	})
+	return gone, err
+}
+
 // concurrentAt finds a live mailbox other than except that was created at
 // p concurrently with op (concurrentCreate).
 func (a *applier) concurrentAt(op *journal.Op, p string, except journal.GUID) (index.Mailbox, bool, error) {

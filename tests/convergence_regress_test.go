@@ -1781,6 +1781,43 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// C and B each make .W (C's GUID the higher, B's above the GUID derived
+	// from C's); C merges B's create in and deletes .W, naming only its own
+	// GUID; A, having only C's create, adds mail to it. On A the delete
+	// keeps that mail under the derived GUID before B's create comes: the
+	// create went with the delete (the deleter had seen it), so it must not
+	// merge with the kept folder as a live one, or A keeps it under B's GUID
+	// where B and C have the derived one.
+	t.Run("a create a delete had seen arrives after the delete kept unseen mail at its path", func(t *testing.T) {
+		c.t = t
+		root := "r56/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := concurrentPairWhere(t, root+"/.W", n3, b, "C's create above B's, B's above the GUID derived from C's",
+			func(gc, gb journal.GUID) bool {
+				r := index.RecreatedGUID(gc)
+				return string(gc[:]) > string(gb[:]) && string(gb[:]) > string(r[:])
+			})
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.cut(1, 2)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(2, 0)
+		deliverMsg(t, a.Mnt, mb, "new", "56000.M1.a", body("not seen by the deleter"), when)
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		st := c.converge("a create the delete had seen, after the delete")
+		if _, ok := st.Mailboxes[mb]["56000.M1.a"]; !ok || len(st.Mailboxes[mb]) != 1 {
+			t.Fatalf("%s holds %v; want only 56000.M1.a", mb, st.Mailboxes[mb])
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

@@ -219,6 +219,25 @@ func (s *Server) RenameBehind(op *journal.Op, fromRel, toRel string) (p *index.P
 	return p, true, nil
 }
 
+// Settled runs fn, a look at the index and the backing tree together,
+// while no local change is under way: every change made through the mount
+// before it is in the index, and none is made until fn returns. (A local
+// rename is made on disk and then submitted to the index, under mu: in
+// between, the two disagree.) fn must not make changes through the mount,
+// nor wait for anything a FUSE request holds.
+func (s *Server) Settled(fn func() error) error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	p, err := s.m.store.Submit() // behind every local change submitted so far
+	if err != nil {
+		return fmt.Errorf("waiting for local changes to reach the index: %w", err)
+	}
+	if _, err := p.Wait(); err != nil {
+		return fmt.Errorf("waiting for local changes to reach the index: %w", err)
+	}
+	return fn()
+}
+
 // InvalidateDir makes the kernel drop what it cached of the directory at
 // rel (attributes, listing), after changes made behind its back
 // (RenameBehind). It must not be called from a FUSE handler or under a
@@ -291,6 +310,9 @@ type mailFS struct {
 	// beforeLock, in tests, runs in Rename, Link, Mkdir and Rmdir between
 	// the paths' lookup and taking mu (where a folder rename can slip in).
 	beforeLock atomic.Pointer[func(op, from, to string)]
+	// renamedOnDisk, in tests, runs in Rename under mu between the rename
+	// on disk and its submit to the index (where the two disagree).
+	renamedOnDisk atomic.Pointer[func(from, to string)]
 }
 
 type deliveryWaiter struct {

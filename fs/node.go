@@ -522,6 +522,9 @@ func (n *node) rename(ctx context.Context, name string, newParent fusefs.InodeEm
 		n.m.mu.Unlock()
 		return errno, false
 	}
+	if h := n.m.renamedOnDisk.Load(); h != nil {
+		(*h)(from, to)
+	}
 	if !isDirFrom {
 		fi, _, err := statInfo(absTo)
 		if err == nil {

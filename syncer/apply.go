@@ -41,6 +41,10 @@ type Mount interface {
 	// InvalidateDir drops the kernel's cache of a directory changed behind
 	// its back.
 	InvalidateDir(rel string)
+	// Settled runs fn with local changes held: the index has every change
+	// made through the mount so far, and none is made while fn looks at
+	// the index and the backing tree together. fn makes no change itself.
+	Settled(fn func() error) error
 }
 
 // Bodies finds a staged body by content ID.
@@ -1720,18 +1724,28 @@ type goneMailbox struct {
 // missing (the full sync brings them back); the delivery is then decided
 // again (errRace).
 func (a *applier) restoreIfGone(ctx context.Context, mb index.Mailbox) error {
-	if _, err := os.Lstat(a.backing(path.Join(mb.Path, "cur"))); !errors.Is(err, os.ErrNotExist) {
-		delete(a.goneSince, mb.Path)
-		return nil
-	}
-	var at index.Mailbox
-	var live bool
-	if err := a.view(func(v index.PeerView) error {
-		var err error
-		at, live, err = v.MailboxAt(mb.Path)
-		return err
+	var (
+		there, live bool
+		at          index.Mailbox
+	)
+	if err := a.mnt.Settled(func() error {
+		// Settled: a local rename or delete of the folder is in the index
+		// too, not taken for a directory gone.
+		_, err := os.Lstat(a.backing(path.Join(mb.Path, "cur")))
+		if there = !errors.Is(err, os.ErrNotExist); there {
+			return nil
+		}
+		return a.view(func(v index.PeerView) error {
+			var err error
+			at, live, err = v.MailboxAt(mb.Path)
+			return err
+		})
 	}); err != nil {
 		return err
+	}
+	if there {
+		delete(a.goneSince, mb.Path)
+		return nil
 	}
 	if !live || at.GUID != mb.GUID {
 		return nil // moved or deleted meanwhile: the retry finds where
@@ -2219,16 +2233,25 @@ func (a *applier) expungeMessage(ctx context.Context, op *journal.Op) error {
 // is recorded rather than refused on every resend. A message or mailbox
 // renamed meanwhile is a race (decided again).
 func (a *applier) fileGone(mb index.Mailbox, m index.Message) (bool, error) {
-	have, live, err := a.indexedAs(mb, m)
-	if err != nil {
-		return false, err
-	}
-	if !have || !live {
-		return false, fmt.Errorf("%w: %s or its mailbox gone meanwhile", errRace, m.Name)
-	}
 	rel := path.Join(mb.Path, subName(m.Sub), m.Name)
-	if _, err := os.Lstat(a.backing(rel)); !errors.Is(err, os.ErrNotExist) {
-		return false, nil
+	gone := false
+	err := a.mnt.Settled(func() error {
+		// Settled: a local rename of the message or its folder (a flag
+		// change, a folder delete's rename to its trash name) is on disk
+		// and in the index alike, not taken for a file gone.
+		have, live, err := a.indexedAs(mb, m)
+		if err != nil {
+			return err
+		}
+		if !have || !live {
+			return fmt.Errorf("%w: %s or its mailbox gone meanwhile", errRace, m.Name)
+		}
+		_, err = os.Lstat(a.backing(rel))
+		gone = errors.Is(err, os.ErrNotExist)
+		return nil
+	})
+	if err != nil || !gone {
+		return false, err
 	}
 	a.log.Warn("a message file the index has is not on disk", "path", rel)
 	return true, nil
@@ -2242,7 +2265,28 @@ func (a *applier) fileGone(mb index.Mailbox, m index.Message) (bool, error) {
 // forgets it with op's stamp. Refusing instead would refuse the segment
 // on every resend, and every later op of that peer with it.
 func (a *applier) expungeMissing(ctx context.Context, op *journal.Op, mb index.Mailbox, m index.Message) error {
-	have, live, err := a.indexedAs(mb, m)
+	var (
+		have, live bool
+		others     []string // the same message under names the index does not have
+	)
+	err := a.mnt.Settled(func() error {
+		var err error
+		if have, live, err = a.indexedAs(mb, m); err != nil || !have || !live {
+			return err
+		}
+		for _, sub := range []string{"cur", "new"} {
+			ents, err := os.ReadDir(a.backing(path.Join(mb.Path, sub)))
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("expunge %s in %s: %w", m.Key, mb.Path, err)
+			}
+			for _, e := range ents {
+				if e.Name() == m.Key || strings.HasPrefix(e.Name(), m.Key+":") {
+					others = append(others, path.Join(sub, e.Name()))
+				}
+			}
+		}
+		return nil
+	})
 	switch {
 	case err != nil:
 		return err
@@ -2251,21 +2295,12 @@ func (a *applier) expungeMissing(ctx context.Context, op *journal.Op, mb index.M
 	case !live:
 		return fmt.Errorf("%w: mailbox %s gone meanwhile", errRace, mb.Path)
 	}
-	for _, sub := range []string{"cur", "new"} {
-		ents, err := os.ReadDir(a.backing(path.Join(mb.Path, sub)))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, o := range others {
+		a.log.Warn("expunging a message whose file has another name than the index says",
+			"mailbox", mb.Path, "indexed", m.Name, "found", o)
+		other := a.abs(path.Join(mb.Path, o))
+		if err := a.mnt.Apply(op, func() error { return os.Remove(other) }); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("expunge %s in %s: %w", m.Key, mb.Path, err)
-		}
-		for _, e := range ents {
-			if e.Name() == m.Key || strings.HasPrefix(e.Name(), m.Key+":") {
-				// The same message under a name the index does not have.
-				a.log.Warn("expunging a message whose file has another name than the index says",
-					"mailbox", mb.Path, "indexed", m.Name, "found", path.Join(sub, e.Name()))
-				other := a.abs(path.Join(mb.Path, sub, e.Name()))
-				if err := a.mnt.Apply(op, func() error { return os.Remove(other) }); err != nil && !errors.Is(err, os.ErrNotExist) {
-					return fmt.Errorf("expunge %s in %s: %w", m.Key, mb.Path, err)
-				}
-			}
 		}
 	}
 	rel := path.Join(mb.Path, subName(m.Sub), m.Name)

@@ -1818,6 +1818,39 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A makes .Archive, adds mail to it and deletes it; C, having only the
+	// create, adds mail to it and expunges it again before the delete
+	// comes. The delete had not seen that add: on A the add comes after it
+	// and makes the folder again (rule 4), and the expunge empties it. So
+	// the folder stays, empty, on every node.
+	t.Run("a folder deleted while another node added mail to it and expunged it again", func(t *testing.T) {
+		c.t = t
+		root := "r57/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := root + "/.Archive"
+		mkMailbox(t, a.Mnt, mb)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.cut(0, 2)
+		deliverMsg(t, a.Mnt, mb, "new", "57000.M1.a", body("seen by the deleter"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, mb)
+		deliverMsg(t, n3.Mnt, mb, "cur", "57001.M2.c:2,S", body("added and expunged again"), when)
+		if err := os.Remove(filepath.Join(n3.Mnt, mb, "cur", "57001.M2.c:2,S")); err != nil {
+			t.Fatal(err)
+		}
+		for _, order := range [][2]int{{0, 2}, {2, 0}, {2, 1}, {0, 1}} {
+			c.healFrom(order[0], order[1])
+			c.pushed(order[0], order[1])
+		}
+		st := c.converge("a folder deleted while mail was added to it and expunged again")
+		if got, ok := st.Mailboxes[mb]; !ok || len(got) != 0 {
+			t.Fatalf("%s holds %v (there: %v); want it kept, empty", mb, got, ok)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

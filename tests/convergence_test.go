@@ -125,24 +125,36 @@ func runScenario(t *testing.T, c *cluster, dir, maildir string, rng *rand.Rand) 
 	if rng.Intn(12) == 0 {
 		killAt = rng.Intn(steps)
 	}
+	// What the scenario did besides the ops its nodes journaled, for the
+	// report of a failure: the timing of a replay differs.
+	var trace []string
+	defer func() {
+		if t.Failed() {
+			t.Logf("scenario steps: %s", strings.Join(trace, ", "))
+		}
+	}()
 	for step := 0; step < steps; step++ {
 		if step == killAt {
 			i := rng.Intn(len(c.nodes))
 			c.restart(i, true)
+			trace = append(trace, "SIGKILL+restart "+c.nodes[i].Name)
 		}
 		if len(c.nodes) > 1 && rng.Intn(4) == 0 {
 			i, j := rng.Intn(len(c.nodes)), rng.Intn(len(c.nodes))
 			if i != j {
 				if rng.Intn(2) == 0 {
 					c.cut(i, j)
+					trace = append(trace, fmt.Sprintf("cut %s-%s", c.nodes[i].Name, c.nodes[j].Name))
 				} else {
 					c.heal(i, j)
+					trace = append(trace, fmt.Sprintf("heal %s-%s", c.nodes[i].Name, c.nodes[j].Name))
 				}
 			}
 		}
 		n := c.nodes[rng.Intn(len(c.nodes))]
 		seq++
 		randomOp(t, n, root, rng, w, seq)
+		trace = append(trace, "op on "+n.Name)
 	}
 	st := c.convergeUnder("scenario end", dir)
 	sameGUIDs(t, c)

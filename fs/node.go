@@ -867,7 +867,7 @@ func (m *mailFS) String() string { return fmt.Sprintf("mailfs(%s)", m.root) }
 
 // holdsUnseenMail reports whether the mailbox at rel holds a message that
 // del, a peer's mailbox delete, had not seen (its add is not in del's
-// version vector). It must run under m.mu: an empty commit first waits for
+// version vector), or held one that was expunged or moved away since. It must run under m.mu: an empty commit first waits for
 // every change submitted before (a local delivery still committing), so
 // the index holds all that is on disk and nothing can slip in after.
 func (m *mailFS) holdsUnseenMail(ctx context.Context, rel string, del *journal.Op) bool {
@@ -879,12 +879,20 @@ func (m *mailFS) holdsUnseenMail(ctx context.Context, rel string, del *journal.O
 			if err != nil || !ok {
 				return err
 			}
-			return v.Messages(mb.GUID, func(msg index.Message) error {
+			err = v.Messages(mb.GUID, func(msg index.Message) error {
 				if msg.AddedSeq != 0 && del.Seen[msg.Added.Origin] < msg.AddedSeq {
 					unseen = true
 				}
 				return nil
 			})
+			if err != nil || unseen {
+				return err
+			}
+			// Mail added and expunged (or moved away) again since the
+			// applier's decision: the deleter gets that add after its
+			// delete, and keeps the folder for it, empty; so must this node.
+			unseen, err = v.ExpungedUnseen(mb.GUID, del.Seen)
+			return err
 		})
 	}
 	if err != nil {

@@ -158,3 +158,60 @@ func folderGUID(t *testing.T, n *fullNode, mb string) journal.GUID {
 	}
 	return g
 }
+
+// A peer's delete of a folder with nothing in it that its deleter had not
+// seen removes it. Mail added to the folder here and moved out again
+// between that decision and the removal must keep the folder, empty: the
+// deleter gets that add after its delete, and makes the folder again for
+// it (rule 4); the move leaves it empty there.
+func TestDeleteRacesLocalAddAndMoveOut(t *testing.T) {
+	a, b := newFullNode(t, "a"), newFullNode(t, "b")
+	folder := fullTestMailbox + "/.Archive"
+	for _, mb := range []string{fullTestMailbox, folder} {
+		for _, d := range []string{"", "tmp", "new", "cur"} {
+			if err := os.MkdirAll(filepath.Join(a.mnt, mb, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	afterA := replicate(t, a, b, 0, nil)
+	trash := filepath.Join(b.mnt, fullTestMailbox, "..DOVECOT-TRASHED")
+	if err := os.Rename(filepath.Join(b.mnt, folder), trash); err != nil {
+		t.Fatalf("delete the folder on b: %v", err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		t.Fatal(err)
+	}
+	const name = "1700000003.M3P1.a"
+	orig := a.sync.applier.mnt
+	a.sync.applier.mnt = &hookedMount{Mount: orig, kind: journal.MailboxDelete, before: func() {
+		tmp := filepath.Join(a.mnt, folder, "tmp", name)
+		if err := os.WriteFile(tmp, []byte("Subject: in and out\r\n\r\n3\r\n"), 0o600); err != nil {
+			t.Errorf("deliver on a: %v", err)
+			return
+		}
+		if err := os.Rename(tmp, filepath.Join(a.mnt, folder, "new", name)); err != nil {
+			t.Errorf("deliver on a: %v", err)
+			return
+		}
+		if err := os.Rename(filepath.Join(a.mnt, folder, "new", name), filepath.Join(a.mnt, fullTestMailbox, "new", name)); err != nil {
+			t.Errorf("move to the inbox on a: %v", err)
+		}
+	}}
+	defer func() { a.sync.applier.mnt = orig }()
+	replicate(t, b, a, 0, nil)
+	a.sync.applier.mnt = orig
+	replicate(t, a, b, afterA, nil)
+	for _, n := range []*fullNode{a, b} {
+		if _, err := os.Stat(filepath.Join(n.mnt, folder, "cur")); err != nil {
+			t.Errorf("%s on %s: %v; want it kept, empty (mail the deleter had not seen was added to it)", folder, n.mnt, err)
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(n.mnt, fullTestMailbox, "new", name)); err != nil {
+			t.Errorf("the moved message on %s: %v", n.mnt, err)
+		}
+	}
+	if ga, gb := folderGUID(t, a, folder), folderGUID(t, b, folder); ga != gb {
+		t.Errorf("%s is %s on a, %s on b", folder, ga, gb)
+	}
+}

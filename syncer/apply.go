@@ -1123,6 +1123,41 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 	return a.moveMailbox(at.GUID, p, aside, at.Renamed)
 }
 
+// backFromAside returns mailbox kept (mb, recreated for mail the delete op
+// had not seen) to where op's deleter had it, when this node had set mb
+// aside for a peer's create at that path (stepAside): op was the op that
+// was to move it, and instead it keeps mail. On the deleter that mail is
+// kept at op's path, where it meets the create that had taken the path
+// (rule 3: one mailbox, the higher GUID kept); so it does here.
+func (a *applier) backFromAside(ctx context.Context, op *journal.Op, mb index.Mailbox, kept journal.GUID) error {
+	if op.Path == "" || mb.Path != op.Path+"-"+op.Mailbox.String() {
+		return nil
+	}
+	var (
+		at, now     index.Mailbox
+		taken, live bool
+	)
+	if err := a.view(func(v index.PeerView) error {
+		var err error
+		if now, live, err = v.Mailbox(kept); err != nil || !live {
+			return err
+		}
+		at, taken, err = v.MailboxAt(op.Path)
+		return err
+	}); err != nil || !live || now.Path != mb.Path {
+		return err
+	}
+	a.log.Info("a mailbox set aside for a peer's create at its path keeps mail its delete had not seen; it goes back there",
+		"path", mb.Path, "mailbox", kept.String(), "to", op.Path)
+	if !taken {
+		return a.moveMailbox(kept, mb.Path, op.Path, now.Renamed)
+	}
+	if err := a.mergeFolders(ctx, op, at, now); err != nil && !errors.Is(err, errKeptApart) {
+		return err
+	}
+	return nil
+}
+
 // applyEarlyFlags applies, after loser's mail became winner's (a rule-3
 // merge, or a rule-4 rekey to the recreated GUID), the flag
 // changes kept under either GUID for messages that had not arrived under
@@ -1521,6 +1556,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 					return err
 				}
 				if err := a.meta(ctx, op); err != nil {
+					return err
+				}
+				if err := a.backFromAside(ctx, op, mb, recreated); err != nil {
 					return err
 				}
 				return a.applyEarlyDelete(ctx, recreated)

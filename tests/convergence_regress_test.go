@@ -1851,6 +1851,45 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// A makes .Work and deletes it; C, having only the create, adds mail
+	// to it; B, having both, makes .Work anew. B's create reaches C first:
+	// C sets its .Work aside (the delete B had seen is on its way). The
+	// delete then keeps C's mail, which its deleter had not seen: on A and
+	// B that mail comes after the delete and meets B's .Work at .Work (rule
+	// 3), so on C the kept folder goes back there and merges with B's.
+	t.Run("a folder set aside for a create keeps unseen mail from its delete", func(t *testing.T) {
+		c.t = t
+		root := "r58/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := root + "/.Work"
+		mkMailbox(t, a.Mnt, mb)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.cut(0, 2)
+		deleteMailboxDovecotStyle(t, a.Mnt, mb)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		deliverMsg(t, n3.Mnt, mb, "new", "58000.M1.c", body("not seen by the deleter"), when)
+		mkMailbox(t, b.Mnt, mb)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		st := c.converge("a folder set aside keeps unseen mail")
+		if _, ok := st.Mailboxes[mb]["58000.M1.c"]; !ok || len(st.Mailboxes[mb]) != 1 {
+			t.Fatalf("%s holds %v; want only 58000.M1.c", mb, st.Mailboxes[mb])
+		}
+		for p := range st.Mailboxes {
+			if strings.HasPrefix(p, mb+"-") {
+				t.Fatalf("%s is left set aside", p)
+			}
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

@@ -3,10 +3,13 @@ package tests
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,16 +17,36 @@ import (
 )
 
 // freeAddr returns a loopback address with a port that was free a moment
-// ago.
+// ago, for a daemon to listen on. The port is below the kernel's ephemeral
+// range (32768 and up by default), where the outgoing connections of
+// parallel tests take their ports: a port the kernel handed out for :0
+// could be an outgoing connection's by the time the daemon binds it. No
+// port is handed out twice in one test process.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		if freePorts.given[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // in use
+		}
+		ln.Close()
+		freePorts.given[port] = true
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port in 20000-31999 after 200 tries")
+	return ""
 }
+
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
 
 func initNode(t *testing.T, store, name string, extra ...string) {
 	t.Helper()

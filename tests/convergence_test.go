@@ -111,6 +111,27 @@ func runScenarios(t *testing.T, nodes, scenarios int, seed, stream int64) {
 
 var folderNames = []string{".Sent", ".Archive", ".Work", ".Archive.2024"}
 
+// folderHeavy (MAILFS_CONVERGE_FOLDERS=1) draws folder creates, renames
+// and deletes about three times as often, and flag changes and expunges
+// less, to look for folder-identity divergences faster. Seeds replay
+// only in the mode they were drawn in.
+var folderHeavy = os.Getenv("MAILFS_CONVERGE_FOLDERS") == "1"
+
+// folderMix maps a uniform draw to randomOp's op ranges with the folder
+// weights: 25 deliveries, 10 flag changes, 5 expunges, 10 moves or
+// copies, 18 creates, 14 renames, 14 deletes, 4 subscription changes.
+var folderMix = func() [100]int {
+	var m [100]int
+	i := 0
+	for _, w := range []struct{ op, n int }{{0, 25}, {30, 10}, {55, 5}, {65, 10}, {73, 18}, {82, 14}, {87, 14}, {92, 4}} {
+		for range w.n {
+			m[i] = w.op
+			i++
+		}
+	}
+	return m
+}()
+
 // runScenario runs one scenario in the Maildir dir/maildir of every node
 // (dir is the scenario's own).
 func runScenario(t *testing.T, c *cluster, dir, maildir string, rng *rand.Rand) {
@@ -231,7 +252,11 @@ func randomOp(t *testing.T, n *node, root string, rng *rand.Rand, w *world, seq 
 		m := msgs[rng.Intn(len(msgs))]
 		return m[0], m[1], true
 	}
-	switch op := rng.Intn(100); {
+	op := rng.Intn(100)
+	if folderHeavy {
+		op = folderMix[op]
+	}
+	switch {
 	case op < 30: // delivery
 		key := fmt.Sprintf("%d.M%dP%d.%s", 1700000000+seq, rng.Intn(1e6), seq, n.Name)
 		body := []byte(fmt.Sprintf("Subject: %s\r\n\r\n%s\r\n", key, strings.Repeat("x", rng.Intn(3000))))

@@ -88,9 +88,11 @@ func TestReplicationBenchmark(t *testing.T) {
 
 	first := b.firstSync(nFirst)
 	if only := os.Getenv("MAILFS_REPL_BENCH_ONLY"); only == "first" {
-		t.Logf("first sync of %d msgs (%s): doveadm sync %.2f s, mailfs %.2f s = %.2fx; %.2fx of raw on the wire",
+		t.Logf("first sync of %d msgs (%s): doveadm sync %.2f s, mailfs %.2f s = %.2fx; %.2fx of raw on the wire; "+
+			"a file create cost %v before dsync's, %v before mailfs's",
 			nFirst, rbHuman(first.raw), first.dsync.Seconds(), first.mailfs.Seconds(),
-			first.mailfs.Seconds()/first.dsync.Seconds(), float64(first.wire)/float64(first.raw))
+			first.mailfs.Seconds()/first.dsync.Seconds(), float64(first.wire)/float64(first.raw),
+			first.createCost[0].Round(time.Microsecond), first.createCost[1].Round(time.Microsecond))
 		return
 	} else if only != "" {
 		t.Fatalf("MAILFS_REPL_BENCH_ONLY=%q: want first", only)
@@ -134,7 +136,8 @@ func TestReplicationBenchmark(t *testing.T) {
   corpus %.2fx of raw at SpeedDefault (mailfs's ops level), %.2fx at SpeedBetterCompression.
 first sync: dsync = one 'doveadm sync' (local, maildir:A -> maildir:B) after A's indexes were built;
   mailfs = 'pair join' + 'mailfs sync' on A, A's Maildir adopted with 'init --maildir' beforehand.
-  Each started %v after the last deletes of the benchmark's (see rbQuiesce).
+  Each started %v after the last deletes of the benchmark's; creating a file then cost %v (dsync's
+  side) and %v (mailfs's), which swings both times from run to run (see rbQuiesce).
 incremental, %d rounds (median shown) on both sides of each tool: 100 deliveries (tmp/, fsync, rename into
   new/; the same messages in both mailbox sizes, %s) and 200 flag renames in cur/, made on A first
   (untimed; mailfs: through A's mount with the link to B cut); timed: dsync = one 'doveadm sync';
@@ -147,7 +150,7 @@ bytes: mailfs = A's bytes_sent to B (TLS payload: segments, ops zstd'd, body chu
   messages' sizes. The %d-msg first sync with dsync over the pipe took %.1f s (not in the table).
 total benchmark time %v; load average (1 min) %s at the start, %s at the end, on %d CPUs
   (anything else running on the machine skews every figure).`, first.corpusStats, nFirst, first.zstdDefault, first.zstdBetter,
-		rbQuiet, rbRounds, small.addedSizes, nLarge, lat.seen, lat.n, lat.p90.Round(time.Millisecond), lat.max.Round(time.Millisecond),
+		rbQuiet, first.createCost[0].Round(time.Microsecond), first.createCost[1].Round(time.Microsecond), rbRounds, small.addedSizes, nLarge, lat.seen, lat.n, lat.p90.Round(time.Millisecond), lat.max.Round(time.Millisecond),
 		rbHuman(small.dsyncWireBack), nSmall, small.dsyncPipe.Seconds(), time.Since(started).Round(time.Second),
 		loadBefore, rbLoadAvg(), runtime.NumCPU())
 	t.Logf("\n%s\n%s", table, notes)
@@ -882,19 +885,40 @@ type rbFirstResult struct {
 	zstdDefault   float64
 	zstdBetter    float64
 	corpusStats   string
+	// createCost is what creating a file cost just before dsync's and
+	// mailfs's timed run (rbQuiesce).
+	createCost [2]time.Duration
 }
 
-// rbQuiesce gives both tools' timed first syncs the same start. Creating a
-// file on these VMs costs from 35 us to 1 ms of CPU, spent in ext4's inode
-// allocator (find_inode_bit, recently_deleted: this ext4 has no journal, so
-// it skips inodes deleted in the last 30 s, checking each), and doveadm sync
-// frees an inode for every message it copies (measured with the
-// ext4_free_inode tracepoint; mailfs frees none). Without a pause the tool
-// that runs second would pay for the first one's deletes.
-func rbQuiesce(t *testing.T) {
+// rbQuiesce gives both tools' timed first syncs the same start, and
+// returns what creating a file in dir (beside the receiving side's tree)
+// cost then. Creating a file on these VMs costs from 35 us to 2 ms of CPU,
+// spent in ext4's inode allocator (find_inode_bit, recently_deleted,
+// ext4_get_group_desc: this ext4 has no journal), more so for minutes after
+// many deletes; doveadm sync frees an inode for every message it copies
+// (measured with the ext4_free_inode tracepoint; mailfs frees none), and
+// both tools create one per message. The pause keeps the tool run second
+// from paying for the first one's deletes; the cost is printed because
+// it swings both tools' times from run to run. The probe files stay
+// until the end (a delete would add to what later creates skip).
+func rbQuiesce(t *testing.T, dir string) time.Duration {
 	t.Helper()
 	t.Logf("waiting %v for the file system to settle after earlier deletes", rbQuiet)
 	time.Sleep(rbQuiet)
+	probe, err := os.MkdirTemp(dir, "create-cost-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const files = 200
+	start := time.Now()
+	for i := range files {
+		f, err := os.Create(filepath.Join(probe, strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	return time.Since(start) / files
 }
 
 const rbQuiet = 31 * time.Second
@@ -910,7 +934,7 @@ func (bn *rbBench) firstSync(n int) rbFirstResult {
 	rbWriteMessages(t, d.a, msgs)
 	d.chown()
 	t.Logf("doveadm fetch (builds A's indexes), %d msgs: %v", n, d.index())
-	rbQuiesce(t)
+	res.createCost[0] = rbQuiesce(t, d.dir)
 	res.dsync = d.syncToB()
 	if got, want := rbFlagCounts(t, d.b), rbFlagCounts(t, d.a); got != want {
 		t.Fatalf("dsync first sync: B has %s, A %s", got, want)
@@ -921,7 +945,7 @@ func (bn *rbBench) firstSync(n int) rbFirstResult {
 	rbWriteMessages(t, filepath.Join(md, rbMailbox), msgs)
 	p := bn.startPair(md)
 	unix.Sync()
-	rbQuiesce(t)
+	res.createCost[1] = rbQuiesce(t, filepath.Dir(p.b.Store))
 	start := time.Now()
 	p.pair()
 	p.sync()

@@ -1891,84 +1891,57 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 
-	// A folder created on two nodes at once is one (rule 3); one of them,
-	// having merged the two, renames it. The third node gets that node's
-	// create and rename before the other create, an order neither creator
-	// saw: the late create is the renamed folder, not a new one at the
-	// old name. Both GUID orders (the rename names the survivor).
-	for _, higher := range []int{0, 1} {
-		t.Run(fmt.Sprintf("a merged folder's rename reaches the third node before the other create (higher GUID on node %d)", higher), func(t *testing.T) {
-			c.t = t
-			root := fmt.Sprintf("r59-%d/Maildir", higher)
-			mkMailbox(t, a.Mnt, root)
-			c.converge("setup")
-			c.partition()
-			var mb string
-			if higher == 0 {
-				mb = concurrentPairHigherOn(t, root+"/.X", a, b)
-			} else {
-				mb = concurrentPairHigherOn(t, root+"/.X", b, a)
-			}
-			deliverMsg(t, a.Mnt, mb, "new", "59000.M1.a", body("made on a"), when)
-			deliverMsg(t, b.Mnt, mb, "new", "59001.M1.b", body("made on b"), when)
-			c.healFrom(1, 0)
-			c.pushed(1, 0)
-			c.cut(0, 1)
-			renamed := root + "/.Y"
-			if err := os.Rename(filepath.Join(a.Mnt, mb), filepath.Join(a.Mnt, renamed)); err != nil {
-				t.Fatal(err)
-			}
-			c.healFrom(0, 2)
-			c.pushed(0, 2)
-			c.healAll()
-			st := c.converge("merged folder renamed, the other create late on the third node")
-			got := st.Mailboxes[renamed]
-			if _, ok := got["59000.M1.a"]; !ok || len(got) != 2 {
-				t.Fatalf("%s holds %v; want 59000.M1.a and 59001.M1.b", renamed, got)
-			}
-			if st.Mailboxes[mb] != nil {
-				t.Fatalf("%s is still there: %v", mb, st.Mailboxes[mb])
-			}
-			sameGUIDs(t, c)
-		})
-	}
-
-	// A folder created and renamed on one node while another created the
-	// same name, not having seen the first create: the two creates are one
-	// folder (rule 3), which the rename moved. The third node gets the
-	// other create first, then the create and the rename.
-	for _, higher := range []int{0, 1} {
-		t.Run(fmt.Sprintf("a create concurrent with another create of its name that was renamed since (higher GUID on node %d)", higher), func(t *testing.T) {
-			c.t = t
-			root := fmt.Sprintf("r60-%d/Maildir", higher)
-			mkMailbox(t, a.Mnt, root)
-			c.converge("setup")
-			c.partition()
-			var mb string
-			if higher == 0 {
-				mb = concurrentPairHigherOn(t, root+"/.X", a, b)
-			} else {
-				mb = concurrentPairHigherOn(t, root+"/.X", b, a)
-			}
-			deliverMsg(t, a.Mnt, mb, "new", "60000.M1.a", body("made on a"), when)
-			deliverMsg(t, b.Mnt, mb, "new", "60001.M1.b", body("made on b"), when)
-			renamed := root + "/.Y"
-			if err := os.Rename(filepath.Join(a.Mnt, mb), filepath.Join(a.Mnt, renamed)); err != nil {
-				t.Fatal(err)
-			}
-			c.healFrom(1, 2)
-			c.pushed(1, 2)
-			c.healAll()
-			st := c.converge("create concurrent with a create renamed since")
-			got := st.Mailboxes[renamed]
-			if _, ok := got["60000.M1.a"]; !ok || len(got) != 2 {
-				t.Fatalf("%s holds %v; want 60000.M1.a and 60001.M1.b (one folder)", renamed, got)
-			}
-			if st.Mailboxes[mb] != nil {
-				t.Fatalf("%s is still there: %v", mb, st.Mailboxes[mb])
-			}
-			sameGUIDs(t, c)
-		})
+	// A folder created on two nodes at once is one (rule 3), and A renames
+	// it; the third node gets the creates and the rename in an order
+	// neither creator saw. r59: A had merged B's create before its rename,
+	// and the third node gets A's create and rename before B's create.
+	// r60: A renamed its folder before it saw B's create, and the third
+	// node gets B's create first. Either way the late create is the
+	// renamed folder, not a new one at the old name; both GUID orders.
+	for _, tc := range []struct {
+		id, what     string
+		beforeRename func()
+		afterRename  func()
+	}{
+		{"r59", "a merged folder's rename reaches the third node before the other create",
+			func() { c.healFrom(1, 0); c.pushed(1, 0); c.cut(0, 1) },
+			func() { c.healFrom(0, 2); c.pushed(0, 2) }},
+		{"r60", "a create concurrent with another create of its name that was renamed since",
+			func() {},
+			func() { c.healFrom(1, 2); c.pushed(1, 2) }},
+	} {
+		for _, higher := range []int{0, 1} {
+			t.Run(fmt.Sprintf("%s (higher GUID on node %d)", tc.what, higher), func(t *testing.T) {
+				c.t = t
+				root := fmt.Sprintf("%s-%d/Maildir", tc.id, higher)
+				mkMailbox(t, a.Mnt, root)
+				c.converge("setup")
+				c.partition()
+				high, low := a, b
+				if higher == 1 {
+					high, low = b, a
+				}
+				mb := concurrentPairHigherOn(t, root+"/.X", high, low)
+				deliverMsg(t, a.Mnt, mb, "new", "59000.M1.a", body("made on a"), when)
+				deliverMsg(t, b.Mnt, mb, "new", "59001.M1.b", body("made on b"), when)
+				tc.beforeRename()
+				renamed := root + "/.Y"
+				if err := os.Rename(filepath.Join(a.Mnt, mb), filepath.Join(a.Mnt, renamed)); err != nil {
+					t.Fatal(err)
+				}
+				tc.afterRename()
+				c.healAll()
+				st := c.converge(tc.what)
+				got := st.Mailboxes[renamed]
+				if _, ok := got["59000.M1.a"]; !ok || len(got) != 2 {
+					t.Fatalf("%s holds %v; want 59000.M1.a and 59001.M1.b (one folder)", renamed, got)
+				}
+				if st.Mailboxes[mb] != nil {
+					t.Fatalf("%s is still there: %v", mb, st.Mailboxes[mb])
+				}
+				sameGUIDs(t, c)
+			})
+		}
 	}
 }
 

@@ -88,8 +88,10 @@ type Event struct {
 	Remote *journal.Op
 	// Intent, for EvIntent, is what the applier is about to apply.
 	Intent *Intent
-	// Seen, for EvDropSeenCreates, is what the deleting node had applied.
-	Seen journal.VersionVector
+	// Seen, for EvDropSeenCreates, is what the deleting node had applied,
+	// and Deleted the mailbox its delete named (Mailbox.CreatesKept).
+	Seen    journal.VersionVector
+	Deleted journal.GUID
 }
 
 func (t *tx) apply(ev Event) error {
@@ -137,7 +139,7 @@ func (t *tx) apply(ev Event) error {
 	case EvDropEarlyFlags:
 		return t.del(earlyFlagsKey(ev.GUID, ev.Path))
 	case EvDropSeenCreates:
-		return t.dropSeenCreates(ev.GUID, ev.NewGUID, ev.Seen)
+		return t.dropSeenCreates(ev.GUID, ev.NewGUID, ev.Deleted, ev.Seen)
 	case EvMerging:
 		return t.startMerge(ev.GUID, ev.NewGUID)
 	case EvUnrecreate:

@@ -98,6 +98,61 @@ func (m Mailbox) CreatesUnseen(seen journal.VersionVector) []CreateRef {
 // Creates lists every create of m: its own, and those merged into it.
 func (m Mailbox) Creates() []CreateRef { return m.CreatesUnseen(nil) }
 
+// CreatesKept lists the creates of m that outlive a delete of mailbox
+// deleted by a node that had applied seen: those it had not seen (rule 4:
+// the mailbox stays for them), and those it had seen that were another
+// mailbox there, joined with the deleted one here only through creates it
+// had not seen. On the deleter a create it had seen was one mailbox with
+// the deleted one when the two were made concurrently (neither creator had
+// seen the other's create: rule 3), directly or through others it had
+// seen; a create made after it had seen the deleted one's is a mailbox of
+// its own (the deleted one had been renamed away from that path). When no
+// create of m is deleted's own (the GUID the delete names is one derived
+// or merged away here), every create it had seen goes, as before.
+func (m Mailbox) CreatesKept(deleted journal.GUID, seen journal.VersionVector) []CreateRef {
+	all := m.Creates()
+	hadSeen := func(c CreateRef) bool { return seen[c.Stamp.Origin] >= c.Seq }
+	gone := make([]bool, len(all))
+	named := false
+	for i, c := range all {
+		if c.GUID == deleted && hadSeen(c) {
+			gone[i], named = true, true
+		}
+	}
+	if !named {
+		return m.CreatesUnseen(seen)
+	}
+	for changed := true; changed; {
+		changed = false
+		for i, c := range all {
+			if gone[i] || !hadSeen(c) {
+				continue
+			}
+			for j, d := range all {
+				if gone[j] && !c.sawCreate(d) && !d.sawCreate(c) {
+					gone[i], changed = true, true
+					break
+				}
+			}
+		}
+	}
+	var out []CreateRef
+	for i, c := range all {
+		if !gone[i] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// sawCreate reports whether c's node had applied create d when it made c.
+func (c CreateRef) sawCreate(d CreateRef) bool {
+	if c.Stamp.Origin == d.Stamp.Origin {
+		return c.Seq > d.Seq
+	}
+	return c.Seen[d.Stamp.Origin] >= d.Seq
+}
+
 // Survivor is the GUID a mailbox keeps after a delete that had not seen
 // the creates unseen: the highest, as rule 3 merges them on the nodes
 // where they arrive after the delete.

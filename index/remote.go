@@ -290,7 +290,7 @@ func (t *tx) noteMergedCreate(mb *mailboxRec, op *journal.Op) error {
 // after the delete, under the GUID they give it there, survivor (the
 // highest of theirs and, when mail the deleter had not seen is kept, the
 // GUID the deleter keeps that mail under, rule 4).
-func (t *tx) dropSeenCreates(g, survivor journal.GUID, seen journal.VersionVector) error {
+func (t *tx) dropSeenCreates(g, survivor, deleted journal.GUID, seen journal.VersionVector) error {
 	var mb mailboxRec
 	ok, err := t.getRec(mailboxKey(g), &mb)
 	if err != nil {
@@ -302,7 +302,7 @@ func (t *tx) dropSeenCreates(g, survivor journal.GUID, seen journal.VersionVecto
 	if survivor.IsZero() {
 		return fmt.Errorf("index: delete of the seen creates of mailbox %s: no surviving GUID", g)
 	}
-	unseen := mailboxOf(&mb).CreatesUnseen(seen)
+	unseen := mailboxOf(&mb).CreatesKept(deleted, seen)
 	if len(unseen) == 0 {
 		return fmt.Errorf("index: delete of the seen creates of mailbox %s: its delete had seen every create", g)
 	}

@@ -1457,8 +1457,10 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 	// with the deleted one by rule 3) is not what it deleted: only the
 	// mail the deleter had seen goes, and the mailbox stays, under the
 	// GUID of the creates the deleter had not seen, as on the deleter's
-	// side, where they arrive after the delete.
-	if unseenCreates := mb.CreatesUnseen(op.Seen); len(unseenCreates) > 0 {
+	// side, where they arrive after the delete. So does one it had seen
+	// but that was another mailbox there, merged here with the deleted one
+	// only through a create it had not seen (index.Mailbox.CreatesKept).
+	if unseenCreates := mb.CreatesKept(op.Mailbox, op.Seen); len(unseenCreates) > 0 {
 		for _, m := range seen {
 			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
@@ -1483,7 +1485,8 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 		}
 		a.log.Info("mailbox deleted on a peer that had not seen every create merged into it; kept", "path", mb.Path,
 			"mailbox", mb.GUID.String(), "kept_as", survivor.String())
-		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropSeenCreates, GUID: mb.GUID, NewGUID: survivor, Seen: op.Seen}); err != nil {
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvDropSeenCreates, GUID: mb.GUID, NewGUID: survivor,
+			Seen: op.Seen, Deleted: op.Mailbox}); err != nil {
 			return err
 		}
 		if survivor != mb.GUID {

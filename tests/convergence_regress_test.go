@@ -1943,6 +1943,56 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			})
 		}
 	}
+
+	// A makes .S, renames it to .R, makes .S again and deletes .R; B made
+	// .S meanwhile, with mail, and C got it first. B's create is one folder
+	// with both of A's (rule 3: neither saw the other), so on B and C all
+	// three are one record when A's delete comes. That delete ends A's first
+	// create only: A's second one, which it had seen, is live on A, and the
+	// folder keeps its GUID when it is the higher (A merged B's create into
+	// it), not B's (the survivor of the creates A had not seen).
+	t.Run("a delete of one of a node's creates merged with another's through a third create", func(t *testing.T) {
+		c.t = t
+		root := "r61/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		var mb, renamed string
+		for i := 0; ; i++ {
+			if i == 40 {
+				t.Fatal("40 tries, no pair of creates where A's second GUID is above B's")
+			}
+			mb, renamed = fmt.Sprintf("%s/.S%d", root, i), fmt.Sprintf("%s/.R%d", root, i)
+			mkMailbox(t, a.Mnt, mb)
+			if err := os.Rename(filepath.Join(a.Mnt, mb), filepath.Join(a.Mnt, renamed)); err != nil {
+				t.Fatal(err)
+			}
+			mkMailbox(t, a.Mnt, mb)
+			mkMailbox(t, b.Mnt, mb)
+			if mailboxGUIDs(t, a.Store)[mb] > mailboxGUIDs(t, b.Store)[mb] {
+				break
+			}
+		}
+		deliverMsg(t, b.Mnt, mb, "new", "61000.M1.b", body("made on b"), when)
+		c.healFrom(1, 2)
+		c.pushed(1, 2)
+		deliverMsg(t, n3.Mnt, mb, "new", "61001.M1.c", body("made on c"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, renamed)
+		c.healAll()
+		st := c.converge("a delete of one create of three merged")
+		found := 0
+		for _, msgs := range st.Mailboxes {
+			for k := range msgs {
+				if k == "61000.M1.b" || k == "61001.M1.c" {
+					found++
+				}
+			}
+		}
+		if found != 2 {
+			t.Fatalf("%d of the 2 messages the delete had not seen are left: %v", found, st.Mailboxes)
+		}
+		sameGUIDs(t, c)
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

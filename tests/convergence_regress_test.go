@@ -1993,6 +1993,68 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		}
 		sameGUIDs(t, c)
 	})
+
+	// C makes .Sent and deletes it; A, which had C's create, adds mail to
+	// it; B makes .Sent too and deletes it. On C the mail comes first and
+	// makes the folder again under the GUID derived from C's; B's delete,
+	// which had not seen the mail either, comes to that folder later. The
+	// nodes where B's delete came first kept the mail under the GUID
+	// derived from C's too: B's delete must not derive another from it.
+	for _, order := range []string{"B's ops before C's delete", "B's ops after C's delete"} {
+		t.Run("two deletes of one folder keeping mail neither had seen, the second on the recreated folder ("+order+")", func(t *testing.T) {
+			c.t = t
+			root := "r62-" + strings.Fields(order)[2] + "/Maildir"
+			mkMailbox(t, a.Mnt, root)
+			c.converge("setup")
+			c.partition()
+			mb := root + "/.Sent"
+			mkMailbox(t, n3.Mnt, mb)
+			c.healFrom(2, 0)
+			c.pushed(2, 0)
+			c.cut(2, 0)
+			mkMailbox(t, b.Mnt, mb)
+			deleteMailboxDovecotStyle(t, b.Mnt, mb)
+			deliverMsg(t, a.Mnt, mb, "new", "62000.M1.a", body("not seen by either deleter"), when)
+			if order == "B's ops before C's delete" {
+				c.healFrom(1, 2)
+				c.pushed(1, 2)
+				c.cut(1, 2) // B's create and delete come before C's own delete
+			}
+			deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+			c.healFrom(0, 2)
+			c.pushed(0, 2)
+			c.healAll()
+			st := c.converge("two deletes keeping unseen mail")
+			if _, ok := st.Mailboxes[mb]["62000.M1.a"]; !ok || len(st.Mailboxes[mb]) != 1 {
+				t.Fatalf("%s holds %v; want 62000.M1.a", mb, st.Mailboxes[mb])
+			}
+			sameGUIDs(t, c)
+		})
+	}
+
+	// B flags a message while A, not having seen it, sets other flags on it
+	// and moves it to another folder: B's flag survives the move (rule 6,
+	// flag by flag) on every node, A's included.
+	t.Run("a flag change concurrent with another flag change and a move", func(t *testing.T) {
+		c.t = t
+		root := "r63/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		mkMailbox(t, n3.Mnt, root+"/.Work")
+		deliverMsg(t, b.Mnt, root, "cur", "63000.M1.b", body("flagged on b, moved on a"), when)
+		c.converge("setup")
+		c.partition()
+		setFlags(t, b.Mnt, root, "63000.M1.b", "F")
+		setFlags(t, a.Mnt, root, "63000.M1.b", "DS")
+		if err := os.Rename(filepath.Join(a.Mnt, root, "cur", "63000.M1.b:2,DS"),
+			filepath.Join(a.Mnt, root, ".Work", "cur", "63000.M1.b:2,DS")); err != nil {
+			t.Fatal(err)
+		}
+		c.healAll()
+		st := c.converge("flag change vs flag change and move")
+		if got := st.Mailboxes[root+"/.Work"]["63000.M1.b"]; got.Flags != `\Draft \Flagged \Seen` {
+			t.Fatalf("63000.M1.b in .Work: %+v; want flags \\Draft \\Flagged \\Seen", got)
+		}
+	})
 }
 
 // concurrentPairWhere makes folders base0, base1, … on x and on y, each

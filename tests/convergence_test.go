@@ -25,7 +25,7 @@ import (
 // side, with a fresh seed printed at the start. MAILFS_CONVERGE_SCENARIOS=N
 // runs N instead, split 3:2 between the two-node and the three-node
 // cluster (the three-node one may still diverge in rare interleavings:
-// about one scenario in 1500 in the last round; see the README). MAILFS_CONVERGE_SEED replays a
+// about one scenario in 1000 to 5000 in the last round; see the README). MAILFS_CONVERGE_SEED replays a
 // run and MAILFS_CONVERGE_FROM=K starts at scenario K (each scenario's
 // operations depend only on the seed and its number): a failure prints
 // the command that replays it.

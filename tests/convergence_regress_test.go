@@ -2002,8 +2002,9 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		root := "r63/Maildir"
 		mkMailbox(t, a.Mnt, root)
 		mkMailbox(t, n3.Mnt, root+"/.Work")
-		deliverMsg(t, b.Mnt, root, "cur", "63000.M1.b", body("flagged on b, moved on a"), when)
 		c.converge("setup")
+		deliverMsg(t, b.Mnt, root, "cur", "63000.M1.b", body("flagged on b, moved on a"), when)
+		c.converge("message there")
 		c.partition()
 		setFlags(t, b.Mnt, root, "63000.M1.b", "F")
 		setFlags(t, a.Mnt, root, "63000.M1.b", "DS")

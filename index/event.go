@@ -32,7 +32,7 @@ const (
 	EvApplying                             // Remote is applied, its segment not yet: a local op has seen it (index-only)
 	EvIntent                               // Intent: a peer's adds whose files may appear before their commits (intent.go)
 	EvDropEarlyFlags                       // the early flag changes kept for message Path of mailbox GUID are applied
-	EvDropSeenCreates                      // a delete that had applied Seen ends the creates of mailbox GUID it had seen; it becomes NewGUID
+	EvDropSeenCreates                      // a delete of Deleted that had applied Seen ends the creates of mailbox GUID it deleted (Mailbox.CreatesKept); it becomes NewGUID
 	EvMerging                              // mailbox GUID's mail is being moved into mailbox NewGUID (merge.go)
 	EvUnrecreate                           // mailbox NewGUID, recreated for deleted GUID's unseen mail and emptied, is forgotten
 	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body

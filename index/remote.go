@@ -284,9 +284,11 @@ func (t *tx) noteMergedCreate(mb *mailboxRec, op *journal.Op) error {
 	return t.putMailbox(mb)
 }
 
-// dropSeenCreates applies to mailbox g a delete whose node had applied
-// seen but had not seen some of g's creates (rule 3 merged several): the
-// mailbox stays, as those creates make it on the nodes where they arrive
+// dropSeenCreates applies to mailbox g a delete of mailbox deleted whose
+// node had applied seen, where some of g's creates (rule 3 merged several)
+// outlive it (Mailbox.CreatesKept: those it had not seen, and those that
+// were another mailbox on the deleter): the mailbox stays, as those
+// creates make it on the nodes where they arrive
 // after the delete, under the GUID they give it there, survivor (the
 // highest of theirs and, when mail the deleter had not seen is kept, the
 // GUID the deleter keeps that mail under, rule 4).
@@ -302,20 +304,20 @@ func (t *tx) dropSeenCreates(g, survivor, deleted journal.GUID, seen journal.Ver
 	if survivor.IsZero() {
 		return fmt.Errorf("index: delete of the seen creates of mailbox %s: no surviving GUID", g)
 	}
-	unseen := mailboxOf(&mb).CreatesKept(deleted, seen)
-	if len(unseen) == 0 {
-		return fmt.Errorf("index: delete of the seen creates of mailbox %s: its delete had seen every create", g)
+	kept := mailboxOf(&mb).CreatesKept(deleted, seen)
+	if len(kept) == 0 {
+		return fmt.Errorf("index: delete of the seen creates of mailbox %s: the delete ends every create", g)
 	}
 	// The mailbox's create is the surviving GUID's, or any that survives.
 	own := 0
-	for i, c := range unseen {
+	for i, c := range kept {
 		if c.GUID == survivor {
 			own = i
 		}
 	}
-	c := unseen[own]
+	c := kept[own]
 	mb.Created, mb.CreatedSeq, mb.CreatedGUID, mb.CreatedSeen = c.Stamp, c.Seq, c.GUID, c.Seen
-	mb.MergedCreates = append(append([]CreateRef(nil), unseen[:own]...), unseen[own+1:]...)
+	mb.MergedCreates = append(append([]CreateRef(nil), kept[:own]...), kept[own+1:]...)
 	if err := t.putMailbox(&mb); err != nil {
 		return err
 	}

@@ -1460,16 +1460,16 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 	// side, where they arrive after the delete. So does one it had seen
 	// but that was another mailbox there, merged here with the deleted one
 	// only through a create it had not seen (index.Mailbox.CreatesKept).
-	if unseenCreates := mb.CreatesKept(op.Mailbox, op.Seen); len(unseenCreates) > 0 {
+	if keptCreates := mb.CreatesKept(op.Mailbox, op.Seen); len(keptCreates) > 0 {
 		for _, m := range seen {
 			if err := a.unlinkDeleted(op, mb, m); err != nil {
 				return err
 			}
 		}
-		survivor := index.Survivor(unseenCreates)
+		survivor := index.Survivor(keptCreates)
 		var recreated journal.GUID
 		for _, named := range unseenNamed {
-			if slices.ContainsFunc(unseenCreates, func(c index.CreateRef) bool { return c.GUID == named }) {
+			if slices.ContainsFunc(keptCreates, func(c index.CreateRef) bool { return c.GUID == named }) {
 				continue // the deleter puts it in that create's mailbox
 			}
 			// Mail named by a mailbox the deleter had seen created: it

@@ -37,10 +37,11 @@ const (
 	EvUnrecreate                           // mailbox NewGUID, recreated for deleted GUID's unseen mail and emptied, is forgotten
 	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body
 	EvSweepOrphans                         // up to sweepBatch message records left by deleted mailbox GUID become expunge traces
+	EvAbsentAddsTaken                      // Remote, a delete of mailbox GUID, took the mail of the adds it had seen that came without their bodies
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add", "sweep-orphans"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add", "sweep-orphans", "absent-adds-taken"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -99,7 +100,7 @@ func (t *tx) apply(ev Event) error {
 	defer func() { t.remote = nil }()
 	if ev.Remote != nil {
 		t.s.clock.Observe(ev.Remote.Time)
-		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() && ev.Kind != EvRekey && ev.Kind != EvMerging && ev.Kind != EvAbsentAdd {
+		if g := remoteMailboxGUID(ev.Remote); !g.IsZero() && ev.Kind != EvRekey && ev.Kind != EvMerging && ev.Kind != EvAbsentAdd && ev.Kind != EvAbsentAddsTaken {
 			ev.GUID = g
 		}
 		if visibleEffect(ev) {
@@ -148,6 +149,8 @@ func (t *tx) apply(ev Event) error {
 		return t.noteAbsentAdd(t.resolve(ev.GUID), ev.Path, ev.Remote)
 	case EvSweepOrphans:
 		return t.sweepOrphans(ev.GUID)
+	case EvAbsentAddsTaken:
+		return t.absentAddsTaken(t.resolve(ev.GUID), ev.Remote)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -181,7 +184,7 @@ func (t *tx) apply(ev Event) error {
 // come before the effect (a body written before its rename into new/).
 func visibleEffect(ev Event) bool {
 	switch ev.Kind {
-	case EvApplied, EvIntent, EvDropSeenCreates, EvSweepOrphans:
+	case EvApplied, EvIntent, EvDropSeenCreates, EvSweepOrphans, EvAbsentAddsTaken:
 		return false
 	case EvRekey, EvMerging:
 		// A rule-3 merge made for a peer's create: a local delete of the
@@ -362,7 +365,9 @@ func (t *tx) sweepOrphans(g journal.GUID) error {
 			}
 			continue
 		}
-		if err := t.putRec(tombMessageKey(g, key), expungeTrace(ts.Time, ts.Origin, ts.Seq, rec)); err != nil {
+		trace := expungeTrace(ts.Time, ts.Origin, ts.Seq, rec)
+		trace.ByMailboxDelete = true
+		if err := t.putRec(tombMessageKey(g, key), trace); err != nil {
 			return err
 		}
 	}

@@ -372,7 +372,9 @@ func (t *tx) depart(path string) error {
 			return err
 		}
 		last := t.lastOp
-		return t.putRec(tombMessageKey(mb.GUID, name.Base), expungeTrace(last.Time, last.Origin, last.Seq, rec))
+		trace := expungeTrace(last.Time, last.Origin, last.Seq, rec)
+		trace.ByMailboxDelete = t.remote != nil && t.remote.Kind == journal.MailboxDelete
+		return t.putRec(tombMessageKey(mb.GUID, name.Base), trace)
 	case maildir.KindPlainFile:
 		var old fileRec
 		ok, err := t.getRec(fileKey(path), &old)

@@ -231,6 +231,12 @@ type tombstone struct {
 	// AddedTo, for a message expunged here: the mailbox GUID that add
 	// named (zero in records written before it was kept).
 	AddedTo journal.GUID `json:"added_to,omitempty"`
+	// ByMailboxDelete, for a message expunged here: a delete of its
+	// mailbox removed it, not an expunge of its own. A node that gets the
+	// message after a delete that had not seen it gets that delete of the
+	// mailbox too, which takes the mailbox made again there for it: the
+	// message keeps no empty mailbox for the first delete (rule 4).
+	ByMailboxDelete bool `json:"by_mailbox_delete,omitempty"`
 	// Sub, Flags and FlagStamps, for a message expunged here: what it was
 	// when it went, so a concurrent move of it (which brings it back, in
 	// the target) keeps the flag changes made before the expunge.

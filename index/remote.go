@@ -550,6 +550,37 @@ func (t *tx) noteAbsentAdd(g journal.GUID, key string, op *journal.Op) error {
 	return t.putRec(absentAddKey(g, key), &absentAddRec{Origin: op.Origin, Seq: op.Seq})
 }
 
+// absentAddsTaken ends the adds to mailbox g that came without their
+// bodies and that del, a delete of g, had seen: the mail went with the
+// mailbox (on its origin, or on the deleter, where it was when the delete
+// took it), which is the later op those adds waited for. Each becomes an
+// expunge trace of del's, so a delete that had not seen the add knows
+// another delete of the mailbox took it (tombstone.ByMailboxDelete).
+func (t *tx) absentAddsTaken(g journal.GUID, del *journal.Op) error {
+	if del == nil || del.Kind != journal.MailboxDelete {
+		return fmt.Errorf("index: absent adds taken without a mailbox delete")
+	}
+	prefix := append([]byte(pAbsentAdd), g[:]...)
+	return t.scanKeys(prefix, func(k []byte) error {
+		var a absentAddRec
+		if ok, err := t.getRec(k, &a); err != nil || !ok {
+			return err
+		}
+		if del.Seen[a.Origin] < a.Seq {
+			return nil // mail the delete had not seen: it keeps the mailbox (rule 4)
+		}
+		key := string(k[len(prefix):])
+		if err := t.del(k); err != nil {
+			return err
+		}
+		if ok, err := t.has(tombMessageKey(g, key)); err != nil || ok {
+			return err
+		}
+		return t.putRec(tombMessageKey(g, key), &tombstone{Time: del.Time, Origin: del.Origin, Seq: del.Seq,
+			AddedOrigin: a.Origin, AddedSeq: a.Seq, ByMailboxDelete: true})
+	})
+}
+
 // resolve follows the alias of a mailbox GUID merged into another.
 func (t *tx) resolve(g journal.GUID) journal.GUID {
 	for i := 0; i < 8; i++ {
@@ -821,12 +852,13 @@ func (v PeerView) ExpungedAs(g journal.GUID, key string) (Message, bool, error) 
 }
 
 // ExpungedUnseen reports whether mailbox g had a message, expunged or
-// moved away since, whose add the version vector seen does not include: a
-// delete with seen had not seen that mail, and on its deleter the mail
-// arrives (and leaves) after the delete, in the mailbox recreated for it.
+// moved away since (not by a delete of g), whose add the version vector
+// seen does not include: a delete with seen had not seen that mail, and on
+// its deleter the mail arrives (and leaves) after the delete, in the
+// mailbox recreated for it, which stays.
 func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
 	found := false
-	err := v.ExpungedUnseenNamed(g, seen, func(journal.GUID) { found = true })
+	err := v.ExpungedUnseenNamed(g, seen, func(_ journal.GUID, byMailboxDelete bool) { found = found || !byMailboxDelete })
 	if err != nil || found {
 		return found, err
 	}
@@ -850,10 +882,11 @@ func (v PeerView) AbsentAddUnseen(g journal.GUID, seen journal.VersionVector) (b
 	return found, err
 }
 
-// ExpungedUnseenNamed calls fn with the mailbox GUID that the add named of
-// every message of mailbox g expunged here whose add seen had not seen (g
-// itself where the trace predates AddedTo).
-func (v PeerView) ExpungedUnseenNamed(g journal.GUID, seen journal.VersionVector, fn func(addedTo journal.GUID)) error {
+// ExpungedUnseenNamed calls fn with the mailbox GUID that the add named (g
+// itself where the trace predates AddedTo) of every message of mailbox g
+// expunged here whose add seen had not seen, and whether a delete of the
+// mailbox removed it (tombstone.ByMailboxDelete).
+func (v PeerView) ExpungedUnseenNamed(g journal.GUID, seen journal.VersionVector, fn func(addedTo journal.GUID, byMailboxDelete bool)) error {
 	g = v.t.resolve(g)
 	prefix := append([]byte(pTombMessage), g[:]...)
 	return v.t.scanKeys(prefix, func(k []byte) error {
@@ -866,7 +899,7 @@ func (v PeerView) ExpungedUnseenNamed(g journal.GUID, seen journal.VersionVector
 			if to.IsZero() {
 				to = g
 			}
-			fn(to)
+			fn(to, ts.ByMailboxDelete)
 		}
 		return nil
 	})

@@ -196,3 +196,72 @@ func TestMergedCreateSurvivesDeleteThatMissedIt(t *testing.T) {
 		t.Fatal("a delete that had seen every create ended none of them without an error")
 	}
 }
+
+// Adds that came without their bodies count as mail a mailbox delete may
+// not have seen until a delete of the mailbox that had seen them takes
+// them; what it took is marked as taken by a mailbox delete, and an add it
+// had not seen still counts.
+func TestAbsentAddsTakenByMailboxDelete(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, t.TempDir())
+	defer s.Close()
+	ctx := context.Background()
+	peer, deleter, late := randomNode(t), randomNode(t), randomNode(t)
+	if _, err := s.Commit(ctx, Event{Kind: EvMkdir, Path: "u/Maildir/.A/cur", IsDir: true}); err != nil {
+		t.Fatal(err)
+	}
+	var g journal.GUID
+	if err := s.View(func(v PeerView) error {
+		mb, ok, err := v.MailboxAt("u/Maildir/.A")
+		if err == nil && !ok {
+			t.Fatal("mailbox not made")
+		}
+		g = mb.GUID
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	add := func(origin journal.NodeID, seq uint64, key string) {
+		t.Helper()
+		op := &journal.Op{Kind: journal.MessageAdd, Origin: origin, Seq: seq, Time: journal.HLC{WallMs: int64(seq)},
+			Mailbox: g, Path: "u/Maildir/.A", Key: key}
+		if _, err := s.Commit(ctx, Event{Kind: EvAbsentAdd, GUID: g, Path: key, Remote: op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(peer, 3, "1.M1P1.peer")
+	add(late, 7, "2.M1P1.late")
+	del := &journal.Op{Kind: journal.MailboxDelete, Origin: deleter, Seq: 4, Time: journal.HLC{WallMs: 20}, Mailbox: g,
+		Path: "u/Maildir/.A", Seen: journal.VersionVector{peer: 3, late: 6}}
+	if _, err := s.Commit(ctx, Event{Kind: EvAbsentAddsTaken, GUID: g, Remote: del}); err != nil {
+		t.Fatal(err)
+	}
+	other := journal.VersionVector{} // a second delete that had seen neither add
+	err := s.View(func(v PeerView) error {
+		got := map[string]bool{}
+		if err := v.ExpungedUnseenNamed(g, other, func(to journal.GUID, byMailboxDelete bool) {
+			got[to.String()] = byMailboxDelete
+		}); err != nil {
+			return err
+		}
+		if len(got) != 1 || !got[g.String()] {
+			t.Errorf("expunged unseen after the delete: %v; want only the taken add, marked as taken by a mailbox delete", got)
+		}
+		if unseen, err := v.ExpungedUnseen(g, other); err != nil || !unseen {
+			t.Errorf("ExpungedUnseen = %v, %v; want true: the add the delete had not seen still counts", unseen, err)
+		}
+		if absent, err := v.AbsentAddUnseen(g, journal.VersionVector{late: 7}); err != nil || absent {
+			t.Errorf("AbsentAddUnseen(seen both) = %v, %v; want false", absent, err)
+		}
+		if absent, err := v.AbsentAddUnseen(g, journal.VersionVector{late: 6}); err != nil || !absent {
+			t.Errorf("AbsentAddUnseen(not seen the late add) = %v, %v; want true: the delete had not taken it", absent, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx, Event{Kind: EvAbsentAddsTaken, GUID: g, Remote: &journal.Op{Kind: journal.MessageExpunge}}); err == nil {
+		t.Fatal("absent adds taken by an op that is no mailbox delete: want an error")
+	}
+}

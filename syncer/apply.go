@@ -1123,6 +1123,23 @@ func (a *applier) stepAside(at index.Mailbox, p string) error {
 	return a.moveMailbox(at.GUID, p, aside, at.Renamed)
 }
 
+// recreatedFor returns, of the GUIDs derived for mail kept from a delete
+// (rule 4) from the mailboxes named, the first that is mailbox g here
+// (g itself, or merged into it), if any.
+func (a *applier) recreatedFor(named []journal.GUID, g journal.GUID) (journal.GUID, error) {
+	var found journal.GUID
+	err := a.view(func(v index.PeerView) error {
+		for _, n := range named {
+			if r := index.RecreatedGUID(n); !n.IsZero() && v.Resolve(r) == g {
+				found = r
+				return nil
+			}
+		}
+		return nil
+	})
+	return found, err
+}
+
 // backFromAside returns mailbox kept (mb, recreated for mail the delete op
 // had not seen) to where op's deleter had it, when this node had set mb
 // aside for a peer's create at that path (stepAside): op was the op that
@@ -1420,10 +1437,12 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 		// recreates the mailbox on the deleter (it gets the add after its
 		// delete): keep the mailbox, empty, as it will be there, and under
 		// the GUID it will have there (what that add named decides it, as
-		// for the mail still here).
+		// for the mail still here). Not when another delete of the mailbox
+		// took it: that delete reaches the deleter too and takes the
+		// mailbox made again there.
 		gone := false
-		err = v.ExpungedUnseenNamed(mb.GUID, op.Seen, func(to journal.GUID) {
-			gone = true
+		err = v.ExpungedUnseenNamed(mb.GUID, op.Seen, func(to journal.GUID, byMailboxDelete bool) {
+			gone = gone || !byMailboxDelete
 			unseenNamed = append(unseenNamed, to)
 		})
 		if err != nil || unseen > 0 {
@@ -1442,6 +1461,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 	}
 	if !have {
 		return a.meta(ctx, op)
+	}
+	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvAbsentAddsTaken, GUID: mb.GUID, Remote: op}); err != nil {
+		return err
 	}
 	a.unlockAll() // the dotlocks go with the directories
 	err = a.store.Mailboxes(func(o index.Mailbox) error {
@@ -1527,8 +1549,21 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			a.log.Info("mailbox deleted on a peer keeps mail the peer had not seen", "path", mb.Path,
 				"mailbox", mb.GUID.String(), "kept", kept)
 			a.resolved(ruleUnseenKept)
-			if !deletedBefore {
-				recreated := index.RecreatedGUID(mb.GUID)
+			recreated := index.RecreatedGUID(mb.GUID)
+			// Another delete that had not seen this mail came first and made
+			// the mailbox again for it, under the GUID derived from the one
+			// the mail named, which this delete's create then merged with:
+			// the mailbox goes back to that GUID, as on the nodes where this
+			// delete came first (it ends the create; the mail's mailbox
+			// stays as the other delete left it).
+			back, err := a.recreatedFor(unseenNamed, mb.GUID)
+			if err != nil {
+				return err
+			}
+			if !back.IsZero() {
+				recreated = back
+			}
+			if !deletedBefore && recreated != mb.GUID {
 				var other index.Mailbox
 				inUse := false
 				if err := a.view(func(v index.PeerView) error {

@@ -1994,6 +1994,82 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 
+	// C makes .Sent and deletes it; A, which had C's create, adds mail to
+	// it; B makes .Sent too and deletes it. On C the mail comes first and
+	// makes the folder again under the GUID derived from C's; B's delete,
+	// which had not seen the mail either, comes to that folder later. The
+	// nodes where B's delete came first kept the mail under the GUID
+	// derived from C's too: B's delete must not derive another from it.
+	for _, order := range []string{"B's ops before C's delete", "B's ops after C's delete"} {
+		t.Run("two deletes of one folder keeping mail neither had seen, the second on the recreated folder ("+order+")", func(t *testing.T) {
+			c.t = t
+			root := "r62-" + strings.Fields(order)[2] + "/Maildir"
+			mkMailbox(t, a.Mnt, root)
+			c.converge("setup")
+			c.partition()
+			mb := root + "/.Sent"
+			mkMailbox(t, n3.Mnt, mb)
+			c.healFrom(2, 0)
+			c.pushed(2, 0)
+			c.cut(2, 0)
+			mkMailbox(t, b.Mnt, mb)
+			deleteMailboxDovecotStyle(t, b.Mnt, mb)
+			deliverMsg(t, a.Mnt, mb, "new", "62000.M1.a", body("not seen by either deleter"), when)
+			if order == "B's ops before C's delete" {
+				c.healFrom(1, 2)
+				c.pushed(1, 2)
+				c.cut(1, 2) // B's create and delete come before C's own delete
+			}
+			deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+			c.healFrom(0, 2)
+			c.pushed(0, 2)
+			c.healAll()
+			st := c.converge("two deletes keeping unseen mail")
+			if _, ok := st.Mailboxes[mb]["62000.M1.a"]; !ok || len(st.Mailboxes[mb]) != 1 {
+				t.Fatalf("%s holds %v; want 62000.M1.a", mb, st.Mailboxes[mb])
+			}
+			sameGUIDs(t, c)
+		})
+	}
+
+	// A makes .Archive; C makes it too (B gets both: one mailbox), adds
+	// mail B does not see and deletes the folder; B deletes it too. On A,
+	// C's ops come first: C's delete keeps the folder for A's create it had
+	// not seen; then B's delete, which had not seen C's mail, finds that
+	// mail gone, taken by C's delete of the folder. On B that mail arrives
+	// after B's delete and makes the folder again, and C's delete, coming
+	// with it, takes it: the folder goes on A as well (s20 of a folder-heavy
+	// probe kept it on A, empty).
+	t.Run("a delete that had not seen mail another delete of the folder took", func(t *testing.T) {
+		c.t = t
+		root := "r64/Maildir"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mb := root + "/.Archive"
+		mkMailbox(t, a.Mnt, mb)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		mkMailbox(t, n3.Mnt, mb)
+		c.healFrom(2, 1)
+		c.pushed(2, 1)
+		c.cut(2, 1)
+		deliverMsg(t, n3.Mnt, mb, "new", "64000.M1.c", body("taken by c's delete of the folder"), when)
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		deleteMailboxDovecotStyle(t, b.Mnt, mb)
+		c.healFrom(2, 0)
+		c.pushed(2, 0) // C's create, mail and delete reach A first
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.healAll()
+		st := c.converge("two deletes, one of them had not seen the mail the other took")
+		if got, ok := st.Mailboxes[mb]; ok {
+			t.Fatalf("%s is still there (holding %v); want it deleted", mb, got)
+		}
+		sameGUIDs(t, c)
+	})
+
 	// B flags a message while A, not having seen it, sets other flags on it
 	// and moves it to another folder: B's flag survives the move (rule 6,
 	// flag by flag) on every node, A's included.

@@ -1556,11 +1556,13 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 			// the mailbox goes back to that GUID, as on the nodes where this
 			// delete came first (it ends the create; the mail's mailbox
 			// stays as the other delete left it).
+			// Not when the deleter deleted that made-again mailbox itself:
+			// its unseen mail gets the GUID derived from that one's.
 			back, err := a.recreatedFor(unseenNamed, mb.GUID)
 			if err != nil {
 				return err
 			}
-			if !back.IsZero() {
+			if !back.IsZero() && back != op.Mailbox {
 				recreated = back
 			}
 			if !deletedBefore && recreated != mb.GUID {

@@ -2032,6 +2032,36 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		})
 	}
 
+	// A deletes .Sent without B's new mail, gets that mail (the folder is
+	// made again for it, under the GUID derived from the deleted one's)
+	// and deletes that folder too, without B's next mail: that mail keeps
+	// the folder under the GUID derived from the made-again one's, on B as
+	// on A (s113 of a folder-heavy probe: B kept it under the first).
+	t.Run("a delete of the folder made again for mail another delete had not seen", func(t *testing.T) {
+		c.t = t
+		root := "r65/Maildir"
+		mb := root + "/.Sent"
+		mkMailbox(t, b.Mnt, root)
+		mkMailbox(t, b.Mnt, mb)
+		deliverMsg(t, b.Mnt, mb, "cur", "65000.M1.b", body("seen by both deletes"), when)
+		c.converge("setup")
+		c.partition()
+		deleteMailboxDovecotStyle(t, a.Mnt, mb)
+		deliverMsg(t, b.Mnt, mb, "new", "65001.M1.b", body("seen by the second delete"), when)
+		c.healFrom(1, 0)
+		c.pushed(1, 0)
+		c.cut(0, 1)
+		waitForPath(t, filepath.Join(a.Mnt, mb, "new", "65001.M1.b")) // the folder made again on A
+		deliverMsg(t, b.Mnt, mb, "new", "65002.M1.b", body("seen by neither delete"), when)
+		deleteMailboxDovecotStyle(t, a.Mnt, mb)
+		c.healAll()
+		st := c.converge("a delete of the folder made again")
+		if _, ok := st.Mailboxes[mb]["65002.M1.b"]; !ok || len(st.Mailboxes[mb]) != 1 {
+			t.Fatalf("%s holds %v; want 65002.M1.b only", mb, st.Mailboxes[mb])
+		}
+		sameGUIDs(t, c)
+	})
+
 	// A makes .Archive; C makes it too (B gets both: one mailbox), adds
 	// mail B does not see and deletes the folder; B deletes it too. On A,
 	// C's ops come first: C's delete keeps the folder for A's create it had

@@ -1579,13 +1579,35 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 				if inUse {
 					// Mail that names the kept GUID came first and made it
 					// elsewhere: the two are one mailbox; merge them on disk
-					// rather than refuse the delete for good.
+					// rather than refuse the delete for good. Where the
+					// deleted one was moved by a rename its deleter had not
+					// seen, the kept mail is there on the other nodes (the
+					// rename moved the kept mailbox), and under the kept GUID
+					// whichever GUID is the higher.
 					a.log.Warn("mailbox deleted on a peer keeps mail where the GUID kept for it is already in use; merging the two",
 						"path", mb.Path, "mailbox", mb.GUID.String(), "other_path", other.Path, "other", recreated.String())
-					if err := a.mergeFolders(ctx, op, other, mb); err != nil && !errors.Is(err, errKeptApart) {
+					keep, gone := mergeOrder(mb, other)
+					if err := a.mergeFolders(ctx, op, keep, gone); errors.Is(err, errKeptApart) {
+						return a.meta(ctx, op)
+					} else if err != nil {
 						return err
 					}
-					return a.meta(ctx, op)
+					var merged journal.GUID
+					if err := a.view(func(v index.PeerView) error { merged = v.Resolve(recreated); return nil }); err != nil {
+						return err
+					}
+					if merged != recreated {
+						if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: merged, NewGUID: recreated}); err != nil {
+							return err
+						}
+						if err := a.applyEarlyFlags(ctx, recreated, merged); err != nil {
+							return err
+						}
+					}
+					if err := a.meta(ctx, op); err != nil {
+						return err
+					}
+					return a.applyEarlyDelete(ctx, recreated)
 				}
 				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: recreated}); err != nil {
 					return err

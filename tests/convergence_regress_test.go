@@ -2062,6 +2062,47 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 
+	// C deletes .Archive; A adds mail to it, gets C's delete (the folder is
+	// kept for that mail, under the GUID derived from the deleted one's)
+	// and adds more, naming that GUID; B, which had seen neither, renames
+	// the folder. On B, A's later mail makes the derived GUID's folder at
+	// the old name before C's delete arrives: the two are one, at the new
+	// name (where the rename took the kept folder on A and C) and under
+	// the derived GUID (s78 of a folder-heavy probe kept B's at the old
+	// name under the deleted GUID).
+	t.Run("a kept folder's GUID made elsewhere first, the deleted folder renamed meanwhile", func(t *testing.T) {
+		c.t = t
+		root := "r66/Maildir"
+		mb, renamed := root+"/.Archive", root+"/.Archive.2024"
+		mkMailbox(t, n3.Mnt, root)
+		mkMailbox(t, n3.Mnt, mb)
+		c.converge("setup")
+		c.partition()
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		deliverMsg(t, a.Mnt, mb, "new", "66000.M1.a", body("not seen by the delete"), when)
+		c.healFrom(2, 0)
+		c.pushed(2, 0)
+		c.cut(2, 0)
+		deliverMsg(t, a.Mnt, mb, "new", "66001.M1.a", body("into the kept folder"), when)
+		if err := os.Rename(filepath.Join(b.Mnt, mb), filepath.Join(b.Mnt, renamed)); err != nil {
+			t.Fatal(err)
+		}
+		c.healFrom(0, 1)
+		c.pushed(0, 1) // A's mail reaches B before C's delete
+		c.cut(0, 1)
+		c.healAll()
+		st := c.converge("kept folder's GUID in use, deleted folder renamed")
+		if got, ok := st.Mailboxes[mb]; ok {
+			t.Fatalf("%s is there (holding %v); want the kept mail under %s only", mb, got, renamed)
+		}
+		for _, k := range []string{"66000.M1.a", "66001.M1.a"} {
+			if _, ok := st.Mailboxes[renamed][k]; !ok {
+				t.Fatalf("%s holds %v; want %s", renamed, st.Mailboxes[renamed], k)
+			}
+		}
+		sameGUIDs(t, c)
+	})
+
 	// A makes .Archive; C makes it too (B gets both: one mailbox), adds
 	// mail B does not see and deletes the folder; B deletes it too. On A,
 	// C's ops come first: C's delete keeps the folder for A's create it had

@@ -315,9 +315,21 @@ func (t *tx) moveMessage(cf, ct maildir.Class, ev Event) error {
 	}
 	moved := &messageRec{Name: ct.Name, Sub: sub, Flags: flags, Mtime: recF.Mtime, Size: recF.Size, Content: recF.Content,
 		FlagStamps: recF.FlagStamps}
+	// The move names the op that brought the message to its source too
+	// (its add, or a peer's move into it): a node that gets this move
+	// before that op knows, when that op comes, that the message has moved
+	// on (PeerView.MovedAwayKnowing). An origin's ops are applied in order,
+	// so the entry claims no more than this node has seen.
+	seen := overExpunge
+	if t.remote == nil && recF.AddedSeq != 0 && !recF.Added.Origin.IsZero() {
+		seen = journal.VersionVector{recF.Added.Origin: recF.AddedSeq}
+		for o, s := range overExpunge {
+			seen[o] = max(seen[o], s)
+		}
+	}
 	op := journal.Op{Kind: journal.MessageMove, Mailbox: mbF.GUID, Path: mbF.Path, Target: mbT.GUID,
 		NewPath: mbT.Path, Key: nf.Base, Sub: sub, Flags: flags, Mtime: moved.Mtime, Size: moved.Size,
-		Content: moved.Content, Replaced: replaced, Seen: overExpunge}
+		Content: moved.Content, Replaced: replaced, Seen: seen}
 	if nt.Base != nf.Base {
 		op.NewKey = nt.Base
 	}

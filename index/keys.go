@@ -218,6 +218,10 @@ type tombstone struct {
 	// peer's flag change to it there still finds it.
 	MovedTo  *journal.GUID `json:"moved_to,omitempty"`
 	MovedKey string        `json:"moved_key,omitempty"`
+	// MoverSeen, for a message a peer's move took away before it arrived
+	// here: that move's Seen, which names the op that had brought the
+	// message to its source on the mover (PeerView.MovedAwayKnowing).
+	MoverSeen journal.VersionVector `json:"mover_seen,omitempty"`
 	// Followed, for a message expunged here: MovedTo is where a concurrent
 	// move brought it back (followMove), not where it was moved away to.
 	// The key stays expunged here: a later move into this mailbox is an

@@ -503,8 +503,22 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 		if op.NewKey != "" {
 			ts.MovedKey = op.NewKey
 		}
+		ts.MoverSeen = op.Seen
 	}
 	return t.putRec(tombMessageKey(g, key), ts)
+}
+
+// MovedAwayKnowing reports whether message key left mailbox g here by a
+// move whose mover had applied op (origin, seq) — the move arrived before
+// the message did — and where that move took it. A move of op's that puts
+// the message into g is then over: the message had already moved on.
+func (v PeerView) MovedAwayKnowing(g journal.GUID, key string, origin journal.NodeID, seq uint64) (journal.GUID, bool, error) {
+	var ts tombstone
+	ok, err := v.t.getRec(tombMessageKey(v.t.resolve(g), key), &ts)
+	if err != nil || !ok || ts.MovedTo == nil || ts.Followed || seq == 0 || ts.MoverSeen[origin] < seq {
+		return journal.GUID{}, false, err
+	}
+	return v.t.resolve(*ts.MovedTo), true, nil
 }
 
 // unrecreate forgets mailbox recreated, made for mail a delete of deleted

@@ -2147,6 +2147,30 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 	}
 	dst, expunged, err := a.messageTarget(ctx, op.Target, op.NewPath, newKey, op)
 	if err == nil && expunged {
+		// A move made after this one on a node that had applied it (its
+		// Seen names this op) came first and took the message on from the
+		// target: this move is over. What it would move stays, if it is
+		// where that later move put the message; else that later move
+		// took it, and it goes.
+		var onTo journal.GUID
+		var over bool
+		if err := a.view(func(v index.PeerView) error {
+			var err error
+			onTo, over, err = v.MovedAwayKnowing(dst.GUID, newKey, op.Origin, op.Seq)
+			return err
+		}); err != nil {
+			return err
+		}
+		if over {
+			a.log.Debug("a later move that had seen this one came first; the message has moved on", "op", op.String(),
+				"moved_to", onTo.String())
+			if have && onTo != srcMb.GUID {
+				return a.unlinkMessage(op, srcMb, src)
+			}
+			return a.meta(ctx, op)
+		}
+	}
+	if err == nil && expunged {
 		// The key's trace in the target may be that of an earlier move out
 		// of it (a move there and back): that is no expunge, and this move
 		// brings the message back. An expunge there that a concurrent move

@@ -134,8 +134,10 @@ func validateOp(op *journal.Op, limits journal.Limits) error {
 		if op.Sub != journal.SubNew && op.Sub != journal.SubCur {
 			return badOp(op, "message subdirectory %d invalid", op.Sub)
 		}
-		if len(op.Seen) > 1 {
-			return badOp(op, "message move names %d expunges it was made over, more than 1", len(op.Seen))
+		// A move's Seen names at most the expunge it was made over and the
+		// op that had brought the message to its source.
+		if len(op.Seen) > 2 {
+			return badOp(op, "message move names %d ops it was made after, more than 2", len(op.Seen))
 		}
 	case journal.FileWrite, journal.FileDelete:
 		// A path this version keeps per node (KindCache) is accepted and

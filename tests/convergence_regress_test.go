@@ -2103,6 +2103,50 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		sameGUIDs(t, c)
 	})
 
+	// C delivers a message and moves it to .Archive; B, having both, moves
+	// it back (or on to .Work). B's move reaches A first (A has neither of
+	// C's ops): the message comes to A as an add where B put it; C's move,
+	// arriving later, is over (B had seen it) and must not take it to
+	// .Archive again, nor leave C's add's copy behind (s14 of a
+	// folder-heavy probe).
+	for _, onTo := range []string{"", "/.Work"} {
+		label := "back"
+		if onTo != "" {
+			label = "on to " + onTo[1:]
+		}
+		t.Run("a move that overtakes the move before it ("+label+")", func(t *testing.T) {
+			c.t = t
+			root := "r68" + strings.ReplaceAll(onTo, "/.", "-") + "/Maildir"
+			mkMailbox(t, n3.Mnt, root)
+			mkMailbox(t, n3.Mnt, root+"/.Archive")
+			mkMailbox(t, n3.Mnt, root+"/.Work")
+			c.converge("setup")
+			c.partition()
+			const name = "68000.M1.c:2,S"
+			deliverMsg(t, n3.Mnt, root, "cur", name, body("moved there and on"), when)
+			if err := os.Rename(filepath.Join(n3.Mnt, root, "cur", name), filepath.Join(n3.Mnt, root, ".Archive", "cur", name)); err != nil {
+				t.Fatal(err)
+			}
+			c.healFrom(2, 1)
+			c.pushed(2, 1)
+			c.cut(2, 1)
+			if err := os.Rename(filepath.Join(b.Mnt, root, ".Archive", "cur", name), filepath.Join(b.Mnt, root+onTo, "cur", name)); err != nil {
+				t.Fatal(err)
+			}
+			c.healFrom(1, 0)
+			c.pushed(1, 0) // B's move reaches A before C's add and move
+			c.cut(1, 0)
+			c.healAll()
+			st := c.converge("a later move first")
+			for _, mb := range []string{root, root + "/.Archive", root + "/.Work"} {
+				_, there := st.Mailboxes[mb]["68000.M1.c"]
+				if want := mb == root+onTo; there != want || len(st.Mailboxes[mb]) > 1 {
+					t.Fatalf("%s holds %v; want 68000.M1.c there: %v", mb, st.Mailboxes[mb], want)
+				}
+			}
+		})
+	}
+
 	// A makes .Archive; C makes it too (B gets both: one mailbox), adds
 	// mail B does not see and deletes the folder; B deletes it too. On A,
 	// C's ops come first: C's delete keeps the folder for A's create it had

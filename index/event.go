@@ -38,10 +38,11 @@ const (
 	EvAbsentAdd                            // Remote adds message Path to mailbox GUID, but came without its body
 	EvSweepOrphans                         // up to sweepBatch message records left by deleted mailbox GUID become expunge traces
 	EvAbsentAddsTaken                      // Remote, a delete of mailbox GUID, took the mail of the adds it had seen that came without their bodies
+	EvDeletedCreate                        // Remote, the create of a mailbox deleted here before it came, is recorded with the delete
 )
 
 var eventNames = [...]string{"", "mkdir", "rmdir", "rename", "link", "unlink", "write", "touch", "rescan", "missing",
-	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add", "sweep-orphans", "absent-adds-taken"}
+	"applied", "remote-meta", "rekey", "applying", "intent", "drop-early-flags", "drop-seen-creates", "merging", "unrecreate", "absent-add", "sweep-orphans", "absent-adds-taken", "deleted-create"}
 
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -151,6 +152,8 @@ func (t *tx) apply(ev Event) error {
 		return t.sweepOrphans(ev.GUID)
 	case EvAbsentAddsTaken:
 		return t.absentAddsTaken(t.resolve(ev.GUID), ev.Remote)
+	case EvDeletedCreate:
+		return t.noteDeletedCreate(ev.Remote)
 	case EvMkdir:
 		return t.mkdir(ev)
 	case EvRmdir:
@@ -184,7 +187,7 @@ func (t *tx) apply(ev Event) error {
 // come before the effect (a body written before its rename into new/).
 func visibleEffect(ev Event) bool {
 	switch ev.Kind {
-	case EvApplied, EvIntent, EvDropSeenCreates, EvSweepOrphans, EvAbsentAddsTaken:
+	case EvApplied, EvIntent, EvDropSeenCreates, EvSweepOrphans, EvAbsentAddsTaken, EvDeletedCreate:
 		return false
 	case EvRekey, EvMerging:
 		// A rule-3 merge made for a peer's create: a local delete of the

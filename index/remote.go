@@ -508,6 +508,26 @@ func (t *tx) tombMessage(g journal.GUID, key string, op *journal.Op) error {
 	return t.putRec(tombMessageKey(g, key), ts)
 }
 
+// noteDeletedCreate records op, the create of a mailbox deleted here by a
+// delete that had seen it but came first (so the tombstone has no creates
+// yet): which creates made at its path were one mailbox with it (rule 3)
+// is decided by it, for its renames that arrive later as for the others.
+func (t *tx) noteDeletedCreate(op *journal.Op) error {
+	if op == nil || op.Kind != journal.MailboxCreate || op.Seq == 0 {
+		return fmt.Errorf("index: deleted create without its create op")
+	}
+	var ts tombstone
+	ok, err := t.getRec(tombMailboxKey(op.Mailbox), &ts)
+	if err != nil || !ok || len(ts.Creates) > 0 {
+		return err
+	}
+	ts.Creates = []CreateRef{{GUID: op.Mailbox, Stamp: journal.StampOf(op), Seq: op.Seq, Seen: op.Seen}}
+	if ts.CreatedPath == "" {
+		ts.CreatedPath = op.Path
+	}
+	return t.putRec(tombMailboxKey(op.Mailbox), &ts)
+}
+
 // MovedAwayKnowing reports whether message key left mailbox g here by a
 // move whose mover had applied op (origin, seq) — the move arrived before
 // the message did — and where that move took it. A move of op's that puts

@@ -419,7 +419,9 @@ func (a *applier) applyOnce(ctx context.Context, op *journal.Op, bodies Bodies) 
 	case journal.MailboxCreate:
 		_, err := a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
 		if errors.Is(err, errSkip) {
-			return nil
+			// Deleted here already: the delete's record learns the create
+			// (followRenameOfDeleted reads it).
+			return a.submit(ctx, index.Event{Kind: index.EvDeletedCreate, Remote: op})
 		}
 		if err != nil {
 			return err
@@ -1094,6 +1096,66 @@ func (a *applier) followDeletedRename(mb index.Mailbox, ts index.Tombstone) erro
 	return a.moveMailbox(mb.GUID, mb.Path, ts.Path, ts.Renamed)
 }
 
+// followRenameOfDeleted applies op, a rename of a mailbox deleted here by
+// a delete that had not seen it, to the live mailbox at op's source path
+// made there concurrently with the deleted one (one with it by rule 3, and
+// kept by the delete for a create it had not seen): on the nodes that had
+// the two merged before the rename, the rename took both, and the delete
+// left that one where the rename had put it (followDeletedRename, as a
+// create arriving after the rename and the delete follows it).
+func (a *applier) followRenameOfDeleted(op *journal.Op) error {
+	var (
+		ts    index.Tombstone
+		at    index.Mailbox
+		found bool
+	)
+	err := a.view(func(v index.PeerView) error {
+		t, ok, err := v.MailboxTombstone(op.Mailbox)
+		if err != nil || !ok || t.Seen[op.Origin] >= op.Seq || t.Path != op.NewPath || t.CreatedPath == "" {
+			return err
+		}
+		m, ok, err := v.MailboxAt(op.Path)
+		if err != nil || !ok || m.GUID == op.Mailbox || m.CreatedPath != t.CreatedPath {
+			return err
+		}
+		for _, c := range m.Creates() {
+			for _, d := range t.Creates {
+				if c.GUID != d.GUID && c.Seq != 0 && d.Seq != 0 && !sawCreate(c, d) && !sawCreate(d, c) {
+					ts, at, found = t, m, true
+					return nil
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || !found {
+		return err
+	}
+	if pathRenamed(at) && !at.Renamed.Less(journal.StampOf(op)) {
+		return nil // a newer rename of its own decided its path
+	}
+	return a.followDeletedRename(at, ts)
+}
+
+// pathRenamed reports whether mailbox mb's path stamp is a rename's: not
+// when it is where it was made and the stamp is one of its creates' (the
+// create that dated its path, its own or one merged into it by rule 3),
+// which an older rename of a create merged with it still beats.
+func pathRenamed(mb index.Mailbox) bool {
+	if mb.Path != mb.CreatedPath || mb.Renamed == mb.Created {
+		return mb.Path != mb.CreatedPath
+	}
+	return !slices.ContainsFunc(mb.Creates(), func(c index.CreateRef) bool { return c.Stamp == mb.Renamed })
+}
+
+// sawCreate reports whether c's node had applied create d when it made c.
+func sawCreate(c, d index.CreateRef) bool {
+	if c.Stamp.Origin == d.Stamp.Origin {
+		return c.Seq > d.Seq
+	}
+	return c.Seen[d.Stamp.Origin] >= d.Seq
+}
+
 // moveMailbox moves mailbox g's directory from one path to another for a
 // merge decision (no op of its own is journaled), stamped as renamed by
 // the rename it stands for, so later renames compare with that one.
@@ -1356,7 +1418,10 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 		// then it is renamed like any other.
 		mb, err = a.ensureMailbox(ctx, op.Mailbox, op.Path, op)
 		if errors.Is(err, errSkip) {
-			return a.meta(ctx, op) // deleted: where its unseen mail goes may move
+			if err := a.meta(ctx, op); err != nil { // deleted: where its unseen mail goes may move
+				return err
+			}
+			return a.followRenameOfDeleted(op)
 		}
 		if err != nil {
 			return err
@@ -1366,8 +1431,7 @@ func (a *applier) renameMailbox(ctx context.Context, op *journal.Op) error {
 	// a newer stamp (this op's own create where the peer's create has not
 	// arrived yet, or another node's same-name create merged with it) was
 	// renamed by op on the nodes that had it first.
-	renamed := mb.Renamed != mb.Created || mb.Path != mb.CreatedPath
-	if (renamed && !mb.Renamed.Less(journal.StampOf(op))) || mb.Path == op.NewPath {
+	if (pathRenamed(mb) && !mb.Renamed.Less(journal.StampOf(op))) || mb.Path == op.NewPath {
 		return nil // a newer rename (or this one) decided the path
 	}
 	target := op.NewPath

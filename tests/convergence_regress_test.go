@@ -2147,6 +2147,47 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		})
 	}
 
+	// A makes .Archive.2024 and renames it; C, having only the create,
+	// deletes it and makes the name again; B makes the name too, without
+	// either. Where the rename came before B's create, B's (one with A's by
+	// rule 3) follows it, and C's merges with B's there. On B, C's create
+	// merges with B's first and A's create and rename come last: the rename
+	// must take the folder B's create made along (s6 of a folder-heavy
+	// probe left it at the old name on B).
+	t.Run("a rename of a deleted folder reaching the folder made concurrently at its name", func(t *testing.T) {
+		c.t = t
+		root := "r69/Maildir"
+		mb, renamed := root+"/.Archive.2024", root+"/.Sent"
+		mkMailbox(t, a.Mnt, root)
+		c.converge("setup")
+		c.partition()
+		mkMailbox(t, a.Mnt, mb)
+		c.healFrom(0, 2)
+		c.pushed(0, 2)
+		c.cut(0, 2)
+		if err := os.Rename(filepath.Join(a.Mnt, mb), filepath.Join(a.Mnt, renamed)); err != nil {
+			t.Fatal(err)
+		}
+		deleteMailboxDovecotStyle(t, n3.Mnt, mb)
+		mkMailbox(t, n3.Mnt, mb)
+		mkMailbox(t, b.Mnt, mb)
+		c.healFrom(2, 1)
+		c.pushed(2, 1) // C's delete and create reach B first
+		c.cut(2, 1)
+		c.healFrom(0, 1)
+		c.pushed(0, 1)
+		c.cut(0, 1)
+		c.healAll()
+		st := c.converge("a rename of a deleted folder, last")
+		if _, ok := st.Mailboxes[mb]; ok {
+			t.Fatalf("%s is there; want the folder at %s", mb, renamed)
+		}
+		if _, ok := st.Mailboxes[renamed]; !ok {
+			t.Fatalf("%s is not there", renamed)
+		}
+		sameGUIDs(t, c)
+	})
+
 	// A makes .Archive; C makes it too (B gets both: one mailbox), adds
 	// mail B does not see and deletes the folder; B deletes it too. On A,
 	// C's ops come first: C's delete keeps the folder for A's create it had

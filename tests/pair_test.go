@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,13 +22,17 @@ import (
 // range (32768 and up by default), where the outgoing connections of
 // parallel tests take their ports: a port the kernel handed out for :0
 // could be an outgoing connection's by the time the daemon binds it. No
-// port is handed out twice in one test process.
+// port is handed out twice in one test process; test processes run side by
+// side (batches of random scenarios) get ranges of their own with
+// MAILFS_TEST_PORTS=LOW-HIGH, or a cut link's proxy may find its port
+// taken by the other process when the link heals.
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	freePorts.Lock()
 	defer freePorts.Unlock()
+	low, high := testPorts(t)
 	for range 200 {
-		port := 20000 + rand.IntN(12000)
+		port := low + rand.IntN(high-low+1)
 		if freePorts.given[port] {
 			continue
 		}
@@ -39,8 +44,21 @@ func freeAddr(t *testing.T) string {
 		freePorts.given[port] = true
 		return ln.Addr().String()
 	}
-	t.Fatal("no free loopback port in 20000-31999 after 200 tries")
+	t.Fatalf("no free loopback port in %d-%d after 200 tries", low, high)
 	return ""
+}
+
+// testPorts is the range freeAddr draws from: 20000-31999, or
+// MAILFS_TEST_PORTS.
+func testPorts(t *testing.T) (low, high int) {
+	v := os.Getenv("MAILFS_TEST_PORTS")
+	if v == "" {
+		return 20000, 31999
+	}
+	if _, err := fmt.Sscanf(v, "%d-%d", &low, &high); err != nil || low < 1024 || high > 65535 || high-low < 100 {
+		t.Fatalf("MAILFS_TEST_PORTS=%q: want LOW-HIGH, 1024 <= LOW, LOW+100 <= HIGH <= 65535", v)
+	}
+	return low, high
 }
 
 var freePorts = struct {

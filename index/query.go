@@ -129,7 +129,7 @@ func (m Mailbox) CreatesKept(deleted journal.GUID, seen journal.VersionVector) [
 				continue
 			}
 			for j, d := range all {
-				if gone[j] && !c.sawCreate(d) && !d.sawCreate(c) {
+				if gone[j] && !c.SawCreate(d) && !d.SawCreate(c) {
 					gone[i], changed = true, true
 					break
 				}
@@ -145,8 +145,8 @@ func (m Mailbox) CreatesKept(deleted journal.GUID, seen journal.VersionVector) [
 	return out
 }
 
-// sawCreate reports whether c's node had applied create d when it made c.
-func (c CreateRef) sawCreate(d CreateRef) bool {
+// SawCreate reports whether c's node had applied create d when it made c.
+func (c CreateRef) SawCreate(d CreateRef) bool {
 	if c.Stamp.Origin == d.Stamp.Origin {
 		return c.Seq > d.Seq
 	}

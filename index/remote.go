@@ -903,14 +903,25 @@ func (v PeerView) ExpungedUnseen(g journal.GUID, seen journal.VersionVector) (bo
 // its body (noteAbsentAdd) and that the version vector seen does not
 // include.
 func (v PeerView) AbsentAddUnseen(g journal.GUID, seen journal.VersionVector) (bool, error) {
+	return v.absentAdd(g, func(a absentAddRec) bool { return seen[a.Origin] < a.Seq })
+}
+
+// AbsentAddSeen reports whether mailbox g has an add that came without its
+// body and that the version vector seen includes (one a delete with seen
+// takes: absentAddsTaken).
+func (v PeerView) AbsentAddSeen(g journal.GUID, seen journal.VersionVector) (bool, error) {
+	return v.absentAdd(g, func(a absentAddRec) bool { return seen[a.Origin] >= a.Seq })
+}
+
+func (v PeerView) absentAdd(g journal.GUID, match func(absentAddRec) bool) (bool, error) {
 	g = v.t.resolve(g)
 	found := false
 	err := v.t.scanKeys(append([]byte(pAbsentAdd), g[:]...), func(k []byte) error {
 		var a absentAddRec
-		if ok, err := v.t.getRec(k, &a); err != nil || !ok {
+		if ok, err := v.t.getRec(k, &a); err != nil || !ok || found {
 			return err
 		}
-		found = found || seen[a.Origin] < a.Seq
+		found = match(a)
 		return nil
 	})
 	return found, err

@@ -233,8 +233,26 @@ func TestAbsentAddsTakenByMailboxDelete(t *testing.T) {
 	add(late, 7, "2.M1P1.late")
 	del := &journal.Op{Kind: journal.MailboxDelete, Origin: deleter, Seq: 4, Time: journal.HLC{WallMs: 20}, Mailbox: g,
 		Path: "u/Maildir/.A", Seen: journal.VersionVector{peer: 3, late: 6}}
+	seenBy := func() bool {
+		t.Helper()
+		var seen bool
+		if err := s.View(func(v PeerView) error {
+			var err error
+			seen, err = v.AbsentAddSeen(g, del.Seen)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return seen
+	}
+	if !seenBy() {
+		t.Fatal("AbsentAddSeen before the delete took them: false; want true (the peer's add)")
+	}
 	if _, err := s.Commit(ctx, Event{Kind: EvAbsentAddsTaken, GUID: g, Remote: del}); err != nil {
 		t.Fatal(err)
+	}
+	if seenBy() {
+		t.Fatal("AbsentAddSeen after the delete took them: true; want false")
 	}
 	other := journal.VersionVector{} // a second delete that had seen neither add
 	err := s.View(func(v PeerView) error {

@@ -1120,7 +1120,7 @@ func (a *applier) followRenameOfDeleted(op *journal.Op) error {
 		}
 		for _, c := range m.Creates() {
 			for _, d := range t.Creates {
-				if c.GUID != d.GUID && c.Seq != 0 && d.Seq != 0 && !sawCreate(c, d) && !sawCreate(d, c) {
+				if c.GUID != d.GUID && c.Seq != 0 && d.Seq != 0 && !c.SawCreate(d) && !d.SawCreate(c) {
 					ts, at, found = t, m, true
 					return nil
 				}
@@ -1142,18 +1142,10 @@ func (a *applier) followRenameOfDeleted(op *journal.Op) error {
 // create that dated its path, its own or one merged into it by rule 3),
 // which an older rename of a create merged with it still beats.
 func pathRenamed(mb index.Mailbox) bool {
-	if mb.Path != mb.CreatedPath || mb.Renamed == mb.Created {
-		return mb.Path != mb.CreatedPath
+	if mb.Path != mb.CreatedPath {
+		return true
 	}
-	return !slices.ContainsFunc(mb.Creates(), func(c index.CreateRef) bool { return c.Stamp == mb.Renamed })
-}
-
-// sawCreate reports whether c's node had applied create d when it made c.
-func sawCreate(c, d index.CreateRef) bool {
-	if c.Stamp.Origin == d.Stamp.Origin {
-		return c.Seq > d.Seq
-	}
-	return c.Seen[d.Stamp.Origin] >= d.Seq
+	return mb.Renamed != mb.Created && !slices.ContainsFunc(mb.Creates(), func(c index.CreateRef) bool { return c.Stamp == mb.Renamed })
 }
 
 // moveMailbox moves mailbox g's directory from one path to another for a
@@ -1468,6 +1460,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 		unseen        int
 		unseenNamed   []journal.GUID // the GUIDs the adds of unseen mail named
 		keptEmpty     bool
+		takesAbsent   bool // adds that came without their bodies, which this delete had seen
 		deletedBefore bool
 		hasNested     bool
 	)
@@ -1483,6 +1476,9 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 		// not seen, and this delete takes what it had seen of that.
 		deletedBefore = ok && !early
 		if mb, have, err = v.Mailbox(op.Mailbox); err != nil || !have {
+			return err
+		}
+		if takesAbsent, err = v.AbsentAddSeen(mb.GUID, op.Seen); err != nil {
 			return err
 		}
 		err = v.Messages(mb.GUID, func(m index.Message) error {
@@ -1526,8 +1522,10 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 	if !have {
 		return a.meta(ctx, op)
 	}
-	if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvAbsentAddsTaken, GUID: mb.GUID, Remote: op}); err != nil {
-		return err
+	if takesAbsent {
+		if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvAbsentAddsTaken, GUID: mb.GUID, Remote: op}); err != nil {
+			return err
+		}
 	}
 	a.unlockAll() // the dotlocks go with the directories
 	err = a.store.Mailboxes(func(o index.Mailbox) error {
@@ -1640,6 +1638,7 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 				}); err != nil {
 					return err
 				}
+				kept := mb.GUID // what becomes the kept GUID
 				if inUse {
 					// Mail that names the kept GUID came first and made it
 					// elsewhere: the two are one mailbox; merge them on disk
@@ -1656,36 +1655,27 @@ func (a *applier) deleteMailbox(ctx context.Context, op *journal.Op, early bool)
 					} else if err != nil {
 						return err
 					}
-					var merged journal.GUID
-					if err := a.view(func(v index.PeerView) error { merged = v.Resolve(recreated); return nil }); err != nil {
+					if err := a.view(func(v index.PeerView) error { kept = v.Resolve(recreated); return nil }); err != nil {
 						return err
 					}
-					if merged != recreated {
-						if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: merged, NewGUID: recreated}); err != nil {
-							return err
-						}
-						if err := a.applyEarlyFlags(ctx, recreated, merged); err != nil {
-							return err
-						}
-					}
-					if err := a.meta(ctx, op); err != nil {
+				}
+				if kept != recreated {
+					if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: kept, NewGUID: recreated}); err != nil {
 						return err
 					}
-					return a.applyEarlyDelete(ctx, recreated)
-				}
-				if _, err := a.store.Commit(ctx, index.Event{Kind: index.EvRekey, GUID: mb.GUID, NewGUID: recreated}); err != nil {
-					return err
-				}
-				// A third node's flag change to the kept mail, naming the
-				// recreated GUID, may have come first and waited for it.
-				if err := a.applyEarlyFlags(ctx, recreated, mb.GUID); err != nil {
-					return err
+					// A third node's flag change to the kept mail, naming the
+					// recreated GUID, may have come first and waited for it.
+					if err := a.applyEarlyFlags(ctx, recreated, kept); err != nil {
+						return err
+					}
 				}
 				if err := a.meta(ctx, op); err != nil {
 					return err
 				}
-				if err := a.backFromAside(ctx, op, mb, recreated); err != nil {
-					return err
+				if !inUse {
+					if err := a.backFromAside(ctx, op, mb, recreated); err != nil {
+						return err
+					}
 				}
 				return a.applyEarlyDelete(ctx, recreated)
 			}
@@ -2210,40 +2200,24 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 		}
 	}
 	dst, expunged, err := a.messageTarget(ctx, op.Target, op.NewPath, newKey, op)
+	var onTo journal.GUID
+	over := false // a later move took the message on from the target
 	if err == nil && expunged {
 		// A move made after this one on a node that had applied it (its
 		// Seen names this op) came first and took the message on from the
-		// target: this move is over. What it would move stays, if it is
-		// where that later move put the message; else that later move
-		// took it, and it goes.
-		var onTo journal.GUID
-		var over bool
-		if err := a.view(func(v index.PeerView) error {
-			var err error
-			onTo, over, err = v.MovedAwayKnowing(dst.GUID, newKey, op.Origin, op.Seq)
-			return err
-		}); err != nil {
-			return err
-		}
-		if over {
-			a.log.Debug("a later move that had seen this one came first; the message has moved on", "op", op.String(),
-				"moved_to", onTo.String())
-			if have && onTo != srcMb.GUID {
-				return a.unlinkMessage(op, srcMb, src)
-			}
-			return a.meta(ctx, op)
-		}
-	}
-	if err == nil && expunged {
-		// The key's trace in the target may be that of an earlier move out
-		// of it (a move there and back): that is no expunge, and this move
-		// brings the message back. An expunge there that a concurrent move
-		// out of it followed stays one: the move back is an add that meets
-		// it (rules 5 and 7), as on the mover's node, where the expunge
-		// comes after the move back and removes the message.
-		// A move made knowing the expunge (its mover had applied it:
-		// op.Seen names it) beats it.
+		// target: this move is over. Otherwise the key's trace in the
+		// target may be that of an earlier move out of it (a move there
+		// and back): that is no expunge, and this move brings the message
+		// back. An expunge there that a concurrent move out of it followed
+		// stays one: the move back is an add that meets it (rules 5 and
+		// 7), as on the mover's node, where the expunge comes after the
+		// move back and removes the message. A move made knowing the
+		// expunge (its mover had applied it: op.Seen names it) beats it.
 		err = a.view(func(v index.PeerView) error {
+			var err error
+			if onTo, over, err = v.MovedAwayKnowing(dst.GUID, newKey, op.Origin, op.Seq); err != nil || over {
+				return err
+			}
 			movedAway, err := v.MovedAway(dst.GUID, newKey)
 			if err != nil || movedAway {
 				expunged = false
@@ -2253,6 +2227,16 @@ func (a *applier) moveMessage(ctx context.Context, op *journal.Op, bodies Bodies
 			expunged = !(ok && seq != 0 && op.Seen[origin] >= seq)
 			return err
 		})
+	}
+	if err == nil && over {
+		// What this move would move stays if it is where the later move
+		// put the message; else that later move took it, and it goes.
+		a.log.Debug("a later move that had seen this one came first; the message has moved on", "op", op.String(),
+			"moved_to", onTo.String())
+		if have && onTo != srcMb.GUID {
+			return a.unlinkMessage(op, srcMb, src)
+		}
+		return a.meta(ctx, op)
 	}
 	if errors.Is(err, errSkip) || (err == nil && expunged) {
 		// The target is gone (or the key expunged there): the source goes.

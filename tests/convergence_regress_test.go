@@ -1813,9 +1813,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		c.healFrom(1, 0)
 		c.pushed(1, 0)
 		st := c.converge("a create the delete had seen, after the delete")
-		if _, ok := st.Mailboxes[mb]["56000.M1.a"]; !ok || len(st.Mailboxes[mb]) != 1 {
-			t.Fatalf("%s holds %v; want only 56000.M1.a", mb, st.Mailboxes[mb])
-		}
+		holdsOnly(t, st, mb, "56000.M1.a")
 		sameGUIDs(t, c)
 	})
 
@@ -1880,9 +1878,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		c.healFrom(0, 2)
 		c.pushed(0, 2)
 		st := c.converge("a folder set aside keeps unseen mail")
-		if _, ok := st.Mailboxes[mb]["58000.M1.c"]; !ok || len(st.Mailboxes[mb]) != 1 {
-			t.Fatalf("%s holds %v; want only 58000.M1.c", mb, st.Mailboxes[mb])
-		}
+		holdsOnly(t, st, mb, "58000.M1.c")
 		for p := range st.Mailboxes {
 			if strings.HasPrefix(p, mb+"-") {
 				t.Fatalf("%s is left set aside", p)
@@ -2025,9 +2021,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 			c.pushed(0, 2)
 			c.healAll()
 			st := c.converge("two deletes keeping unseen mail")
-			if _, ok := st.Mailboxes[mb]["62000.M1.a"]; !ok || len(st.Mailboxes[mb]) != 1 {
-				t.Fatalf("%s holds %v; want 62000.M1.a", mb, st.Mailboxes[mb])
-			}
+			holdsOnly(t, st, mb, "62000.M1.a")
 			sameGUIDs(t, c)
 		})
 	}
@@ -2056,9 +2050,7 @@ func TestConvergenceRegressionsThreeNodes(t *testing.T) {
 		deleteMailboxDovecotStyle(t, a.Mnt, mb)
 		c.healAll()
 		st := c.converge("a delete of the folder made again")
-		if _, ok := st.Mailboxes[mb]["65002.M1.b"]; !ok || len(st.Mailboxes[mb]) != 1 {
-			t.Fatalf("%s holds %v; want 65002.M1.b only", mb, st.Mailboxes[mb])
-		}
+		holdsOnly(t, st, mb, "65002.M1.b")
 		sameGUIDs(t, c)
 	})
 
@@ -2292,6 +2284,14 @@ func concurrentPairHigherOn(t *testing.T, base string, high, low *node) string {
 	}
 	t.Fatalf("20 folder pairs, none where %s's GUID is the higher", high.Name)
 	return ""
+}
+
+// holdsOnly fails t unless mailbox mb holds message key and nothing else.
+func holdsOnly(t *testing.T, st treeState, mb, key string) {
+	t.Helper()
+	if _, ok := st.Mailboxes[mb][key]; !ok || len(st.Mailboxes[mb]) != 1 {
+		t.Fatalf("%s holds %v; want only %s", mb, st.Mailboxes[mb], key)
+	}
 }
 
 // waitForPath waits until p exists (replication is asynchronous).
